@@ -1,0 +1,1 @@
+"""paretoforge: Pareto-optimal deployable transformers for the hardware they run on."""
