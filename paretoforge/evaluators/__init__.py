@@ -1,0 +1,34 @@
+"""Evaluators: task quality, the latency measurement protocol, size.
+
+Cheap to import: numpy, torch and onnxruntime are imported inside the functions that use them.
+
+Example:
+    >>> from paretoforge.evaluators import median_ci
+    >>> median_ci([1.0, 2.0, 3.0])
+    (1.0, 3.0)
+"""
+
+from __future__ import annotations
+
+from paretoforge.evaluators.latency import (
+    Measurement,
+    measure_latency,
+    median_ci,
+    validate_inputs,
+)
+from paretoforge.evaluators.quality import onnx_accuracy, onnx_logits, torch_accuracy, torch_logits
+from paretoforge.evaluators.size import onnx_param_count, onnx_size_bytes, param_count
+
+__all__ = [
+    "Measurement",
+    "measure_latency",
+    "median_ci",
+    "onnx_accuracy",
+    "onnx_logits",
+    "onnx_param_count",
+    "onnx_size_bytes",
+    "param_count",
+    "torch_accuracy",
+    "torch_logits",
+    "validate_inputs",
+]

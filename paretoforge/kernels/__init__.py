@@ -1,0 +1,32 @@
+"""The runtime that executes a candidate: ONNX export, quantization, ONNX Runtime sessions.
+
+Cheap to import: torch, onnx and onnxruntime are imported inside the functions that use them.
+
+Example:
+    >>> from paretoforge.kernels import PRECISIONS
+    >>> PRECISIONS
+    ('fp32', 'int8')
+"""
+
+from __future__ import annotations
+
+from paretoforge.kernels.export import default_output_fn, export_onnx
+from paretoforge.kernels.ort import (
+    available_cores,
+    create_session,
+    graph_summary,
+    session_options_for,
+)
+from paretoforge.kernels.quantize import PRECISIONS, apply_precision, quantize_dynamic_int8
+
+__all__ = [
+    "PRECISIONS",
+    "apply_precision",
+    "available_cores",
+    "create_session",
+    "default_output_fn",
+    "export_onnx",
+    "graph_summary",
+    "quantize_dynamic_int8",
+    "session_options_for",
+]

@@ -1,0 +1,156 @@
+"""Search spaces: dimensions and presets, and the CandidateConfig a trial turns into.
+
+A preset is data (a name, a description, each dimension's choices); a spec may replace a
+dimension's choices. ``SearchSpace.suggest(trial)`` asks Optuna for one value per dimension and
+returns a canonical, hashable :class:`CandidateConfig`.
+
+Example:
+    >>> import optuna
+    >>> space = SearchSpace.from_preset("vit-prune")
+    >>> study = optuna.create_study(directions=["maximize", "minimize"])
+    >>> cfg = space.suggest(study.ask())
+    >>> len(cfg.key)
+    16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from paretoforge.exceptions import SpecError
+from paretoforge.registry import Registry
+
+__all__ = ["SPACES", "CandidateConfig", "SearchSpace", "SpacePreset"]
+
+
+class CandidateConfig(BaseModel):
+    """One candidate: how much of the base model to keep, and at which weight precision.
+
+    Which layers, heads and neurons are kept is decided by the importance scores, so the config
+    only says how many.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers_kept: int = Field(ge=1, description="Encoder layers kept (the most important ones).")
+    heads_kept: int = Field(ge=1, description="Attention heads kept in every kept layer.")
+    ffn_kept: float = Field(gt=0.0, le=1.0, description="Fraction of FFN neurons kept per layer.")
+    precision: Literal["fp32", "int8"] = Field(description="Weight precision of the ONNX model.")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def key(self) -> str:
+        """Stable content hash: equal configs never build twice."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def is_unpruned(self, num_layers: int, num_heads: int) -> bool:
+        return self.layers_kept == num_layers and self.heads_kept == num_heads and self.ffn_kept == 1.0
+
+
+class SpacePreset(BaseModel):
+    """A named set of dimensions with their choices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str
+    dimensions: dict[str, tuple[Any, ...]]
+
+
+SPACES: Registry[SpacePreset] = Registry("search-space preset")
+
+SPACES.add(
+    "vit-prune",
+    SpacePreset(
+        description="Structured pruning of a ViT (layers, heads per layer, FFN width) "
+        "x weight precision (fp32, dynamic int8).",
+        dimensions={
+            "layers_kept": (1, 2, 3, 4),
+            "heads_kept": (1, 2, 3, 4),
+            "ffn_kept": (0.25, 0.5, 0.75, 1.0),
+            "precision": ("fp32", "int8"),
+        },
+    ),
+)
+
+
+class SearchSpace:
+    """The dimensions of one search, each a tuple of choices."""
+
+    def __init__(self, dimensions: dict[str, tuple[Any, ...]]) -> None:
+        fields = set(CandidateConfig.model_fields)
+        unknown = sorted(set(dimensions) - fields)
+        missing = sorted(fields - set(dimensions))
+        if unknown or missing:
+            raise SpecError(
+                f"space.dimensions: unknown {unknown} / missing {missing}; "
+                f"the dimensions are {sorted(fields)}"
+            )
+        for name, choices in dimensions.items():
+            if not choices:
+                raise SpecError(f"space.dimensions.{name}: needs at least one choice")
+            if len(set(choices)) != len(choices):
+                raise SpecError(f"space.dimensions.{name}: {list(choices)} repeats a choice")
+            for c in choices:  # validate every choice through the config's own field rules
+                try:
+                    CandidateConfig.__pydantic_validator__.validate_assignment(
+                        CandidateConfig.model_construct(), name, c
+                    )
+                except Exception as e:
+                    msg = str(e).splitlines()[-1].strip()
+                    raise SpecError(f"space.dimensions.{name}: bad choice {c!r}: {msg}") from None
+        self.dimensions = {k: tuple(sorted(v, key=_sort_key)) for k, v in dimensions.items()}
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: dict[str, list[Any]] | None = None) -> SearchSpace:
+        dims = dict(SPACES.get(name).dimensions)
+        for k, v in (overrides or {}).items():
+            if k not in dims:
+                raise SpecError(
+                    f"space.dimensions: unknown dimension {k!r} for preset {name!r}; "
+                    f"its dimensions are {sorted(dims)}"
+                )
+            dims[k] = tuple(v)
+        return cls(dims)
+
+    def suggest(self, trial: Any) -> CandidateConfig:
+        """Ask ``trial`` for one value per dimension (called once per trial, by the driver)."""
+        params = {k: trial.suggest_categorical(k, list(v)) for k, v in self.dimensions.items()}
+        return CandidateConfig(**params)
+
+    def base_params(self, num_layers: int, num_heads: int) -> dict[str, Any]:
+        """Params of the unpruned fp32 base model, enqueued as trial 0."""
+        return {"layers_kept": num_layers, "heads_kept": num_heads, "ffn_kept": 1.0,
+                "precision": "fp32"}
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Raise SpecError unless every choice fits a base model of this shape."""
+        base = self.base_params(num_layers, num_heads)
+        for name, limit in (("layers_kept", num_layers), ("heads_kept", num_heads)):
+            too_big = [c for c in self.dimensions[name] if c > limit]
+            if too_big:
+                raise SpecError(
+                    f"space.dimensions.{name}: choices {too_big} exceed the base model's "
+                    f"{limit}; use values from 1 to {limit}"
+                )
+        for name, value in base.items():
+            if value not in self.dimensions[name]:
+                raise SpecError(
+                    f"space.dimensions.{name}: must include the base model's value {value!r} "
+                    f"(trial 0 is the unpruned fp32 base); got {list(self.dimensions[name])}"
+                )
+
+    def size(self) -> int:
+        n = 1
+        for v in self.dimensions.values():
+            n *= len(v)
+        return n
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, float)) else (1, str(v))

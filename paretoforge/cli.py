@@ -1,0 +1,220 @@
+"""The ``paretoforge`` command line: search, resume, front, export, profiles, spaces.
+
+Every command turns a :class:`ParetoforgeError` into one line on stderr and exit code 2;
+``--debug`` shows the traceback instead. Heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from paretoforge.exceptions import ParetoforgeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find the Pareto-optimal deployable versions of a transformer for your hardware.",
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_state = {"debug": False}
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ParetoforgeError as e:
+            if _state["debug"]:
+                raise
+            msg = " ".join(str(e).split("\n")[0].split())
+            typer.echo(f"error: {msg}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; continue with `paretoforge resume RUN_DIR`", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+@_errors
+def search(
+    spec: Annotated[Path, typer.Argument(help="Search spec (YAML or JSON).")],
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="Completed trials to reach.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker actors.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Search seed.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Run a search and print its Pareto front."""
+    from paretoforge.spec import Spec
+
+    s = Spec.from_file(spec).with_overrides(**{
+        "search.trials": trials, "cluster.workers": workers, "search.seed": seed,
+    })
+    _run(s, run_dir or Path(s.run_dir or f"runs/{s.name}"), address=address, quiet=quiet)
+
+
+@app.command()
+@_errors
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of an interrupted search.")],
+    trials: Annotated[int | None, typer.Option("--trials", help="Completed trials to reach.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Continue a search: finished trials are kept, trials left running are re-run."""
+    from paretoforge.spec import Spec
+
+    spec_path = run_dir / "spec.yaml"
+    if not spec_path.is_file():
+        raise ParetoforgeError(f"{str(run_dir)!r} is not a run directory (no spec.yaml)")
+    s = Spec.from_file(spec_path).with_overrides(**{"search.trials": trials})
+    _run(s, run_dir, address=address, quiet=quiet)
+
+
+def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
+    from paretoforge.orchestrator.driver import run_search
+    from paretoforge.orchestrator.progress import Progress
+
+    progress = Progress(spec.search.trials, quiet=quiet)
+    summary = run_search(spec, run_dir, address=address, progress=progress,
+                         debug=_state["debug"])
+    typer.echo(f"\n{summary.completed} trials completed ({summary.cached} cached), "
+               f"{summary.failed} failed, in {summary.wall_s:.0f}s. Run directory: {run_dir}")
+    _print_front(summary.front, [o.metric for o in spec.objectives])
+    typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR")
+
+
+@app.command()
+@_errors
+def front(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Print the Pareto front of a run."""
+    from paretoforge.orchestrator.results import load_run
+
+    run = load_run(run_dir)
+    members = run.front()
+    if as_json:
+        typer.echo(json.dumps([m.to_json() for m in members], indent=2))
+        return
+    _print_front(members, run.objective_names)
+
+
+def _print_front(members: list[Any], objectives: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front ({len(members)} members)")
+    table.add_column("trial", justify="right")
+    table.add_column("config")
+    for o in objectives:
+        table.add_column(o, justify="right")
+    table.add_column("speed-up (cpu-1t p50)", justify="right")
+    table.add_column("size", justify="right")
+    for m in members:
+        cfg = m.config
+        desc = (f"L{cfg.get('layers_kept')} H{cfg.get('heads_kept')} "
+                f"FFN{cfg.get('ffn_kept')} {cfg.get('precision')}")
+        speed = m.relative.get("speedup_latency_p50_ms@cpu-1t")
+        table.add_row(str(m.trial), desc, *(f"{m.objectives[o]:.4g}" for o in objectives),
+                      f"{speed:.2f}x" if speed else "-",
+                      f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB")
+    Console(width=max(100, Console().width)).print(table)
+
+
+@app.command()
+@_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    trial: Annotated[int, typer.Option("--trial", help="Trial number (see `front`).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the checkpoint to.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Export a trial's checkpoint: model.onnx, model.safetensors + config.json, manifest.json."""
+    from paretoforge.orchestrator.results import export_trial, load_run
+
+    path = export_trial(load_run(run_dir), trial, out, force=force)
+    typer.echo(f"exported trial {trial} to {path}")
+
+
+@app.command()
+@_errors
+def profiles(
+    address: Annotated[str | None, typer.Option("--address", help="Also check which profiles "
+                                                "this Ray cluster can serve.")] = None,
+) -> None:
+    """List the hardware profiles."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from paretoforge.hw_profiles import PROFILES
+
+    served: set[str] | None = None
+    if address:
+        import ray
+
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        res = ray.cluster_resources()
+        ray.shutdown()
+        served = {n for n in PROFILES.names() if not PROFILES.get(n).resource
+                  or res.get(PROFILES.get(n).resource, 0) > 0}
+    table = Table(title="Hardware profiles")
+    for col in ("name", "device", "runtime", "provider", "threads", "batch", "resource",
+                "description") + (("served",) if served is not None else ()):
+        table.add_column(col)
+    for n in PROFILES.names():
+        p = PROFILES.get(n)
+        row = [n, p.device, p.runtime, p.provider,
+               "all" if p.intra_op_threads is None else str(p.intra_op_threads),
+               str(p.batch_size), p.resource or "any node", p.description]
+        if served is not None:
+            row.append("yes" if n in served else "no")
+        table.add_row(*row)
+    Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+@_errors
+def spaces() -> None:
+    """List the search-space presets and their dimensions."""
+    from paretoforge.search_spaces import SPACES
+
+    for name in SPACES.names():
+        p = SPACES.get(name)
+        typer.echo(f"{name}: {p.description}")
+        for dim, choices in p.dimensions.items():
+            typer.echo(f"  {dim}: {list(choices)}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except ParetoforgeError as e:  # raised outside a command (should not happen)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

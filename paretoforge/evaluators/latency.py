@@ -1,0 +1,369 @@
+"""The latency measurement protocol: warm up, sample until the median is known, report spread.
+
+Each sample is one ``session.run`` on one batch of real task inputs, timed with
+``perf_counter_ns``. Sampling stops when the distribution-free 95% confidence interval of the
+median is within ``target_rel_ci`` of it, or at the time / run cap; the result says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from paretoforge.exceptions import MeasurementError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnxruntime
+
+    from paretoforge.hw_profiles import HardwareProfile
+
+__all__ = ["Measurement", "measure_latency", "median_ci", "validate_inputs"]
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+_MAX_FEEDS = 64  # distinct batches cycled through; bounds memory for large tasks
+
+
+class Measurement(BaseModel):
+    """Latency of one candidate on one hardware profile, with the spread and the environment.
+
+    Example:
+        >>> m = Measurement(profile="cpu-1t", batch_size=1, p50_ms=1.0, p90_ms=1.1, p99_ms=1.3,
+        ...                 mean_ms=1.02, std_ms=0.05, min_ms=0.95, runs=200, warmup=20,
+        ...                 ci95_rel=0.01, converged=True, stop_reason="converged")
+        >>> Measurement.model_validate_json(m.model_dump_json()) == m
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str = Field(description="Name of the hardware profile measured.")
+    batch_size: int = Field(description="Samples per inference call.")
+    p50_ms: float = Field(description="Median latency of one call, milliseconds.")
+    p90_ms: float = Field(description="90th percentile latency, milliseconds.")
+    p99_ms: float = Field(description="99th percentile latency, milliseconds.")
+    mean_ms: float = Field(description="Mean latency, milliseconds.")
+    std_ms: float = Field(description="Standard deviation of latency, milliseconds.")
+    min_ms: float = Field(description="Fastest call, milliseconds.")
+    runs: int = Field(description="Timed calls (after warm-up).")
+    warmup: int = Field(description="Untimed warm-up calls.")
+    ci95_rel: float = Field(
+        description="Half-width of the 95% confidence interval of the median, over the median."
+    )
+    converged: bool = Field(description="Whether ci95_rel reached the target before a cap.")
+    stop_reason: Literal["converged", "max_runs", "max_seconds", "predicted"] = Field(
+        description="Why sampling stopped."
+    )
+    predicted: bool = Field(
+        default=False, description="True when a latency predictor produced this, not a run."
+    )
+    env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Where it was measured: CPU, cores, affinity, threads, runtime, node.",
+    )
+
+
+def median_ci(sorted_samples: Sequence[float], z: float = 1.959964) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics.
+
+    The number of samples below the true median is Binomial(n, 1/2); with the normal
+    approximation, the interval between order statistics ``n/2 -+ z*sqrt(n)/2`` covers the
+    median with probability ~95% whatever the latency distribution (skewed, multi-modal).
+
+    Args:
+        sorted_samples: Samples in ascending order (at least 1).
+        z: Normal quantile of the confidence level.
+
+    Returns:
+        ``(low, high)``.
+
+    Example:
+        >>> median_ci(list(range(100)))
+        (39, 60)
+    """
+    n = len(sorted_samples)
+    if n == 0:
+        raise ValueError("median_ci needs at least one sample")
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half) - 1)  # 1-based rank -> 0-based index
+    hi = min(n - 1, math.ceil(n / 2 + half))
+    return sorted_samples[lo], sorted_samples[hi]
+
+
+def _median_ci_rel(samples: list[int]) -> float:
+    ordered = sorted(samples)
+    n = len(ordered)
+    lo, hi = median_ci(ordered)
+    med = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return (hi - lo) / 2 / max(med, 1)  # a zero median only happens below timer resolution
+
+
+def validate_inputs(
+    session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], *, batch_size: int = 1
+) -> None:
+    """Check that ``inputs`` (sample axis first) fit the session's inputs.
+
+    Raises:
+        MeasurementError: an input is missing, unexpected, of the wrong dtype or shape; the
+            message names it and what the model expects.
+    """
+    expected = {i.name: i for i in session.get_inputs()}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if extra:
+        raise MeasurementError(
+            f"Input {extra[0]!r} is not an input of the model; it expects {sorted(expected)}"
+        )
+    if missing:
+        raise MeasurementError(
+            f"Input {missing[0]!r} is missing; the model expects {sorted(expected)}"
+        )
+    for name, arg in expected.items():
+        arr = inputs[name]
+        want = _ORT_DTYPES.get(arg.type)
+        if want is not None and arr.dtype.name != want:
+            raise MeasurementError(
+                f"Input {name!r} has dtype {arr.dtype.name}, the model expects {want}; "
+                f"pass it as .astype(np.{want})"
+            )
+        shape = list(arg.shape)
+        if arr.ndim != len(shape):
+            raise MeasurementError(
+                f"Input {name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model "
+                f"expects rank {len(shape)} {shape} with samples on axis 0"
+            )
+        if arr.shape[0] < 1:
+            raise MeasurementError(f"Input {name!r} holds no samples; pass real task samples")
+        if isinstance(shape[0], int) and shape[0] != batch_size:
+            raise MeasurementError(
+                f"Input {name!r} has a fixed batch of {shape[0]} in the model but the profile's "
+                f"batch_size is {batch_size}; export with a dynamic batch axis"
+            )
+        for axis, (got, dim) in enumerate(zip(arr.shape[1:], shape[1:], strict=True), start=1):
+            if isinstance(dim, int) and dim > 0 and got != dim:
+                raise MeasurementError(
+                    f"Input {name!r} has size {got} on axis {axis}; the model expects {dim} "
+                    f"(model shape {shape})"
+                )
+
+
+def _feeds(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    import numpy as np
+
+    n = min(len(a) for a in inputs.values())
+    n_feeds = max(1, min(_MAX_FEEDS, math.ceil(n / batch_size)))
+    feeds = []
+    for k in range(n_feeds):
+        # Wrap around when there are fewer samples than a batch: still real samples, never zeros.
+        idx = np.arange(k * batch_size, (k + 1) * batch_size) % n
+        feeds.append({name: np.ascontiguousarray(a[idx]) for name, a in inputs.items()})
+    return feeds
+
+
+@contextlib.contextmanager
+def _pinned(cores: list[int] | None) -> Iterator[list[int] | None]:
+    """Pin the calling thread to ``cores`` and restore its previous mask afterwards."""
+    if not hasattr(os, "sched_getaffinity"):
+        if cores is not None:
+            raise MeasurementError(
+                f"Cannot pin to cores {cores}: os.sched_setaffinity is not available on "
+                f"{platform.system()}; pass cores=None"
+            )
+        yield None
+        return
+    previous = os.sched_getaffinity(0)
+    if cores is None:
+        yield sorted(previous)
+        return
+    if not cores:
+        raise MeasurementError("Cannot pin to an empty list of cores; pass cores=None or some")
+    try:
+        # May widen the mask (a worker pinned to one core measuring an all-core profile):
+        # the kernel refuses only cores outside the process's cpuset.
+        os.sched_setaffinity(0, set(cores))
+    except OSError as e:
+        raise MeasurementError(
+            f"Cannot pin to cores {cores}: {e.strerror}; this process may use cores "
+            f"{sorted(previous)}; pass cores this machine has"
+        ) from None
+    try:
+        yield sorted(set(cores))
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(
+    session: onnxruntime.InferenceSession,
+    profile: HardwareProfile,
+    affinity: list[int] | None,
+    threads: int,
+) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    env: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "affinity": affinity,
+        "intra_op_threads": threads,
+        "inter_op_threads": profile.inter_op_threads,
+        "allow_spinning": profile.allow_spinning,
+        "graph_optimization": profile.graph_optimization,
+        "provider": session.get_providers()[0],
+        "onnxruntime_version": ort.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+    }
+    ray = sys.modules.get("ray")  # never import Ray here; only ask it if the caller runs in it
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        with contextlib.suppress(Exception):
+            env["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return env
+
+
+def measure_latency(
+    onnx_path: str | os.PathLike[str],
+    profile: HardwareProfile,
+    inputs: dict[str, np.ndarray],
+    *,
+    warmup: int = 20,
+    min_runs: int = 50,
+    max_runs: int = 2000,
+    max_seconds: float = 3.0,
+    target_rel_ci: float = 0.02,
+    cores: list[int] | None = None,
+) -> Measurement:
+    """Measure the latency of ``onnx_path`` as ``profile`` runs it.
+
+    Args:
+        onnx_path: The candidate's ONNX file.
+        profile: Hardware profile: provider, threads, batch size, graph optimization.
+        inputs: Input name -> real task samples, samples on axis 0; batches of
+            ``profile.batch_size`` are cut from them in turn (wrapping around).
+        warmup: Untimed calls first (allocations, caches, thread pool start-up).
+        min_runs: Timed calls always made, even past ``max_seconds``.
+        max_runs: Stop after this many timed calls.
+        max_seconds: Stop once timed calls have taken this long (after ``min_runs``).
+        target_rel_ci: Stop once the 95% CI half-width of the median is within this fraction
+            of the median.
+        cores: Pin the measurement (and the session's threads, which inherit the mask) to these
+            cores; the previous affinity is restored afterwards. Default: current affinity.
+
+    Returns:
+        A :class:`Measurement`; ``converged`` says whether the CI target was met.
+
+    Raises:
+        MeasurementError: bad inputs (named), bad arguments, or the runtime failed.
+        PlacementError: the profile needs more threads than the cores available.
+    """
+    import numpy as np
+
+    from paretoforge.kernels.ort import available_cores, create_session
+
+    if warmup < 0 or min_runs < 1 or max_runs < min_runs or max_seconds <= 0:
+        raise MeasurementError(
+            f"Need warmup >= 0, 1 <= min_runs <= max_runs and max_seconds > 0; got "
+            f"warmup={warmup}, min_runs={min_runs}, max_runs={max_runs}, max_seconds={max_seconds}"
+        )
+    if not 0 < target_rel_ci < 1:
+        raise MeasurementError(f"target_rel_ci must be in (0, 1), got {target_rel_ci}")
+
+    with _pinned(cores) as affinity:
+        n_cores = len(affinity) if affinity else available_cores()
+        threads = profile.threads_for(n_cores)
+        session = create_session(onnx_path, profile, n_cores)
+        validate_inputs(session, inputs, batch_size=profile.batch_size)
+        feeds = _feeds(inputs, profile.batch_size)
+        run = session.run
+        try:
+            for i in range(warmup):
+                run(None, feeds[i % len(feeds)])
+        except Exception as err:
+            raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
+
+        samples: list[int] = []
+        ci_rel = math.inf
+        stop: Literal["converged", "max_runs", "max_seconds"] = "max_runs"
+        # Checks sort every sample so far, and the call after a check runs with colder caches:
+        # check on a geometric schedule so both stay a small share of the samples.
+        next_check = min_runs
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection inside a timed call is noise from us, not the model
+        try:
+            t_start = time.perf_counter()
+            perf = time.perf_counter_ns
+            n_feeds = len(feeds)
+            while len(samples) < max_runs:
+                feed = feeds[len(samples) % n_feeds]
+                t0 = perf()
+                run(None, feed)
+                samples.append(perf() - t0)
+                n = len(samples)
+                if n < min_runs:
+                    continue
+                out_of_time = time.perf_counter() - t_start >= max_seconds
+                if n >= next_check or n == max_runs or out_of_time:
+                    next_check = max(n + 10, int(n * 1.1))
+                    ci_rel = _median_ci_rel(samples)
+                    if ci_rel <= target_rel_ci:
+                        stop = "converged"
+                        break
+                    if out_of_time:
+                        stop = "max_seconds"
+                        break
+        except Exception as err:
+            raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        env = _environment(session, profile, affinity, threads)
+
+    # The loop always computes ci_rel before it stops, so it is finite here.
+    ms = np.asarray(samples, dtype=np.float64) / 1e6
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return Measurement(
+        profile=profile.name,
+        batch_size=profile.batch_size,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        min_ms=float(ms.min()),
+        runs=len(samples),
+        warmup=warmup,
+        ci95_rel=float(ci_rel),
+        converged=ci_rel <= target_rel_ci,
+        stop_reason=stop,
+        env=env,
+    )

@@ -1,0 +1,152 @@
+"""Task quality of a candidate: accuracy of its ONNX file or of its PyTorch module."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from paretoforge.exceptions import MeasurementError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["onnx_accuracy", "onnx_logits", "torch_accuracy", "torch_logits"]
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray | None, batch_size: int) -> None:
+    if batch_size < 1:
+        raise MeasurementError(f"batch_size must be >= 1, got {batch_size}")
+    if len(x) == 0:
+        raise MeasurementError("x holds no samples; pass the held-out split")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise MeasurementError(
+            f"y must be a 1-D array of {len(x)} labels (one per sample in x), got shape "
+            f"{list(y.shape)}"
+        )
+
+
+def onnx_logits(
+    onnx_path: str | os.PathLike[str],
+    x: np.ndarray,
+    *,
+    input_name: str = "pixel_values",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Run the ONNX model on ``x`` in batches and return its first output, concatenated.
+
+    The session is single-threaded on the CPU with every graph optimization, so the numbers
+    are the same on every node and a quality evaluation does not compete with other work.
+
+    Raises:
+        MeasurementError: ``x`` does not fit the model's input (named) or the runtime failed.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from paretoforge.evaluators.latency import validate_inputs
+
+    _check_xy(x, None, batch_size)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:
+        raise MeasurementError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {err}") from err
+    validate_inputs(session, {input_name: x}, batch_size=min(batch_size, len(x)))
+    try:
+        outs = [
+            session.run(None, {input_name: np.ascontiguousarray(x[i : i + batch_size])})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+    except Exception as err:
+        raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
+    return np.concatenate(outs, axis=0)
+
+
+def onnx_accuracy(
+    onnx_path: str | os.PathLike[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    input_name: str = "pixel_values",
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy of the ONNX classifier ``onnx_path`` on ``(x, y)``.
+
+    Args:
+        onnx_path: Exported classifier whose first output is logits ``(batch, classes)``.
+        x: Inputs, samples on axis 0, in the model's dtype.
+        y: Integer labels, shape ``(n,)``.
+        input_name: The model's input name.
+        batch_size: Samples per call.
+
+    Raises:
+        MeasurementError: shapes or dtypes do not fit (the message names the input).
+    """
+    _check_xy(x, y, batch_size)
+    logits = onnx_logits(onnx_path, x, input_name=input_name, batch_size=batch_size)
+    return float((logits.argmax(axis=-1) == y).mean())
+
+
+def torch_logits(
+    model: torch.nn.Module,
+    x: np.ndarray | torch.Tensor,
+    *,
+    input_name: str = "pixel_values",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Run ``model(**{input_name: batch})`` over ``x`` in eval mode; return the logits.
+
+    The model's training mode is restored afterwards. Logits are ``.logits`` if the output has
+    it, else ``out[0]`` (as :func:`paretoforge.kernels.export.default_output_fn`).
+    """
+    import numpy as np
+    import torch
+
+    from paretoforge.kernels.export import default_output_fn
+
+    _check_xy(np.empty(len(x)), None, batch_size)
+    xt = torch.as_tensor(x)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outs: list[Any] = [
+                default_output_fn(model(**{input_name: xt[i : i + batch_size]})).cpu().numpy()
+                for i in range(0, len(xt), batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    return np.concatenate(outs, axis=0)
+
+
+def torch_accuracy(
+    model: torch.nn.Module,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    batch_size: int = 256,
+    *,
+    input_name: str = "pixel_values",
+) -> float:
+    """Top-1 accuracy of the PyTorch classifier ``model`` on ``(x, y)``.
+
+    Example:
+        >>> import torch
+        >>> class Argmax(torch.nn.Module):
+        ...     def forward(self, pixel_values):
+        ...         return (pixel_values,)
+        >>> torch_accuracy(Argmax(), torch.eye(3), torch.tensor([0, 1, 1]))
+        0.6666666666666666
+    """
+    import numpy as np
+
+    y_np = np.asarray(y.cpu() if hasattr(y, "cpu") else y)
+    _check_xy(np.empty(len(x)), y_np, batch_size)
+    logits = torch_logits(model, x, input_name=input_name, batch_size=batch_size)
+    return float((logits.argmax(axis=-1) == y_np).mean())

@@ -1,0 +1,142 @@
+"""The hardware profile model: one named target a candidate is measured on."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from paretoforge.exceptions import PlacementError
+
+__all__ = ["HardwareProfile"]
+
+# Execution providers that run on a CUDA device; a cuda profile with any other provider would
+# silently measure the CPU.
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+class HardwareProfile(BaseModel):
+    """A named hardware target: device, runtime, threads, batch shape and where it lives.
+
+    A profile is data: the numbers about the hardware a candidate serves on live here, never in
+    the code that measures it. ``resource`` names the Ray custom resource a node must carry to
+    measure the profile, so that a profile is never measured on hardware it does not describe;
+    ``None`` means any node will do (the built-in ``cpu`` profiles: "the CPU this cluster has").
+
+    Example:
+        >>> p = HardwareProfile(name="edge-2t", device="cpu", intra_op_threads=2)
+        >>> p.resource
+        'hw:edge-2t'
+        >>> p.threads_for(8)
+        2
+        >>> HardwareProfile(name="any", device="cpu", resource=None).threads_for(8)
+        8
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        description="Unique name of the profile, referenced from specs and the CLI.",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+    )
+    description: str = Field(default="", description="One line for humans: what hardware this is.")
+    device: Literal["cpu", "cuda"] = Field(description="Device class the runtime executes on.")
+    runtime: Literal["onnxruntime"] = Field(
+        default="onnxruntime", description="Runtime that executes the exported candidate."
+    )
+    provider: str = Field(
+        default="CPUExecutionProvider",
+        description="ONNX Runtime execution provider, e.g. CPUExecutionProvider.",
+        min_length=1,
+    )
+    intra_op_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads inside one operator; None uses every core the measurement may use.",
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=1, description="Threads running independent operators concurrently."
+    )
+    allow_spinning: bool = Field(
+        default=True,
+        description=(
+            "Let idle intra-op threads busy-wait between operators (ONNX Runtime's default). "
+            "Lowest latency when the runtime owns its cores; turn off on shared cores."
+        ),
+    )
+    batch_size: int = Field(default=1, ge=1, description="Samples per inference call.")
+    sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per sample for text models; None keeps the task's own length.",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime graph optimization level."
+    )
+    precisions: tuple[str, ...] = Field(
+        default=("fp32", "int8"),
+        min_length=1,
+        description="Numeric precisions this target can run, e.g. fp32, int8.",
+    )
+    resource: str | None = Field(
+        default=None,
+        description=(
+            "Ray custom resource a node must carry to measure this profile; defaults to "
+            "'hw:<name>'. null: any node."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_resource(cls, data: Any) -> Any:
+        # Absent means "hw:<name>"; an explicit null means "any node". Only a before-validator
+        # can tell the two apart.
+        if isinstance(data, dict) and "resource" not in data and isinstance(data.get("name"), str):
+            data = {**data, "resource": f"hw:{data['name']}"}
+        return data
+
+    @field_validator("precisions")
+    @classmethod
+    def _unique_precisions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"precisions {list(v)} repeat a value; list each precision once")
+        return v
+
+    @model_validator(mode="after")
+    def _provider_matches_device(self) -> HardwareProfile:
+        if self.device == "cuda" and self.provider not in _CUDA_PROVIDERS:
+            raise ValueError(
+                f"device 'cuda' needs a CUDA execution provider, got {self.provider!r}; "
+                f"use one of {', '.join(_CUDA_PROVIDERS)}"
+            )
+        if self.device == "cpu" and self.provider in _CUDA_PROVIDERS:
+            raise ValueError(
+                f"device 'cpu' cannot use {self.provider!r}; set device: cuda or a CPU provider"
+            )
+        return self
+
+    def threads_for(self, n_cores: int) -> int:
+        """Intra-op threads to use on a measurement slot of ``n_cores`` cores.
+
+        Args:
+            n_cores: Cores the measurement may use (its affinity mask, not the whole node).
+
+        Returns:
+            ``n_cores`` when the profile takes every core, else the profile's thread count.
+
+        Raises:
+            PlacementError: the slot has fewer cores than the profile's threads; running more
+                threads than cores would measure contention, not the target hardware.
+        """
+        if n_cores < 1:
+            raise PlacementError(f"n_cores must be >= 1, got {n_cores}")
+        if self.intra_op_threads is None:
+            return n_cores
+        if self.intra_op_threads > n_cores:
+            raise PlacementError(
+                f"Profile {self.name!r} needs {self.intra_op_threads} intra-op threads but the "
+                f"measurement slot has {n_cores} core(s); give the bench slot more cores or "
+                f"lower intra_op_threads."
+            )
+        return self.intra_op_threads

@@ -1,0 +1,160 @@
+"""ONNX Runtime sessions configured from a hardware profile, and graph summaries for manifests."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from paretoforge.exceptions import MeasurementError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from paretoforge.hw_profiles import HardwareProfile
+
+__all__ = ["available_cores", "create_session", "graph_summary", "session_options_for"]
+
+_QUANT_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+)
+
+
+def available_cores() -> int:
+    """Cores this thread may run on (its affinity mask), falling back to the CPU count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def session_options_for(
+    profile: HardwareProfile, n_cores: int | None = None
+) -> onnxruntime.SessionOptions:
+    """Build ONNX Runtime session options for ``profile``.
+
+    Threads are always set explicitly: with ``intra_op_num_threads=0`` ONNX Runtime sizes its
+    pool from the whole machine (and may set its own affinity), ignoring the cores the bench
+    pinned the measurement to. With an explicit count, the pool's threads inherit the creating
+    thread's affinity mask (checked in tests/kernels/test_kernels_ort.py).
+
+    Args:
+        profile: The hardware profile.
+        n_cores: Cores the session may use; default: this thread's affinity mask.
+
+    Raises:
+        PlacementError: the profile needs more threads than ``n_cores``.
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = profile.threads_for(n_cores or available_cores())
+    so.inter_op_num_threads = profile.inter_op_threads
+    # Parallel execution only helps graphs with independent branches; a transformer is a
+    # chain, and sequential execution keeps run-to-run variance low.
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = levels[profile.graph_optimization]
+    # Spinning keeps intra-op workers busy-waiting between operators. Without it, each parallel
+    # operator pays a thread wake-up: the default ViT (4 layers, batch 1, 2 threads) went from
+    # 0.15 to 0.33 ms p50 and its latency turned bimodal (benchmarks/latency_probe.py --spin);
+    # with 1 thread there is no pool and it makes no difference. The cost is cores burnt while
+    # idle, which is fine on cores the bench owns, so it is on unless the profile says not.
+    spin = "1" if profile.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    so.log_severity_level = 3  # errors only: ORT's warnings go to stderr of every worker
+    return so
+
+
+def create_session(
+    path: str | os.PathLike[str], profile: HardwareProfile, n_cores: int | None = None
+) -> onnxruntime.InferenceSession:
+    """Open ``path`` in ONNX Runtime the way ``profile`` runs it.
+
+    Raises:
+        MeasurementError: the profile's execution provider is not available in this
+            onnxruntime build, or the model cannot be loaded.
+        PlacementError: the profile needs more threads than the cores available.
+    """
+    import onnxruntime as ort
+
+    if profile.runtime != "onnxruntime":
+        raise MeasurementError(
+            f"Profile {profile.name!r} uses runtime {profile.runtime!r}; "
+            f"create_session only serves 'onnxruntime'"
+        )
+    available = ort.get_available_providers()
+    if profile.provider not in available:
+        raise MeasurementError(
+            f"Profile {profile.name!r} needs execution provider {profile.provider!r}, which this "
+            f"onnxruntime {ort.__version__} lacks (available: {', '.join(available)}); install "
+            f"the matching onnxruntime package or measure the profile on a node that has it"
+        )
+    so = session_options_for(profile, n_cores)
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=[profile.provider])
+    except Exception as err:
+        raise MeasurementError(
+            f"ONNX Runtime cannot load {str(path)!r} for profile {profile.name!r}: {err}"
+        ) from err
+
+
+def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe an ONNX file for a manifest: ops, quantization nodes, weight bytes.
+
+    Returns:
+        ``{"file_bytes", "opset", "node_count", "op_counts", "quant_op_counts",
+        "initializer_count", "initializer_bytes", "initializer_dtype_bytes", "inputs",
+        "outputs"}``. ``initializer_bytes`` is the weights alone; on small models the file is
+        mostly graph structure, so it is the better measure of what quantization saved.
+    """
+    import numpy as np
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    ops = Counter(n.op_type for n in graph.node)
+    dtype_bytes: Counter[str] = Counter()
+    for init in graph.initializer:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+        dtype_bytes[dtype.name] += int(np.prod(init.dims, dtype=np.int64)) * dtype.itemsize
+
+    def _io(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append(
+                {
+                    "name": v.name,
+                    "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name,
+                    "shape": shape,
+                }
+            )
+        return out
+
+    return {
+        "file_bytes": path.stat().st_size,
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "node_count": len(graph.node),
+        "op_counts": dict(sorted(ops.items())),
+        "quant_op_counts": {op: ops.get(op, 0) for op in _QUANT_OPS},
+        "initializer_count": len(graph.initializer),
+        "initializer_bytes": sum(dtype_bytes.values()),
+        "initializer_dtype_bytes": dict(sorted(dtype_bytes.items())),
+        "inputs": _io(graph.input),
+        "outputs": _io(graph.output),
+    }

@@ -1,0 +1,237 @@
+"""Structured pruning by real weight surgery: drop layers, attention heads and FFN neurons.
+
+A :class:`PrunePlan` says what to keep; :func:`prune` returns a new, smaller dense model whose
+kept weights are the original ones (weight inheritance), with no masks left in its graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from paretoforge.exceptions import BuildError
+from paretoforge.models.adapters import FamilyAdapter, adapter_for
+
+if TYPE_CHECKING:
+    from paretoforge.models.importance import Importance
+
+__all__ = [
+    "PrunePlan",
+    "head_indices",
+    "identity_plan",
+    "plan_from_importance",
+    "prune",
+    "slice_linear",
+]
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What a pruned model keeps, in original indices.
+
+    Attributes:
+        layers: Kept layer indices of the original model, ascending.
+        heads: For each kept layer (same order as ``layers``), its kept head indices, ascending.
+        neurons: For each kept layer, its kept FFN neuron indices, ascending.
+
+    Example:
+        >>> plan = PrunePlan(layers=(0, 2), heads=((0, 1), (3,)), neurons=((0, 5, 7), (1, 2)))
+        >>> plan.to_dict()["layers"]
+        [0, 2]
+    """
+
+    layers: tuple[int, ...]
+    heads: tuple[tuple[int, ...], ...]
+    neurons: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self) -> None:
+        # Normalise lists / numpy ints so that equal plans compare and hash equal.
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        object.__setattr__(self, "heads", tuple(tuple(int(h) for h in hs) for hs in self.heads))
+        object.__setattr__(
+            self, "neurons", tuple(tuple(int(n) for n in ns) for ns in self.neurons)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "layers": list(self.layers),
+            "heads": [list(h) for h in self.heads],
+            "neurons": [list(n) for n in self.neurons],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrunePlan:
+        """Inverse of :meth:`to_dict`."""
+        return cls(layers=data["layers"], heads=data["heads"], neurons=data["neurons"])
+
+
+def head_indices(heads: Sequence[int], head_dim: int) -> torch.Tensor:
+    """Feature indices of the given heads in a ``(num_heads * head_dim)`` projection."""
+    idx = torch.as_tensor(list(heads), dtype=torch.long)
+    return (idx[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # (len(heads) * hd,)
+
+
+@torch.no_grad()
+def slice_linear(
+    linear: nn.Linear,
+    out_idx: torch.Tensor | Sequence[int] | None = None,
+    in_idx: torch.Tensor | Sequence[int] | None = None,
+) -> None:
+    """Keep only rows ``out_idx`` (outputs) and columns ``in_idx`` (inputs) of ``linear``.
+
+    Works in place: the module object stays (so references to it, e.g. from an adapter, stay
+    valid) while its parameters are replaced by sliced copies.
+
+    The bias follows the outputs; an input slice leaves it unchanged.
+    """
+    weight = linear.weight
+    if out_idx is not None:
+        out_idx = torch.as_tensor(out_idx, dtype=torch.long)
+        weight = weight[out_idx]
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias[out_idx].clone())
+        linear.out_features = len(out_idx)
+    if in_idx is not None:
+        in_idx = torch.as_tensor(in_idx, dtype=torch.long)
+        weight = weight[:, in_idx]
+        linear.in_features = len(in_idx)
+    linear.weight = nn.Parameter(weight.contiguous().clone())
+
+
+def identity_plan(model: nn.Module) -> PrunePlan:
+    """The plan that keeps everything ``model`` has now."""
+    adapter = adapter_for(model)
+    hd = adapter.head_dim(model)
+    layers = adapter.layers(model)
+    return PrunePlan(
+        layers=tuple(range(len(layers))),
+        heads=tuple(tuple(range(adapter.num_heads(layer, hd))) for layer in layers),
+        neurons=tuple(tuple(range(adapter.ffn(layer)[0].out_features)) for layer in layers),
+    )
+
+
+def _top_k(scores: Sequence[float], k: int) -> tuple[int, ...]:
+    """Indices of the ``k`` highest scores, ascending; ties go to the lower index."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return tuple(sorted(order[:k]))
+
+
+def _count(name: str, value: int, available: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BuildError(f"{name} must be an integer, got {value!r}.")
+    if not 1 <= value <= available:
+        raise BuildError(f"{name}={value} is out of range: must be between 1 and {available}.")
+    return int(value)
+
+
+def plan_from_importance(
+    imp: Importance, *, layers_kept: int, heads_kept: int, ffn_kept: float | int
+) -> PrunePlan:
+    """Keep the most important layers, and in each the most important heads and neurons.
+
+    Args:
+        imp: Importance scores of the model to prune.
+        layers_kept: Number of layers to keep (top by layer importance).
+        heads_kept: Heads to keep in every kept layer (top by head importance in that layer).
+        ffn_kept: FFN neurons to keep per kept layer: a float in (0, 1] is a fraction of the
+            layer's width (rounded, at least 1), an int is a count.
+
+    Raises:
+        BuildError: A count is out of range for the model.
+
+    Example:
+        >>> plan = plan_from_importance(imp, layers_kept=3, heads_kept=2, ffn_kept=0.5)
+        ... # doctest: +SKIP
+    """
+    n_layers = len(imp.layers)
+    layers_kept = _count("layers_kept", layers_kept, n_layers)
+    layers = _top_k(list(imp.layers), layers_kept)
+    heads: list[tuple[int, ...]] = []
+    neurons: list[tuple[int, ...]] = []
+    for li in layers:
+        head_scores = list(imp.head_scores(li))
+        heads.append(_top_k(head_scores, _count("heads_kept", heads_kept, len(head_scores))))
+        width = len(imp.neurons[li])
+        if isinstance(ffn_kept, bool) or not isinstance(ffn_kept, numbers.Real):
+            raise BuildError(f"ffn_kept must be a fraction or a count, got {ffn_kept!r}.")
+        if isinstance(ffn_kept, numbers.Integral):
+            k = _count("ffn_kept", ffn_kept, width)
+        else:
+            if not 0.0 < float(ffn_kept) <= 1.0 or not math.isfinite(float(ffn_kept)):
+                raise BuildError(
+                    f"ffn_kept={ffn_kept!r} as a fraction must be in (0, 1]; "
+                    "pass an int to give a count of neurons."
+                )
+            k = max(1, round(float(ffn_kept) * width))
+        neurons.append(_top_k(list(imp.neurons[li]), k))
+    return PrunePlan(layers=layers, heads=tuple(heads), neurons=tuple(neurons))
+
+
+def _check_plan(plan: PrunePlan, model: nn.Module, adapter: FamilyAdapter) -> None:
+    layers = adapter.layers(model)
+    hd = adapter.head_dim(model)
+    if not plan.layers:
+        raise BuildError("PrunePlan keeps no layer; keep at least 1.")
+    if list(plan.layers) != sorted(set(plan.layers)):
+        raise BuildError(f"PrunePlan.layers must be ascending and unique, got {plan.layers}.")
+    if plan.layers[0] < 0 or plan.layers[-1] >= len(layers):
+        raise BuildError(
+            f"PrunePlan.layers {plan.layers} is out of range for a model of {len(layers)} layers."
+        )
+    if len(plan.heads) != len(plan.layers) or len(plan.neurons) != len(plan.layers):
+        raise BuildError(
+            f"PrunePlan has {len(plan.layers)} layers but {len(plan.heads)} head lists and "
+            f"{len(plan.neurons)} neuron lists; give one of each per kept layer."
+        )
+    for li, hs, ns in zip(plan.layers, plan.heads, plan.neurons, strict=True):
+        n_heads = adapter.num_heads(layers[li], hd)
+        width = adapter.ffn(layers[li])[0].out_features
+        for what, kept, available in (("heads", hs, n_heads), ("neurons", ns, width)):
+            if not kept:
+                raise BuildError(f"PrunePlan keeps no {what} in layer {li}; keep at least 1.")
+            if list(kept) != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= available:
+                raise BuildError(
+                    f"PrunePlan {what} of layer {li} must be ascending, unique and in "
+                    f"0..{available - 1}, got {kept}."
+                )
+
+
+def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """A new dense model keeping only what ``plan`` keeps; ``model`` is left untouched.
+
+    Heads: rows of q/k/v (and their biases) and columns of o are sliced head by head. Neurons:
+    rows of up (and its bias) and columns of down. Layers: dropped from the layer list. The
+    config gets ``num_hidden_layers`` and ``paretoforge_shapes`` (per-layer heads and FFN widths).
+
+    Raises:
+        BuildError: The plan keeps nothing somewhere, or names indices the model lacks.
+
+    Example:
+        >>> small = prune(model, identity_plan(model))  # doctest: +SKIP
+    """
+    adapter = adapter_for(model)
+    _check_plan(plan, model, adapter)
+    new = copy.deepcopy(model)
+    hd = adapter.head_dim(new)
+    old_layers = adapter.layers(new)
+    kept_layers = nn.ModuleList([old_layers[i] for i in plan.layers])
+    for layer, hs, ns in zip(kept_layers, plan.heads, plan.neurons, strict=True):
+        q, k, v, o = adapter.attention(layer)
+        feat = head_indices(hs, hd)
+        for proj in (q, k, v):
+            slice_linear(proj, out_idx=feat)
+        slice_linear(o, in_idx=feat)
+        up, down = adapter.ffn(layer)
+        slice_linear(up, out_idx=ns)
+        slice_linear(down, in_idx=ns)
+    adapter.set_layers(new, kept_layers)
+    adapter.set_layer_shapes(new)
+    return new.train(model.training)

@@ -1,0 +1,119 @@
+"""What every candidate shares, computed once on the driver: task data, base model, importance.
+
+The bundle travels to the workers through the Ray object store: weights as safetensors bytes
+(never pickled modules), data as numpy arrays, importance as plain lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paretoforge.spec import Spec
+
+__all__ = ["Prepared", "cache_dir", "prepare"]
+
+
+def cache_dir() -> Path:
+    """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
+    env = os.environ.get("PARETOFORGE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
+
+
+@dataclass
+class Prepared:
+    """The shared inputs of every candidate build."""
+
+    task_name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_heldout: np.ndarray
+    y_heldout: np.ndarray
+    num_classes: int
+    input_name: str
+    preprocessing: str
+    split: dict[str, Any]
+    base_config_json: str
+    base_weights: bytes  # safetensors serialisation of the base state dict
+    base_info: dict[str, Any]
+    importance: dict[str, Any]
+    num_layers: int
+    num_heads: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def load_base(self) -> Any:
+        """Rebuild the base model from safetensors bytes + config (no pickle involved)."""
+        from paretoforge.models.io import load_pretrained
+
+        with tempfile.TemporaryDirectory(prefix="pf-base-") as d:
+            Path(d, "config.json").write_text(self.base_config_json)
+            Path(d, "model.safetensors").write_bytes(self.base_weights)
+            return load_pretrained(d)
+
+    def task_data(self) -> Any:
+        from paretoforge.tasks import TaskData
+
+        return TaskData(
+            name=self.task_name, x_train=self.x_train, y_train=self.y_train,
+            x_heldout=self.x_heldout, y_heldout=self.y_heldout, num_classes=self.num_classes,
+            input_name=self.input_name, metric="accuracy", preprocessing=self.preprocessing,
+            split=self.split,
+        )
+
+
+def prepare(spec: Spec, *, log: Any = print) -> Prepared:
+    """Load the task, train (or load from cache) the base model, and score importance."""
+    import torch
+    from safetensors.torch import save as st_save
+
+    from paretoforge.models.importance import compute_importance
+    from paretoforge.models.recipes import get_recipe
+    from paretoforge.models.vit import get_base_model
+    from paretoforge.tasks import load_task
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    task = load_task(spec.task.name, heldout_fraction=spec.task.split.heldout_fraction,
+                     seed=spec.task.split.seed)
+    recipe = get_recipe(spec.model.recipe, **spec.model.overrides)
+    timings["task_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model, info = get_base_model(recipe, task, cache_dir() / "base")
+    timings["base_s"] = time.perf_counter() - t0
+    log(f"base model: held-out {task.metric} {info['heldout_accuracy']:.4f} "
+        f"({'cached' if info.get('cached') else 'trained'} in {timings['base_s']:.1f}s)")
+
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.search.seed)
+    imp = compute_importance(model, task.x_train, task.y_train)
+    timings["importance_s"] = time.perf_counter() - t0
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return Prepared(
+        task_name=task.name, x_train=task.x_train, y_train=task.y_train,
+        x_heldout=task.x_heldout, y_heldout=task.y_heldout, num_classes=task.num_classes,
+        input_name=task.input_name, preprocessing=task.preprocessing, split=dict(task.split),
+        base_config_json=model.config.to_json_string(), base_weights=st_save(state),
+        base_info={k: v for k, v in info.items() if _jsonable(v)},
+        importance=imp.to_dict(), num_layers=int(model.config.num_hidden_layers),
+        num_heads=int(model.config.num_attention_heads), timings=timings,
+    )
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False

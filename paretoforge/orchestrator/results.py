@@ -1,0 +1,266 @@
+"""The run directory and its results: the study, the trials, the Pareto front, exports.
+
+Layout of a run directory::
+
+    spec.yaml         the validated spec the run was started with
+    run.json          study name, directions, base model info, versions
+    study.journal     the Optuna study (journal storage), unless the spec names a storage URL
+    artifacts/<key>/  model.onnx, model.safetensors, config.json, manifest.json per candidate
+    front.json        the Pareto front, written when the search ends
+
+Example:
+    >>> run = load_run("runs/quickstart")  # doctest: +SKIP
+    >>> [m.trial for m in run.front()]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paretoforge._io import atomic_write_json, sha256_file
+from paretoforge.exceptions import ParetoforgeError, SpecError
+from paretoforge.spec import Spec
+
+__all__ = ["FrontMember", "Run", "export_trial", "load_run", "non_dominated", "open_study"]
+
+JOURNAL = "study.journal"
+
+
+def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool = True) -> Any:
+    """Open (or create) the run's Optuna study in its storage."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage: Any
+    if spec.storage:
+        storage = spec.storage
+    else:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
+    directions = [o.direction for o in spec.objectives]
+    if create:
+        return optuna.create_study(storage=storage, sampler=sampler, study_name=spec.name,
+                                   directions=directions, load_if_exists=True)
+    return optuna.load_study(storage=storage, study_name=spec.name, sampler=sampler)
+
+
+def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> list[int]:
+    """Indices of the points no other point dominates (duplicates of a point all stay).
+
+    Example:
+        >>> non_dominated([(1, 5), (2, 4), (0, 6), (1, 6)], ["maximize", "minimize"])
+        [0, 1]
+    """
+    sign = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    vals = [tuple(s * v for s, v in zip(sign, p)) for p in points]  # all minimised now
+    keep = []
+    for i, a in enumerate(vals):
+        dominated = any(
+            all(b_k <= a_k for a_k, b_k in zip(a, b)) and any(b_k < a_k for a_k, b_k in zip(a, b))
+            for j, b in enumerate(vals) if j != i
+        )
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
+@dataclass
+class FrontMember:
+    """One Pareto-optimal trial."""
+
+    trial: int
+    config: dict[str, Any]
+    objectives: dict[str, float]
+    metrics: dict[str, float]
+    artifacts: dict[str, str]
+    relative: dict[str, float] = field(default_factory=dict)
+    constraint_violation: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial": self.trial, "config": self.config, "objectives": self.objectives,
+                "metrics": self.metrics, "relative_to_base": self.relative,
+                "constraint_violation": self.constraint_violation, "artifacts": self.artifacts}
+
+
+class Run:
+    """A finished (or running) search, read back from its run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir)
+        spec_path = self.dir / "spec.yaml"
+        if not spec_path.is_file():
+            raise SpecError(
+                f"{str(self.dir)!r} is not a paretoforge run directory (no spec.yaml); "
+                "pass the --run-dir of a search"
+            )
+        self.spec = Spec.from_file(spec_path)
+        info = self.dir / "run.json"
+        self.info: dict[str, Any] = json.loads(info.read_text()) if info.is_file() else {}
+        self.study = open_study(self.dir, self.spec, create=False)
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.metric for o in self.spec.objectives]
+
+    def trials(self, *, states: tuple[str, ...] | None = ("COMPLETE",)) -> list[Any]:
+        out = []
+        for t in self.study.get_trials(deepcopy=False):
+            if states is None or t.state.name in states:
+                out.append(t)
+        return out
+
+    def trial(self, number: int) -> Any:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == number:
+                return t
+        raise ParetoforgeError(
+            f"trial {number} is not in run {str(self.dir)!r} "
+            f"(trials 0..{len(self.study.trials) - 1}); see `paretoforge front {self.dir}`"
+        )
+
+    def artifact_dir(self, trial: Any) -> Path:
+        rel = trial.user_attrs.get("artifact_dir")
+        if not rel:
+            raise ParetoforgeError(f"trial {trial.number} has no artifacts (state "
+                                   f"{trial.state.name}); export a completed trial")
+        path = (self.dir / rel).resolve()
+        if self.dir.resolve() not in path.parents:
+            raise ParetoforgeError(f"trial {trial.number}: artifact path {rel!r} escapes the run")
+        return path
+
+    def base_trial(self) -> Any | None:
+        for t in self.trials():
+            if t.user_attrs.get("is_base"):
+                return t
+        return None
+
+    def front(self) -> list[FrontMember]:
+        """The non-dominated feasible completed trials, one per distinct config (first wins).
+
+        When no completed trial is feasible, the best-effort front of all completed trials is
+        returned, each member with its ``constraint_violation`` (sum of positive violations).
+        """
+        seen: set[str] = set()
+        unique = []
+        for t in sorted(self.trials(), key=lambda t: t.number):
+            key = t.user_attrs.get("key")
+            if key in seen:
+                continue
+            seen.add(key)
+            unique.append(t)
+        feasible = [t for t in unique if _violation(t) <= 0]
+        pool = feasible or unique
+        idx = non_dominated([tuple(t.values) for t in pool],
+                            [o.direction for o in self.spec.objectives])
+        base = self.base_trial()
+        members = [self._member(pool[i], base) for i in idx]
+        first = self.objective_names[0]
+        return sorted(members, key=lambda m: m.objectives[first])
+
+    def _member(self, t: Any, base: Any | None) -> FrontMember:
+        metrics = dict(t.user_attrs.get("metrics", {}))
+        relative: dict[str, float] = {}
+        if base is not None:
+            bm = base.user_attrs.get("metrics", {})
+            for k, v in metrics.items():
+                if k.startswith("latency_") and bm.get(k):
+                    relative[f"speedup_{k}"] = bm[k] / v if v else float("inf")
+            for k in ("onnx_bytes", "params"):
+                if bm.get(k):
+                    relative[f"{k}_ratio"] = metrics[k] / bm[k]
+            if "accuracy" in bm:
+                relative["accuracy_delta"] = metrics["accuracy"] - bm["accuracy"]
+        art = self.artifact_dir(t)
+        artifacts = {name: str(art / name) for name in
+                     ("model.onnx", "model.safetensors", "config.json", "manifest.json")}
+        return FrontMember(
+            trial=t.number, config=dict(t.user_attrs.get("config", t.params)),
+            objectives=dict(zip(self.objective_names, t.values)), metrics=metrics,
+            artifacts=artifacts, relative=relative, constraint_violation=_violation(t),
+        )
+
+    def checkpoint(self, trial: int) -> Checkpoint:
+        return Checkpoint(self.artifact_dir(self.trial(trial)))
+
+
+class Checkpoint:
+    """A trial's artifacts: an ONNX Runtime session or the pruned PyTorch model."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def load_onnx(self, providers: list[str] | None = None) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(self.dir / "model.onnx"),
+                                    providers=providers or ["CPUExecutionProvider"])
+
+    def load_torch(self) -> Any:
+        from paretoforge.models.io import load_pretrained
+
+        return load_pretrained(self.dir)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> Run:
+    """Open a run directory written by ``paretoforge search``."""
+    return Run(Path(run_dir))
+
+
+def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Path:
+    """Copy a trial's checkpoint to ``out`` with a complete manifest; atomic (temp dir + rename).
+
+    The export holds ``model.onnx``, ``model.safetensors`` + ``config.json`` and
+    ``manifest.json`` (objectives, metrics with their profile, held-out split, input spec,
+    preprocessing, package versions, sha256 of every file).
+    """
+    t = run.trial(number)
+    if t.state.name != "COMPLETE":
+        raise ParetoforgeError(f"trial {number} is {t.state.name}; only completed trials export")
+    src = run.artifact_dir(t)
+    manifest = json.loads((src / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        if sha256_file(src / name) != digest:
+            raise ParetoforgeError(f"{src / name}: checksum differs from its manifest; the "
+                                   "artifact was modified or is corrupt; re-run the trial")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ParetoforgeError(f"export directory {str(out)!r} is not empty; choose another "
+                               "--out or pass --force")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in manifest["files"]:
+            shutil.copy2(src / name, tmp / name)
+        manifest["trial"] = t.number
+        manifest["run"] = {"dir": str(run.dir.resolve()), "study": run.spec.name}
+        manifest["objectives"] = {
+            o.metric: {"value": v, "direction": o.direction}
+            for o, v in zip(run.spec.objectives, t.values)
+        }
+        base = run.base_trial()
+        if base is not None:
+            manifest["base_trial_metrics"] = base.user_attrs.get("metrics", {})
+        manifest["files"] = {name: sha256_file(tmp / name) for name in manifest["files"]}
+        atomic_write_json(tmp / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _violation(t: Any) -> float:
+    return float(sum(max(0.0, c) for c in (t.user_attrs.get("constraints") or [])))

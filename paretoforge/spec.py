@@ -1,0 +1,365 @@
+"""The one schema: a search spec, written in YAML (or JSON) and validated before any work starts.
+
+Example:
+    >>> from paretoforge.spec import Spec
+    >>> spec = Spec.from_file("examples/quickstart.yaml")  # doctest: +SKIP
+    >>> spec.search.trials  # doctest: +SKIP
+    24
+
+Every model forbids unknown keys, every field carries a description (the JSON Schema from
+``Spec.model_json_schema()`` documents the format), and cross-field rules run in
+``model_validator(mode="after")``. Validation errors become one-line :class:`SpecError` messages
+that name the field, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from paretoforge.exceptions import SpecError, UnknownComponentError
+
+__all__ = [
+    "ClusterSpec",
+    "ConstraintSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "RecoverySpec",
+    "SearchConfig",
+    "SpaceSpec",
+    "Spec",
+    "SplitSpec",
+    "TaskSpec",
+    "parse_metric",
+]
+
+SAMPLERS = ("nsga2", "tpe")
+# Metric names a candidate reports; latency metrics carry the profile: ``latency_p50_ms@cpu-1t``.
+QUALITY_METRICS = ("accuracy",)
+PLAIN_METRICS = ("accuracy", "onnx_bytes", "params")
+LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which base model to compress."""
+
+    recipe: str = Field(
+        "vit-digits",
+        description="Built-in recipe that trains the base model from bundled data "
+        "(`paretoforge recipes` lists them).",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Recipe fields to change, e.g. {hidden_size: 96, epochs: 40}.",
+    )
+
+
+class SplitSpec(_Strict):
+    """How the task data is split; the held-out part is never trained on."""
+
+    heldout_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="Fraction of the data held out for quality."
+    )
+    seed: int = Field(0, description="Seed of the stratified split.")
+
+
+class TaskSpec(_Strict):
+    """The task: data, split and metric."""
+
+    name: str = Field("digits", description="Task name (`digits`: scikit-learn's bundled 8x8 digits).")
+    data: str | None = Field(
+        None, description="Path to the task data; built-in tasks bring their own (leave unset)."
+    )
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
+    metric: Literal["accuracy"] = Field("accuracy", description="Quality metric on held-out data.")
+
+
+class SpaceSpec(_Strict):
+    """The search space: a preset, with optional changes to its dimensions' choices."""
+
+    preset: str = Field("vit-prune", description="Search-space preset (`paretoforge spaces`).")
+    dimensions: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Replace a dimension's choices, e.g. {layers_kept: [2, 3, 4]}.",
+    )
+
+
+class RecoverySpec(_Strict):
+    """Knowledge-distillation recovery applied to every pruned candidate."""
+
+    epochs: int = Field(8, ge=0, le=1000, description="Distillation epochs over the training split.")
+    lr: float = Field(1e-3, gt=0.0, lt=1.0, description="AdamW learning rate.")
+    temperature: float = Field(2.0, gt=0.0, description="Softmax temperature of the logit KD loss.")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weight of the KD loss; 1 - alpha goes to the label loss."
+    )
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+
+
+class ObjectiveSpec(_Strict):
+    """One objective of the multi-objective search."""
+
+    metric: str = Field(
+        description="Metric name: accuracy, onnx_bytes, params, or a latency with its profile, "
+        "e.g. latency_p50_ms@cpu-1t."
+    )
+    direction: Literal["minimize", "maximize"] = Field(description="minimize or maximize.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        parse_metric(v)
+        return v
+
+
+class ConstraintSpec(_Strict):
+    """A feasibility bound on a metric; infeasible candidates never enter the front."""
+
+    metric: str = Field(description="Metric name, as in objectives.")
+    min: float | None = Field(None, description="Lower bound (inclusive).")
+    max: float | None = Field(None, description="Upper bound (inclusive).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        parse_metric(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintSpec:
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraint on {self.metric!r} needs `min` or `max`")
+        return self
+
+
+class SearchConfig(_Strict):
+    """How the search runs: sampler, budget, seed."""
+
+    sampler: Literal["nsga2", "tpe"] = Field("nsga2", description="Optuna sampler: nsga2 or tpe.")
+    trials: int = Field(24, ge=1, le=100_000, description="Number of COMPLETED trials to reach.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Wall-time budget in seconds; the search stops at whichever first."
+    )
+    seed: int = Field(0, description="Seed of the sampler, the split and the recovery.")
+    population_size: int = Field(
+        8, ge=2, le=1000, description="NSGA-II population size (ignored by tpe)."
+    )
+    max_failures: int = Field(
+        20, ge=0, description="Stop when this many trials have failed (a broken setup, not bad luck)."
+    )
+
+
+class ClusterSpec(_Strict):
+    """Where candidates are built and measured."""
+
+    address: str | None = Field(
+        None, description="Ray address of an existing cluster; unset starts a local one "
+        "(RAY_ADDRESS is honoured too)."
+    )
+    workers: int = Field(2, ge=1, le=4096, description="Worker actors: trials in flight at once.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker actor.")
+    dashboard: bool = Field(
+        False, description="Start the Ray dashboard (bound to 127.0.0.1) for a local cluster."
+    )
+
+
+class Spec(_Strict):
+    """A whole search spec."""
+
+    name: str = Field("search", description="Run name (letters, digits, '.', '_', '-').")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
+    task: TaskSpec = Field(default_factory=TaskSpec, description="Task data, split and metric.")
+    space: SpaceSpec = Field(default_factory=SpaceSpec, description="Search space.")
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec, description="Distillation recovery after pruning."
+    )
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=lambda: [
+            ObjectiveSpec(metric="accuracy", direction="maximize"),
+            ObjectiveSpec(metric="latency_p50_ms@cpu-1t", direction="minimize"),
+        ],
+        min_length=1,
+        description="Objectives of the search (two or more make a Pareto front).",
+    )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list, description="Feasibility bounds; the front holds feasible trials."
+    )
+    profiles: list[str] = Field(
+        default_factory=lambda: ["cpu-1t"],
+        min_length=1,
+        description="Hardware profiles every candidate is measured on (`paretoforge profiles`).",
+    )
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Sampler and budget.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; unset keeps a journal file in the run directory."
+    )
+    run_dir: str | None = Field(
+        None, description="Run directory; unset uses runs/<name> under the working directory."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"name {v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a path)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        from paretoforge.hw_profiles import PROFILES
+        from paretoforge.models.recipes import RECIPES
+        from paretoforge.search_spaces import SPACES
+        from paretoforge.tasks import TASKS
+
+        for p in self.profiles:
+            if p not in PROFILES:
+                raise ValueError(f"profiles: {PROFILES.unknown_message(p)}")
+        if len(set(self.profiles)) != len(self.profiles):
+            raise ValueError(f"profiles: {self.profiles} lists a profile twice")
+        if self.model.recipe not in RECIPES:
+            raise ValueError(f"model.recipe: {RECIPES.unknown_message(self.model.recipe)}")
+        if self.task.name not in TASKS:
+            raise ValueError(f"task.name: {TASKS.unknown_message(self.task.name)}")
+        if self.space.preset not in SPACES:
+            raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: {metrics} names a metric twice")
+        for where, names in (("objectives", metrics), ("constraints", [c.metric for c in self.constraints])):
+            for m in names:
+                _, profile = parse_metric(m)
+                if profile is not None and profile not in self.profiles:
+                    raise ValueError(
+                        f"{where}: metric {m!r} needs profile {profile!r}, which is not in "
+                        f"profiles {self.profiles}; add it to profiles or change the metric"
+                    )
+        return self
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Spec:
+        """Read and validate a YAML or JSON spec; raise :class:`SpecError` with one clear line."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"Spec file {str(path)!r} does not exist; pass the path of a YAML spec.")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                            f"{first}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SpecError(
+                f"{path}: the spec must be a mapping of fields (name, model, task, ...), "
+                f"got {type(data).__name__}"
+            )
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "spec") -> Spec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(f"{source}: {_one_line(e)}") from None
+        except UnknownComponentError as e:
+            raise SpecError(f"{source}: {e}") from None
+
+    def with_overrides(self, **changes: Any) -> Spec:
+        """A copy with dotted-path overrides, e.g. ``{"search.trials": 8}``, re-validated."""
+        data = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return Spec.from_dict(data, source="command-line options")
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_metric(name: str) -> tuple[str, str | None]:
+    """Split ``latency_p50_ms@cpu-1t`` into ``("latency_p50_ms", "cpu-1t")``; validate the base.
+
+    Example:
+        >>> parse_metric("latency_p50_ms@cpu-1t")
+        ('latency_p50_ms', 'cpu-1t')
+    """
+    base, sep, profile = name.partition("@")
+    if base in LATENCY_METRICS:
+        if not sep or not profile:
+            raise ValueError(
+                f"metric {name!r} needs the profile it is measured on, e.g. '{base}@cpu-1t'"
+            )
+        return base, profile
+    if base in PLAIN_METRICS and not sep:
+        return base, None
+    known = ", ".join(PLAIN_METRICS + tuple(f"{m}@PROFILE" for m in LATENCY_METRICS))
+    raise ValueError(f"unknown metric {name!r}; known: {known}")
+
+
+def _one_line(e: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as ``field: problem (got value)``."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    kind = err["type"]
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "extra_forbidden":
+        parent = ".".join(str(x) for x in err["loc"][:-1])
+        allowed = _allowed_keys(err["loc"][:-1])
+        hint = f"; allowed keys{' of ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else ""
+        return f"unknown field {loc!r}{hint}"
+    if kind == "missing":
+        return f"field {loc!r} is required"
+    value = err.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    if kind == "value_error":
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg} (got {shown})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", None)
+        candidates = [ann] + list(args or [])
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []

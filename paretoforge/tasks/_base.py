@@ -1,0 +1,108 @@
+"""What a task hands the rest of paretoforge: preprocessed arrays, a held-out split, provenance.
+
+numpy is only imported for type checking here, so that importing :mod:`paretoforge.tasks` (which
+the CLI does to list tasks) stays instant.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from paretoforge.exceptions import SpecError
+from paretoforge.registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["TASKS", "TaskData", "load_task"]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value, compare by identity
+class TaskData:
+    """A task's data, already preprocessed into model inputs, with its held-out split.
+
+    The held-out split (``x_heldout``, ``y_heldout``) is where candidates are scored. Nothing in
+    paretoforge trains on it: not the base model, not importance scores, not distillation.
+
+    Attributes:
+        name: Registered task name, e.g. ``"digits"``.
+        x_train: float32 model inputs used for training, e.g. shaped ``(N, 1, 8, 8)``.
+        y_train: int64 labels of ``x_train``.
+        x_heldout: float32 held-out inputs, used only to measure quality.
+        y_heldout: int64 labels of ``x_heldout``.
+        num_classes: Number of classes of the labels.
+        input_name: Name of the model's input argument (and of the ONNX input), e.g.
+            ``"pixel_values"``.
+        metric: Name of the quality metric, e.g. ``"accuracy"``.
+        preprocessing: Exact human-readable account of the preprocessing, for the manifest.
+        split: JSON-able account of the split: method, seed, fraction, sizes and the sha256 of
+            the sorted held-out indices.
+
+    Example:
+        >>> from paretoforge.tasks import load_task
+        >>> task = load_task("digits", heldout_fraction=0.25, seed=0)
+        >>> task.x_train.shape[1:], task.num_classes, task.metric
+        ((1, 8, 8), 10, 'accuracy')
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_heldout: np.ndarray
+    y_heldout: np.ndarray
+    num_classes: int
+    input_name: str
+    metric: str
+    preprocessing: str
+    split: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able provenance of this task (no arrays), e.g. for a manifest."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_name": self.input_name,
+            "input_shape": list(self.x_train.shape[1:]),
+            "metric": self.metric,
+            "preprocessing": self.preprocessing,
+            "split": dict(self.split),
+        }
+
+
+TASKS: Registry[Callable[..., TaskData]] = Registry("task")
+
+
+def load_task(name: str, **params: Any) -> TaskData:
+    """Load a registered task by name, with the task's own parameters.
+
+    Args:
+        name: Registered task name (see ``TASKS.names()``).
+        **params: Keyword parameters of that task's loader, e.g. ``heldout_fraction``.
+
+    Returns:
+        The task's data.
+
+    Raises:
+        UnknownComponentError: ``name`` is not a registered task.
+        SpecError: A parameter is unknown to the task, or has a bad value.
+
+    Example:
+        >>> load_task("digits", seed=1).split["seed"]
+        1
+    """
+    loader = TASKS.get(name)
+    accepted = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise SpecError(
+            f"Unknown parameter(s) {', '.join(map(repr, unknown))} for task {name!r}. "
+            f"Valid parameters: {', '.join(accepted) or '(none)'}."
+        )
+    return loader(**params)

@@ -1,0 +1,97 @@
+"""Built-in task: scikit-learn's bundled 8x8 handwritten digits (offline, 1797 images).
+
+numpy and scikit-learn are imported inside the loader so that registering the task is free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+
+from paretoforge.exceptions import SpecError
+from paretoforge.tasks._base import TASKS, TaskData
+
+__all__ = ["load_digits_task"]
+
+PREPROCESSING = (
+    "sklearn.datasets.load_digits images (8x8, values 0..16) divided by 16.0, as float32, "
+    "shaped (N, 1, 8, 8); labels as int64"
+)
+
+
+@TASKS.register("digits")
+def load_digits_task(heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
+    """Load the digits task with a stratified train / held-out split.
+
+    Args:
+        heldout_fraction: Fraction of the images held out for scoring, in (0, 1).
+        seed: Seed of the split; the same seed always gives the same split.
+
+    Returns:
+        The task; ``x_*`` are float32 ``(N, 1, 8, 8)`` in [0, 1], ``y_*`` int64 in 0..9, both
+        splits in ascending order of the original dataset index.
+
+    Raises:
+        SpecError: ``heldout_fraction`` is not in (0, 1) or ``seed`` is not an integer.
+
+    Example:
+        >>> task = load_digits_task(heldout_fraction=0.25, seed=0)
+        >>> len(task.x_train) + len(task.x_heldout)
+        1797
+    """
+    if (
+        isinstance(heldout_fraction, bool)
+        or not isinstance(heldout_fraction, (int, float))
+        or not math.isfinite(heldout_fraction)
+        or not 0.0 < heldout_fraction < 1.0
+    ):
+        raise SpecError(
+            f"digits: heldout_fraction must be a number strictly between 0 and 1, got "
+            f"{heldout_fraction!r}. Use e.g. 0.25."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise SpecError(f"digits: seed must be a non-negative integer, got {seed!r}.")
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = np.asarray(data.images, dtype=np.float32)  # (N, 8, 8), values 0..16
+    labels = np.asarray(data.target, dtype=np.int64)
+    x = (images / np.float32(16.0)).astype(np.float32)[:, None, :, :]  # (N, 1, 8, 8)
+
+    # Split indices, not arrays, so that the held-out set can be fingerprinted by index.
+    idx = np.arange(len(labels))
+    train_idx, heldout_idx = train_test_split(
+        idx, test_size=float(heldout_fraction), random_state=int(seed), stratify=labels
+    )
+    train_idx = np.sort(train_idx)
+    heldout_idx = np.sort(heldout_idx)
+    heldout_sha = hashlib.sha256(heldout_idx.astype("<i8").tobytes()).hexdigest()
+
+    split = {
+        "method": "sklearn.model_selection.train_test_split(stratify=labels)",
+        "seed": int(seed),
+        "heldout_fraction": float(heldout_fraction),
+        "n_train": int(len(train_idx)),
+        "n_heldout": int(len(heldout_idx)),
+        "heldout_indices_sha256": heldout_sha,
+        "sha256_of": "sorted held-out indices into load_digits() as little-endian int64 bytes",
+        # The indices themselves, so that anyone can rebuild the held-out set from
+        # sklearn.datasets.load_digits() without paretoforge.
+        "heldout_indices": [int(i) for i in heldout_idx],
+    }
+    return TaskData(
+        name="digits",
+        x_train=np.ascontiguousarray(x[train_idx]),
+        y_train=labels[train_idx],
+        x_heldout=np.ascontiguousarray(x[heldout_idx]),
+        y_heldout=labels[heldout_idx],
+        num_classes=10,
+        input_name="pixel_values",
+        metric="accuracy",
+        preprocessing=PREPROCESSING,
+        split=split,
+    )

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paretoforge.evaluators import Measurement, measure_latency, median_ci
+from paretoforge.exceptions import MeasurementError, PlacementError
+from paretoforge.hw_profiles import HardwareProfile, get_profile
+
+FAST = {"warmup": 2, "min_runs": 20, "max_runs": 60, "max_seconds": 0.5}
+
+
+def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None:
+    m = measure_latency(eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples}, **FAST)
+    assert isinstance(m, Measurement)
+    assert 0 < m.min_ms <= m.p50_ms <= m.p90_ms <= m.p99_ms
+    assert m.std_ms >= 0 and m.mean_ms > 0
+    assert FAST["min_runs"] <= m.runs <= FAST["max_runs"]
+    assert m.warmup == 2 and m.batch_size == 1 and m.profile == "cpu-1t"
+    assert m.stop_reason in {"converged", "max_runs", "max_seconds"}
+    assert m.converged == (m.ci95_rel <= 0.02) == (m.stop_reason == "converged")
+    assert math.isfinite(m.ci95_rel) and not m.predicted
+    for key in (
+        "cpu_model",
+        "logical_cores",
+        "affinity",
+        "intra_op_threads",
+        "provider",
+        "onnxruntime_version",
+        "hostname",
+    ):
+        assert m.env[key] not in (None, ""), key
+    assert m.env["intra_op_threads"] == 1
+    assert m.env["provider"] == "CPUExecutionProvider"
+    # JSON round trip for trial user_attrs and manifests.
+    assert Measurement.model_validate(json.loads(m.model_dump_json())) == m
+
+
+def test_batch_size_and_few_samples(eval_onnx: Path, samples: np.ndarray) -> None:
+    profile = HardwareProfile(name="b8", device="cpu", intra_op_threads=1, batch_size=8)
+    m = measure_latency(eval_onnx, profile, {"pixel_values": samples[:3]}, **FAST)
+    assert m.batch_size == 8 and m.runs >= FAST["min_runs"]
+
+
+def test_max_runs_caps(eval_onnx: Path, samples: np.ndarray) -> None:
+    m = measure_latency(
+        eval_onnx,
+        get_profile("cpu-1t"),
+        {"pixel_values": samples},
+        warmup=0,
+        min_runs=5,
+        max_runs=7,
+        target_rel_ci=1e-9,
+    )
+    assert m.runs == 7 and m.stop_reason == "max_runs" and not m.converged
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_pinning_restores_affinity(eval_onnx: Path, samples: np.ndarray) -> None:
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    m = measure_latency(
+        eval_onnx, get_profile("cpu"), {"pixel_values": samples}, cores=[core], **FAST
+    )
+    assert m.env["affinity"] == [core]
+    assert m.env["intra_op_threads"] == 1  # "all cores" of a one-core slot
+    assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_affinity_restored_after_failure(eval_onnx: Path, samples: np.ndarray) -> None:
+    before = os.sched_getaffinity(0)
+    with pytest.raises(MeasurementError):
+        measure_latency(
+            eval_onnx, get_profile("cpu"), {"nope": samples}, cores=[min(before)], **FAST
+        )
+    assert os.sched_getaffinity(0) == before
+
+
+def test_bad_cores(eval_onnx: Path, samples: np.ndarray) -> None:
+    with pytest.raises(MeasurementError, match="Cannot pin"):
+        measure_latency(
+            eval_onnx, get_profile("cpu"), {"pixel_values": samples}, cores=[10_000], **FAST
+        )
+
+
+def test_too_many_threads_for_slot(eval_onnx: Path, samples: np.ndarray) -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs sched_setaffinity")
+    wide = HardwareProfile(name="w", device="cpu", intra_op_threads=2)
+    with pytest.raises(PlacementError):
+        measure_latency(
+            eval_onnx,
+            wide,
+            {"pixel_values": samples},
+            cores=[min(os.sched_getaffinity(0))],
+            **FAST,
+        )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        ({"images": "ok"}, "'images' is not an input"),
+        ({}, "'pixel_values' is missing"),
+        ({"pixel_values": "f64"}, "dtype float64.*float32"),
+        ({"pixel_values": "rank"}, "rank"),
+        ({"pixel_values": "size"}, "axis 2"),
+        ({"pixel_values": "empty"}, "no samples"),
+    ],
+)
+def test_bad_inputs_named(
+    eval_onnx: Path, samples: np.ndarray, inputs: dict[str, str], match: str
+) -> None:
+    variants = {
+        "ok": samples,
+        "f64": samples.astype(np.float64),
+        "rank": samples[:, 0],
+        "size": np.ones((2, 1, 9, 8), np.float32),
+        "empty": samples[:0],
+    }
+    feed = {name: variants[v] for name, v in inputs.items()}
+    with pytest.raises(MeasurementError, match=match):
+        measure_latency(eval_onnx, get_profile("cpu-1t"), feed, **FAST)
+
+
+def test_bad_arguments(eval_onnx: Path, samples: np.ndarray) -> None:
+    with pytest.raises(MeasurementError, match="min_runs"):
+        measure_latency(
+            eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples}, min_runs=10, max_runs=5
+        )
+    with pytest.raises(MeasurementError, match="target_rel_ci"):
+        measure_latency(
+            eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples}, target_rel_ci=0
+        )
+
+
+def test_median_ci_covers_median() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 10, 50, 2000):
+        x = np.sort(rng.lognormal(size=n)).tolist()
+        lo, hi = median_ci(x)
+        assert lo <= float(np.median(x)) <= hi
+    # Wider than nothing, narrower as n grows (relative to the spread).
+    lo_s, hi_s = median_ci(list(range(100)))
+    lo_l, hi_l = median_ci(list(range(10_000)))
+    assert (hi_l - lo_l) / 10_000 < (hi_s - lo_s) / 100
+    with pytest.raises(ValueError):
+        median_ci([])
+
+
+def test_median_ci_coverage_is_about_95_percent() -> None:
+    # Distribution-free: check coverage on a skewed distribution with a known median.
+    rng = np.random.default_rng(1)
+    hits = 0
+    trials = 400
+    for _ in range(trials):
+        x = np.sort(rng.exponential(size=101)).tolist()
+        lo, hi = median_ci(x)
+        hits += lo <= math.log(2) <= hi
+    assert 0.9 <= hits / trials <= 0.99
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and 2 cores")
+def test_pinned_worker_can_widen_for_an_all_core_profile(eval_onnx: Path,
+                                                         samples: np.ndarray) -> None:
+    """A worker pinned to one core measures the all-core profile on every core, then returns."""
+    before = os.sched_getaffinity(0)
+    everything = sorted(before)
+    os.sched_setaffinity(0, {everything[0]})
+    try:
+        m = measure_latency(eval_onnx, get_profile("cpu"), {"pixel_values": samples},
+                            cores=everything, **FAST)
+        assert m.env["affinity"] == everything
+        assert os.sched_getaffinity(0) == {everything[0]}
+    finally:
+        os.sched_setaffinity(0, before)

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paretoforge.exceptions import PlacementError, SpecError, UnknownComponentError
+from paretoforge.hw_profiles import (
+    PROFILES,
+    HardwareProfile,
+    get_profile,
+    load_profiles_yaml,
+    parse_profile,
+)
+
+
+def test_builtins_exist_and_run_anywhere() -> None:
+    assert {"cpu", "cpu-1t"} <= set(PROFILES.names())
+    cpu, one = get_profile("cpu"), get_profile("cpu-1t")
+    assert cpu.intra_op_threads is None and one.intra_op_threads == 1
+    assert cpu.resource is None and one.resource is None
+    assert cpu.device == "cpu" and cpu.provider == "CPUExecutionProvider"
+    assert set(cpu.precisions) == {"fp32", "int8"}
+
+
+def test_threads_for() -> None:
+    assert get_profile("cpu").threads_for(6) == 6
+    assert get_profile("cpu-1t").threads_for(6) == 1
+    with pytest.raises(PlacementError, match="intra_op_threads"):
+        HardwareProfile(name="big", device="cpu", intra_op_threads=8).threads_for(2)
+
+
+def test_unknown_profile_suggests() -> None:
+    with pytest.raises(UnknownComponentError, match="Did you mean 'cpu-1t'"):
+        get_profile("cpu1t")
+
+
+def test_resource_defaults_to_hw_name_and_null_means_any() -> None:
+    assert parse_profile({"name": "edge", "device": "cpu"}).resource == "hw:edge"
+    assert parse_profile({"name": "edge", "device": "cpu", "resource": None}).resource is None
+    assert parse_profile({"name": "e", "device": "cpu", "resource": "rack1"}).resource == "rack1"
+
+
+def test_profile_is_frozen() -> None:
+    p = get_profile("cpu")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
+        p.batch_size = 8  # type: ignore[misc]
+
+
+def test_yaml_user_profiles_load(tmp_path: Path) -> None:
+    f = tmp_path / "profiles.yaml"
+    f.write_text(
+        "profiles:\n"
+        "  - name: edge-2t\n"
+        "    device: cpu\n"
+        "    intra_op_threads: 2\n"
+        "    batch_size: 4\n"
+        "    precisions: [int8]\n"
+        "  - name: gpu-a\n"
+        "    device: cuda\n"
+        "    provider: CUDAExecutionProvider\n"
+    )
+    edge, gpu = load_profiles_yaml(f)
+    assert edge.name == "edge-2t" and edge.batch_size == 4 and edge.precisions == ("int8",)
+    assert edge.resource == "hw:edge-2t"
+    assert gpu.device == "cuda"
+    # A bare list works too.
+    f.write_text("- {name: x, device: cpu}\n")
+    assert [p.name for p in load_profiles_yaml(f)] == ["x"]
+
+
+def test_yaml_unknown_key_is_spec_error_naming_field(tmp_path: Path) -> None:
+    f = tmp_path / "profiles.yaml"
+    f.write_text("- name: edge\n  device: cpu\n  threads: 2\n")
+    with pytest.raises(SpecError, match=r"unknown field 'threads'.*intra_op_threads"):
+        load_profiles_yaml(f)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("- {name: e, device: cpu, batch_size: 0}", "batch_size"),
+        ("- {name: e, device: tpu}", "device"),
+        ("- {name: e}", "missing required field 'device'"),
+        ("- {name: e, device: cuda}", "CUDA execution provider"),
+        ("- {name: e, device: cpu, precisions: [int8, int8]}", "repeat"),
+        ("- {name: e, device: cpu}\n- {name: e, device: cpu}", "more than once"),
+        ("name: e", "list of profiles"),
+        ("- [1, 2]", "mapping"),
+        ("- {name: 'a/b', device: cpu}", "name"),
+    ],
+)
+def test_yaml_invalid(tmp_path: Path, body: str, match: str) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(body + "\n")
+    with pytest.raises(SpecError, match=match):
+        load_profiles_yaml(f)
+
+
+def test_missing_file_is_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="Cannot read"):
+        load_profiles_yaml(tmp_path / "nope.yaml")
+
+
+def test_json_schema_has_descriptions() -> None:
+    props = HardwareProfile.model_json_schema()["properties"]
+    assert all(p.get("description") for p in props.values())

@@ -1,0 +1,90 @@
+"""The core gate (readers-writer) and the non-dominated filter."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from paretoforge.orchestrator.gate import CoreGate, GateClient, LocalGate
+from paretoforge.orchestrator.results import non_dominated
+
+
+def _dominates(a, b, dirs):
+    s = [-1 if d == "maximize" else 1 for d in dirs]
+    a = [x * k for x, k in zip(a, s)]
+    b = [x * k for x, k in zip(b, s)]
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def test_non_dominated_is_exactly_the_front() -> None:
+    rng = random.Random(0)
+    dirs = ["maximize", "minimize", "minimize"]
+    for _ in range(50):
+        pts = [tuple(rng.randint(0, 5) for _ in dirs) for _ in range(rng.randint(1, 30))]
+        front = set(non_dominated(pts, dirs))
+        for i, p in enumerate(pts):
+            dominated = any(_dominates(q, p, dirs) for q in pts)
+            assert (i in front) == (not dominated)
+
+
+def test_local_gate_exclusive_excludes_shared() -> None:
+    gate = LocalGate()
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def builder(i: int) -> None:
+        for _ in range(5):
+            with gate.shared():
+                with lock:
+                    events.append("s+")
+                time.sleep(0.002)
+                with lock:
+                    events.append("s-")
+
+    def measurer() -> None:
+        for _ in range(5):
+            with gate.exclusive():
+                with lock:
+                    events.append("x+")
+                time.sleep(0.002)
+                with lock:
+                    events.append("x-")
+
+    threads = [threading.Thread(target=builder, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=measurer))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    readers = 0
+    writer = False
+    for e in events:
+        if e == "s+":
+            assert not writer
+            readers += 1
+        elif e == "s-":
+            readers -= 1
+        elif e == "x+":
+            assert readers == 0 and not writer
+            writer = True
+        else:
+            writer = False
+    assert events.count("x+") == 5
+
+
+def test_ray_gate_actor(ray_cluster) -> None:
+    ray = ray_cluster
+    gate = ray.remote(num_cpus=0, max_concurrency=16)(CoreGate).remote()
+    client = GateClient(gate)
+    with client.shared():
+        assert ray.get(gate.state.remote())["readers"] == 1
+        # a writer waits while a reader holds the gate
+        pending = gate.acquire_exclusive.remote()
+        ready, _ = ray.wait([pending], timeout=0.3)
+        assert not ready
+    ray.get(pending)
+    assert ray.get(gate.state.remote())["writer"] == 1
+    ray.get(gate.release_exclusive.remote())
+    with client.exclusive():
+        assert ray.get(gate.state.remote())["writer"] == 1

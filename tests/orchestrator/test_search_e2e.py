@@ -1,0 +1,126 @@
+"""A real search: Ray actors, an Optuna journal study, real builds, exports that round-trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from paretoforge._io import sha256_file
+from paretoforge.cli import app
+from paretoforge.orchestrator.results import load_run, non_dominated
+
+
+def test_exactly_the_requested_completed_trials(tiny_run) -> None:
+    run_dir, summary = tiny_run
+    run = load_run(run_dir)
+    complete = run.trials()
+    assert len(complete) == 6 == summary.completed
+    assert (run_dir / "study.journal").is_file()
+    # trial 0 is the enqueued unpruned fp32 base
+    t0 = run.trial(0)
+    assert t0.user_attrs.get("is_base")
+    assert t0.params == {"layers_kept": 2, "heads_kept": 2, "ffn_kept": 1.0, "precision": "fp32"}
+    # a config is built once: cached trials point at the artifact of an earlier trial
+    keys = [t.user_attrs["key"] for t in complete if "cached_from" not in t.user_attrs]
+    assert len(keys) == len(set(keys))
+
+
+def test_every_artifact_has_valid_checksums(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    for d in (run_dir / "artifacts").iterdir():
+        manifest = json.loads((d / "manifest.json").read_text())
+        for name, digest in manifest["files"].items():
+            assert sha256_file(d / name) == digest
+    assert not list((run_dir / "artifacts").glob(".*")), "no temporary directories left"
+
+
+def test_front_is_non_dominated_and_complete(tiny_run) -> None:
+    run_dir, summary = tiny_run
+    run = load_run(run_dir)
+    front = run.front()
+    assert front, "a finished search has a front"
+    dirs = [o.direction for o in run.spec.objectives]
+    unique = {t.user_attrs["key"]: t for t in reversed(run.trials())}
+    all_points = [tuple(t.values) for t in unique.values()]
+    on_front = {tuple(all_points[i]) for i in non_dominated(all_points, dirs)}
+    assert {tuple(m.objectives.values()) for m in front} == on_front
+    saved = json.loads((run_dir / "front.json").read_text())
+    assert [m["trial"] for m in saved] == [m.trial for m in front]
+
+
+def test_front_json_cli(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    result = CliRunner().invoke(app, ["front", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    members = json.loads(result.stdout)
+    assert members
+    for m in members:
+        assert set(m) >= {"trial", "config", "objectives", "metrics", "artifacts"}
+        assert "latency_p50_ms@cpu-1t" in m["metrics"]
+        assert Path(m["artifacts"]["model.onnx"]).is_file()
+
+
+def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
+    """The exported ONNX alone, on the held-out digits, reproduces the manifest's accuracy."""
+    from sklearn.datasets import load_digits
+
+    from paretoforge.evaluators.quality import torch_logits
+    from paretoforge.models.io import load_pretrained
+    from paretoforge.tasks import load_task
+
+    run_dir, _ = tiny_run
+    run = load_run(run_dir)
+    member = run.front()[-1]
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--trial", str(member.trial),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert sha256_file(out / name) == digest
+    assert "latency_p50_ms@cpu-1t" in manifest["metrics"]
+    assert manifest["inputs"][0]["name"] == "pixel_values"
+
+    # Rebuild the held-out set from sklearn alone, with the manifest's indices and preprocessing
+    # (pixels / 16 as float32, shaped (N, 1, 8, 8)).
+    split = manifest["task"]["heldout_split"]
+    idx = np.asarray(split["heldout_indices"])
+    assert len(idx) == split["n_heldout"]
+    assert "divided by 16" in manifest["preprocessing"]
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"pixel_values": x[idx]})[0]
+    acc = float((logits.argmax(1) == digits.target[idx]).mean())
+    assert acc == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-9)
+
+    if member.config["precision"] == "fp32":
+        model = load_pretrained(out)
+        ref = torch_logits(model, x[idx])
+        assert np.abs(ref - logits).max() <= 1e-4
+
+
+def test_rerun_into_same_dir_adds_nothing(tiny_run, tiny_spec) -> None:
+    from paretoforge.orchestrator.driver import run_search
+    from paretoforge.orchestrator.progress import Progress
+
+    run_dir, _ = tiny_run
+    before = len(load_run(run_dir).study.trials)
+    summary = run_search(tiny_spec, run_dir, progress=Progress(6, live=False, quiet=True))
+    assert summary.completed == 6
+    assert len(load_run(run_dir).study.trials) == before
+
+
+def test_other_search_in_same_dir_is_refused(tiny_run, tiny_spec) -> None:
+    from paretoforge.exceptions import SpecError
+    from paretoforge.orchestrator.driver import run_search
+
+    run_dir, _ = tiny_run
+    other = tiny_spec.with_overrides(**{"recovery.epochs": 2})
+    with pytest.raises(SpecError, match="different search"):
+        run_search(other, run_dir)

@@ -1,0 +1,65 @@
+"""Search spaces: presets are data, configs are canonical, bad choices are clear errors."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from paretoforge.exceptions import SpecError, UnknownComponentError
+from paretoforge.search_spaces import SPACES, CandidateConfig, SearchSpace
+
+
+def test_key_is_stable_and_canonical() -> None:
+    a = CandidateConfig(layers_kept=2, heads_kept=3, ffn_kept=0.5, precision="int8")
+    b = CandidateConfig(precision="int8", ffn_kept=0.5, heads_kept=3, layers_kept=2)
+    c = CandidateConfig(layers_kept=2, heads_kept=3, ffn_kept=0.5, precision="fp32")
+    assert a.key == b.key and a.key != c.key
+    assert hash(a) == hash(b)
+
+
+def test_suggest_stays_within_choices() -> None:
+    space = SearchSpace.from_preset("vit-prune", {"layers_kept": [2, 4]})
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        t = study.ask()
+        cfg = space.suggest(t)
+        assert cfg.layers_kept in (2, 4)
+        assert cfg.precision in ("fp32", "int8")
+        study.tell(t, [0.0, 0.0])
+
+
+def test_enqueued_base_is_asked_first() -> None:
+    space = SearchSpace.from_preset("vit-prune")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(space.base_params(4, 4))
+    cfg = space.suggest(study.ask())
+    assert cfg.is_unpruned(4, 4) and cfg.precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"layers": [1]}, "unknown dimension 'layers'"),
+        ({"ffn_kept": [0.0, 1.0]}, "ffn_kept"),
+        ({"precision": ["fp32", "int3"]}, "int3"),
+        ({"heads_kept": []}, "at least one"),
+        ({"heads_kept": [2, 2]}, "repeats"),
+    ],
+)
+def test_bad_dimensions(overrides: dict, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        SearchSpace.from_preset("vit-prune", overrides)
+
+
+def test_check_model_requires_base_and_bounds() -> None:
+    space = SearchSpace.from_preset("vit-prune", {"layers_kept": [1, 2]})
+    with pytest.raises(SpecError, match="base model's value 4"):
+        space.check_model(4, 4)
+    with pytest.raises(SpecError, match="exceed"):
+        SearchSpace.from_preset("vit-prune").check_model(2, 4)
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(UnknownComponentError, match="vit-prune"):
+        SPACES.get("vit-prun")
