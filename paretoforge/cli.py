@@ -1,4 +1,4 @@
-"""The ``paretoforge`` command line: search, resume, front, export, profiles, spaces.
+"""The ``paretoforge`` command line: search, resume, front, export, report, profiles, spaces.
 
 Every command turns a :class:`ParetoforgeError` into one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead. Heavy imports happen inside commands.
@@ -56,9 +56,12 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")
 def search(
     spec: Annotated[Path, typer.Argument(help="Search spec (YAML or JSON).")],
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory.")] = None,
-    trials: Annotated[int | None, typer.Option("--trials", help="Completed trials to reach.")] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--trials", help="Completed trials to reach.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker actors.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Search seed.")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        "--sampler", help="nsga2, nsga3, tpe, gp or random.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -67,6 +70,7 @@ def search(
 
     s = Spec.from_file(spec).with_overrides(**{
         "search.trials": trials, "cluster.workers": workers, "search.seed": seed,
+        "search.sampler": sampler,
     })
     _run(s, run_dir or Path(s.run_dir or f"runs/{s.name}"), address=address, quiet=quiet)
 
@@ -75,11 +79,16 @@ def search(
 @_errors
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of an interrupted search.")],
-    trials: Annotated[int | None, typer.Option("--trials", help="Completed trials to reach.")] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--trials", help="Completed trials to reach.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
-    """Continue a search: finished trials are kept, trials left running are re-run."""
+    """Continue a search until it has its completed trials; nothing finished is run again.
+
+    Trials a stopped driver left running are completed from their artifact when it is on disk
+    with valid checksums, answered from the cache when their config completed, else re-run.
+    """
     from paretoforge.spec import Spec
 
     spec_path = run_dir / "spec.yaml"
@@ -98,8 +107,12 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
                          debug=_state["debug"])
     typer.echo(f"\n{summary.completed} trials completed ({summary.cached} cached), "
                f"{summary.failed} failed, in {summary.wall_s:.0f}s. Run directory: {run_dir}")
+    if summary.stopped:
+        typer.echo(f"Stopped early: {summary.stopped}. Continue with: paretoforge resume "
+                   f"{run_dir}")
     _print_front(summary.front, [o.metric for o in spec.objectives])
-    typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR")
+    typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR; "
+               f"plots and tables: paretoforge report {run_dir}")
 
 
 @app.command()
@@ -154,6 +167,20 @@ def export(
 
     path = export_trial(load_run(run_dir), trial, out, force=force)
     typer.echo(f"exported trial {trial} to {path}")
+
+
+@app.command()
+@_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Directory for report.html and pareto.png (default: the run's).")] = None,
+) -> None:
+    """Write report.html (self-contained) and pareto.png: fronts, hypervolume, failures."""
+    from paretoforge.orchestrator.report import write_report
+
+    html_path, png_path = write_report(run_dir, out)
+    typer.echo(f"wrote {html_path} and {png_path}")
 
 
 @app.command()

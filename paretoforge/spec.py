@@ -37,7 +37,7 @@ __all__ = [
     "parse_metric",
 ]
 
-SAMPLERS = ("nsga2", "tpe")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 # Metric names a candidate reports; latency metrics carry the profile: ``latency_p50_ms@cpu-1t``.
 QUALITY_METRICS = ("accuracy",)
 PLAIN_METRICS = ("accuracy", "onnx_bytes", "params")
@@ -142,19 +142,42 @@ class ConstraintSpec(_Strict):
 
 
 class SearchConfig(_Strict):
-    """How the search runs: sampler, budget, seed."""
+    """How the search runs: sampler, budget, seed, retries and timeouts."""
 
-    sampler: Literal["nsga2", "tpe"] = Field("nsga2", description="Optuna sampler: nsga2 or tpe.")
+    sampler: Literal["nsga2", "nsga3", "tpe", "gp", "random"] = Field(
+        "nsga2",
+        description="Optuna sampler: nsga2 (NSGA-II, the default), nsga3 (NSGA-III, for three "
+        "or more objectives), tpe, gp (Gaussian process) or random.",
+    )
     trials: int = Field(24, ge=1, le=100_000, description="Number of COMPLETED trials to reach.")
     timeout_s: float | None = Field(
-        None, gt=0, description="Wall-time budget in seconds; the search stops at whichever first."
+        None, gt=0,
+        description="Wall-time budget in seconds: no trial starts after it (running ones "
+        "finish); the search stops at whichever of trials and time comes first.",
     )
     seed: int = Field(0, description="Seed of the sampler, the split and the recovery.")
     population_size: int = Field(
-        8, ge=2, le=1000, description="NSGA-II population size (ignored by tpe)."
+        8, ge=2, le=1000, description="NSGA-II / NSGA-III population size (ignored by the others)."
     )
     max_failures: int = Field(
-        20, ge=0, description="Stop when this many trials have failed (a broken setup, not bad luck)."
+        20, ge=0,
+        description="Stop when this many trials have failed in one session (a broken setup, not "
+        "bad luck).",
+    )
+    max_retries: int = Field(
+        2, ge=0, le=100,
+        description="Re-runs, on another worker, of a trial whose worker died (killed, out of "
+        "memory, node lost); then the trial fails with the reasons. Build errors never retry.",
+    )
+    trial_timeout_s: float | None = Field(
+        None, gt=0,
+        description="A trial running longer than this is cancelled (its worker is replaced) and "
+        "fails with reason 'timeout'; unset: no limit.",
+    )
+    seed_configs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Configs to evaluate first, after the base model, e.g. [{layers_kept: 2, "
+        "heads_kept: 2, ffn_kept: 0.5, precision: int8}]; a dimension left out is sampled.",
     )
 
 
@@ -201,7 +224,9 @@ class Spec(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Sampler and budget.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
     storage: str | None = Field(
-        None, description="Optuna storage URL; unset keeps a journal file in the run directory."
+        None,
+        description="Optuna storage URL (e.g. sqlite:///runs/x/study.db, postgresql://...), "
+        "shared by every driver of the run; unset keeps a journal file in the run directory.",
     )
     run_dir: str | None = Field(
         None, description="Run directory; unset uses runs/<name> under the working directory."
@@ -213,6 +238,17 @@ class Spec(_Strict):
         if not _NAME_RE.match(v):
             raise ValueError(
                 f"name {v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a path)"
+            )
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError(
+                f"storage {v!r} is not a storage URL; use e.g. 'sqlite:///study.db' or "
+                "'postgresql://user@host/db', or leave it unset for a journal file in the run "
+                "directory"
             )
         return v
 

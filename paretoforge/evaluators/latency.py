@@ -1,8 +1,11 @@
 """The latency measurement protocol: warm up, sample until the median is known, report spread.
 
-Each sample is one ``session.run`` on one batch of real task inputs, timed with
-``perf_counter_ns``. Sampling stops when the distribution-free 95% confidence interval of the
-median is within ``target_rel_ci`` of it, or at the time / run cap; the result says which.
+Each sample is one call of the profile's runtime (:mod:`paretoforge.kernels.runtime`) on one
+batch of real task inputs in the profile's shape (:mod:`paretoforge.evaluators.inputs`), timed
+from launch to results ready: ``perf_counter_ns`` on the CPU, around a synchronised call for
+ONNX Runtime on CUDA, CUDA events for torch on CUDA. Sampling stops when the distribution-free
+95% confidence interval of the median is within ``target_rel_ci`` of it, or at the time / run
+cap; the result says which.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     import onnxruntime
 
     from paretoforge.hw_profiles import HardwareProfile
+    from paretoforge.kernels.runtime import Runtime
 
 __all__ = ["Measurement", "measure_latency", "median_ci", "validate_inputs"]
 
@@ -40,7 +44,6 @@ _ORT_DTYPES = {
     "tensor(uint8)": "uint8",
     "tensor(bool)": "bool",
 }
-_MAX_FEEDS = 64  # distinct batches cycled through; bounds memory for large tasks
 
 
 class Measurement(BaseModel):
@@ -166,19 +169,6 @@ def validate_inputs(
                 )
 
 
-def _feeds(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    import numpy as np
-
-    n = min(len(a) for a in inputs.values())
-    n_feeds = max(1, min(_MAX_FEEDS, math.ceil(n / batch_size)))
-    feeds = []
-    for k in range(n_feeds):
-        # Wrap around when there are fewer samples than a batch: still real samples, never zeros.
-        idx = np.arange(k * batch_size, (k + 1) * batch_size) % n
-        feeds.append({name: np.ascontiguousarray(a[idx]) for name, a in inputs.items()})
-    return feeds
-
-
 @contextlib.contextmanager
 def _pinned(cores: list[int] | None) -> Iterator[list[int] | None]:
     """Pin the calling thread to ``cores`` and restore its previous mask afterwards."""
@@ -223,13 +213,12 @@ def _cpu_model() -> str:
 
 
 def _environment(
-    session: onnxruntime.InferenceSession,
+    runtime: Runtime,
     profile: HardwareProfile,
     affinity: list[int] | None,
     threads: int,
+    feed_info: dict[str, Any],
 ) -> dict[str, Any]:
-    import onnxruntime as ort
-
     env: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "logical_cores": os.cpu_count(),
@@ -238,12 +227,16 @@ def _environment(
         "inter_op_threads": profile.inter_op_threads,
         "allow_spinning": profile.allow_spinning,
         "graph_optimization": profile.graph_optimization,
-        "provider": session.get_providers()[0],
-        "onnxruntime_version": ort.__version__,
+        "device": profile.device,
+        **runtime.describe(),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
     }
+    if feed_info.get("sequence_inputs"):
+        env["inputs"] = feed_info
+    with contextlib.suppress(OSError):
+        env["loadavg_1m"] = os.getloadavg()[0]  # a busy node shows here, next to the spread
     ray = sys.modules.get("ray")  # never import Ray here; only ask it if the caller runs in it
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         with contextlib.suppress(Exception):
@@ -252,7 +245,7 @@ def _environment(
 
 
 def measure_latency(
-    onnx_path: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Runtime | Any,
     profile: HardwareProfile,
     inputs: dict[str, np.ndarray],
     *,
@@ -262,25 +255,34 @@ def measure_latency(
     max_seconds: float = 3.0,
     target_rel_ci: float = 0.02,
     cores: list[int] | None = None,
+    seed: int = 0,
 ) -> Measurement:
-    """Measure the latency of ``onnx_path`` as ``profile`` runs it.
+    """Measure the latency of a candidate as ``profile`` runs it.
 
     Args:
-        onnx_path: The candidate's ONNX file.
-        profile: Hardware profile: provider, threads, batch size, graph optimization.
+        model: The candidate: an ONNX file or artifact directory (loaded with
+            :func:`paretoforge.kernels.runtime.load_runtime` for the profile's runtime), a
+            ``torch.nn.Module`` for torch profiles, or an already loaded
+            :class:`~paretoforge.kernels.runtime.Runtime` (left open).
+        profile: Hardware profile: runtime, provider, threads, batch size, sequence shape.
         inputs: Input name -> real task samples, samples on axis 0; batches of
-            ``profile.batch_size`` are cut from them in turn (wrapping around).
-        warmup: Untimed calls first (allocations, caches, thread pool start-up).
+            ``profile.batch_size`` in the profile's sequence shape are cut from them
+            (:func:`paretoforge.evaluators.inputs.make_feeds`).
+        warmup: Untimed calls first (allocations, caches, thread pool start-up, graph capture).
         min_runs: Timed calls always made, even past ``max_seconds``.
         max_runs: Stop after this many timed calls.
         max_seconds: Stop once timed calls have taken this long (after ``min_runs``).
         target_rel_ci: Stop once the 95% CI half-width of the median is within this fraction
             of the median.
-        cores: Pin the measurement (and the session's threads, which inherit the mask) to these
+        cores: Pin the measurement (and the runtime's threads, which inherit the mask) to these
             cores; the previous affinity is restored afterwards. Default: current affinity.
+        seed: Which samples make the batches when lengths follow the task's distribution.
 
     Returns:
-        A :class:`Measurement`; ``converged`` says whether the CI target was met.
+        A :class:`Measurement`; ``converged`` says whether the CI target was met. Each call is
+        timed from launch to results ready: ``perf_counter_ns`` on the CPU, around a
+        synchronised call for ONNX Runtime on CUDA, CUDA events for torch on CUDA
+        (``env["timer"]``).
 
     Raises:
         MeasurementError: bad inputs (named), bad arguments, or the runtime failed.
@@ -288,7 +290,9 @@ def measure_latency(
     """
     import numpy as np
 
-    from paretoforge.kernels.ort import available_cores, create_session
+    from paretoforge.evaluators.inputs import make_feeds
+    from paretoforge.kernels.ort import available_cores
+    from paretoforge.kernels.runtime import Runtime, load_runtime
 
     if warmup < 0 or min_runs < 1 or max_runs < min_runs or max_seconds <= 0:
         raise MeasurementError(
@@ -301,52 +305,20 @@ def measure_latency(
     with _pinned(cores) as affinity:
         n_cores = len(affinity) if affinity else available_cores()
         threads = profile.threads_for(n_cores)
-        session = create_session(onnx_path, profile, n_cores)
-        validate_inputs(session, inputs, batch_size=profile.batch_size)
-        feeds = _feeds(inputs, profile.batch_size)
-        run = session.run
+        owned = not isinstance(model, Runtime)
+        runtime = load_runtime(model, profile, n_cores=n_cores) if owned else model
         try:
-            for i in range(warmup):
-                run(None, feeds[i % len(feeds)])
-        except Exception as err:
-            raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
-
-        samples: list[int] = []
-        ci_rel = math.inf
-        stop: Literal["converged", "max_runs", "max_seconds"] = "max_runs"
-        # Checks sort every sample so far, and the call after a check runs with colder caches:
-        # check on a geometric schedule so both stay a small share of the samples.
-        next_check = min_runs
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # a collection inside a timed call is noise from us, not the model
-        try:
-            t_start = time.perf_counter()
-            perf = time.perf_counter_ns
-            n_feeds = len(feeds)
-            while len(samples) < max_runs:
-                feed = feeds[len(samples) % n_feeds]
-                t0 = perf()
-                run(None, feed)
-                samples.append(perf() - t0)
-                n = len(samples)
-                if n < min_runs:
-                    continue
-                out_of_time = time.perf_counter() - t_start >= max_seconds
-                if n >= next_check or n == max_runs or out_of_time:
-                    next_check = max(n + 10, int(n * 1.1))
-                    ci_rel = _median_ci_rel(samples)
-                    if ci_rel <= target_rel_ci:
-                        stop = "converged"
-                        break
-                    if out_of_time:
-                        stop = "max_seconds"
-                        break
-        except Exception as err:
-            raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
+            runtime.validate(inputs, profile.batch_size)
+            feeds, feed_info = make_feeds(inputs, profile, seed=seed)
+            staged = [runtime.stage(f) for f in feeds]
+            samples, ci_rel, stop = _sample(
+                runtime, staged, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
+                max_seconds=max_seconds, target_rel_ci=target_rel_ci,
+            )
+            env = _environment(runtime, profile, affinity, threads, feed_info)
         finally:
-            if gc_was_enabled:
-                gc.enable()
-        env = _environment(session, profile, affinity, threads)
+            if owned:
+                runtime.close()
 
     # The loop always computes ci_rel before it stops, so it is finite here.
     ms = np.asarray(samples, dtype=np.float64) / 1e6
@@ -367,3 +339,49 @@ def measure_latency(
         stop_reason=stop,
         env=env,
     )
+
+
+def _sample(
+    runtime: Runtime,
+    staged: list[Any],
+    *,
+    warmup: int,
+    min_runs: int,
+    max_runs: int,
+    max_seconds: float,
+    target_rel_ci: float,
+) -> tuple[list[int], float, Literal["converged", "max_runs", "max_seconds"]]:
+    """Warm up, then time calls until the median's CI is narrow or a cap is hit."""
+    call = runtime.timed_call
+    n_feeds = len(staged)
+    for i in range(warmup):
+        call(staged[i % n_feeds])
+    samples: list[int] = []
+    ci_rel = math.inf
+    stop: Literal["converged", "max_runs", "max_seconds"] = "max_runs"
+    # Checks sort every sample so far, and the call after a check runs with colder caches:
+    # check on a geometric schedule so both stay a small share of the samples.
+    next_check = min_runs
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed call is noise from us, not the model
+    try:
+        t_start = time.perf_counter()
+        while len(samples) < max_runs:
+            samples.append(call(staged[len(samples) % n_feeds]))
+            n = len(samples)
+            if n < min_runs:
+                continue
+            out_of_time = time.perf_counter() - t_start >= max_seconds
+            if n >= next_check or n == max_runs or out_of_time:
+                next_check = max(n + 10, int(n * 1.1))
+                ci_rel = _median_ci_rel(samples)
+                if ci_rel <= target_rel_ci:
+                    stop = "converged"
+                    break
+                if out_of_time:
+                    stop = "max_seconds"
+                    break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples, ci_rel, stop

@@ -18,6 +18,7 @@ from paretoforge.hw_profiles._builtin import (
     register_profile,
 )
 from paretoforge.hw_profiles._profile import HardwareProfile
+from paretoforge.hw_profiles.doctor import served_profiles
 
 __all__ = [
     "PROFILES",
@@ -26,4 +27,5 @@ __all__ = [
     "load_profiles_yaml",
     "parse_profile",
     "register_profile",
+    "served_profiles",
 ]

@@ -23,8 +23,8 @@ __all__ = [
 
 PROFILES: Registry[HardwareProfile] = Registry("profile")
 
-# The built-ins describe "the CPU this cluster has", so any node may measure them
-# (resource=None). A profile for specific hardware should name a resource its nodes carry.
+# `cpu` and `cpu-1t` describe "the CPU this cluster has", so any node may measure them
+# (resource=None). A profile for specific hardware names a resource its nodes carry.
 for _p in (
     HardwareProfile(
         name="cpu",
@@ -39,6 +39,32 @@ for _p in (
         device="cpu",
         intra_op_threads=1,
         resource=None,
+    ),
+    # Specific hardware: measured only on nodes that carry the resource. An ARM board joins
+    # the cluster with `ray start --address HEAD:6379 --resources '{"hw:edge-arm": 1}'`.
+    HardwareProfile(
+        name="edge-arm",
+        description=(
+            "An ARM board (e.g. Raspberry Pi 5, Jetson CPU) on all its cores, ONNX Runtime CPU "
+            "provider; nodes join with --resources '{\"hw:edge-arm\": 1}'."
+        ),
+        device="cpu",
+        intra_op_threads=None,
+        resource="hw:edge-arm",
+    ),
+    # Any node Ray saw a GPU on (Ray's own "GPU" resource); the bench asks Ray for the GPU.
+    HardwareProfile(
+        name="gpu-fp16",
+        description=(
+            "One NVIDIA GPU, ONNX Runtime CUDA provider with IO binding, fp16 weights and "
+            "activations (fp32 runs too)."
+        ),
+        device="cuda",
+        provider="CUDAExecutionProvider",
+        io_binding=True,
+        intra_op_threads=1,
+        precisions=("fp16", "fp32"),
+        resource="GPU",
     ),
 ):
     PROFILES.add(_p.name, _p)

@@ -42,13 +42,32 @@ class HardwareProfile(BaseModel):
     )
     description: str = Field(default="", description="One line for humans: what hardware this is.")
     device: Literal["cpu", "cuda"] = Field(description="Device class the runtime executes on.")
-    runtime: Literal["onnxruntime"] = Field(
-        default="onnxruntime", description="Runtime that executes the exported candidate."
+    runtime: Literal["onnxruntime", "torch-eager", "torch-compile"] = Field(
+        default="onnxruntime",
+        description=(
+            "Runtime that executes the candidate: onnxruntime runs the exported ONNX file; "
+            "torch-eager / torch-compile run the PyTorch checkpoint (safetensors + config)."
+        ),
     )
     provider: str = Field(
         default="CPUExecutionProvider",
         description="ONNX Runtime execution provider, e.g. CPUExecutionProvider.",
         min_length=1,
+    )
+    device_id: int = Field(default=0, ge=0, description="Index of the CUDA device (cuda only).")
+    io_binding: bool = Field(
+        default=False,
+        description=(
+            "ONNX Runtime only: bind inputs and outputs to device memory once, so timed calls "
+            "measure the model, not host-device copies."
+        ),
+    )
+    cuda_graph: bool = Field(
+        default=False,
+        description=(
+            "ONNX Runtime on CUDA only: capture the model in a CUDA graph and replay it; needs "
+            "io_binding, fixed shapes and every node on the CUDA provider."
+        ),
     )
     intra_op_threads: int | None = Field(
         default=None,
@@ -69,7 +88,17 @@ class HardwareProfile(BaseModel):
     sequence_length: int | None = Field(
         default=None,
         ge=1,
-        description="Tokens per sample for text models; None keeps the task's own length.",
+        description=(
+            "Tokens per sample for text models: the fixed length with sequence_lengths 'fixed', "
+            "the cap with 'task'; None keeps the task's own length."
+        ),
+    )
+    sequence_lengths: Literal["fixed", "task"] = Field(
+        default="fixed",
+        description=(
+            "'fixed': every sample has sequence_length tokens; 'task': each batch is as long as "
+            "the longest real sample in it, so lengths follow the task's distribution."
+        ),
     )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         default="all", description="ONNX Runtime graph optimization level."
@@ -105,6 +134,22 @@ class HardwareProfile(BaseModel):
 
     @model_validator(mode="after")
     def _provider_matches_device(self) -> HardwareProfile:
+        if self.cuda_graph and not (self.device == "cuda" and self.io_binding):
+            raise ValueError(
+                "cuda_graph needs device 'cuda' and io_binding: true; set both or drop cuda_graph"
+            )
+        if self.cuda_graph and self.sequence_lengths == "task":
+            raise ValueError(
+                "cuda_graph replays fixed shapes and cannot follow sequence_lengths 'task'; "
+                "use sequence_lengths: fixed or drop cuda_graph"
+            )
+        if self.runtime != "onnxruntime":
+            if self.io_binding or self.cuda_graph:
+                raise ValueError(
+                    f"io_binding and cuda_graph are ONNX Runtime options; runtime "
+                    f"{self.runtime!r} does not use them, drop them"
+                )
+            return self  # a torch runtime has no execution provider to check
         if self.device == "cuda" and self.provider not in _CUDA_PROVIDERS:
             raise ValueError(
                 f"device 'cuda' needs a CUDA execution provider, got {self.provider!r}; "
@@ -115,6 +160,36 @@ class HardwareProfile(BaseModel):
                 f"device 'cpu' cannot use {self.provider!r}; set device: cuda or a CPU provider"
             )
         return self
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the profile runs on a CUDA device (its bench needs a GPU from Ray)."""
+        return self.device == "cuda"
+
+    def supports(self, precision: str) -> bool:
+        """Whether candidates of ``precision`` (e.g. ``"int8"``) can run on this profile."""
+        return precision in self.precisions
+
+    def ray_options(self) -> dict[str, Any]:
+        """Ray ``.options()`` keyword arguments that place a bench task where this profile is.
+
+        The profile's resource is asked for whole (one measurement slot per node that carries
+        one unit); a cuda profile also asks for a GPU, without which Ray hides the devices
+        (``CUDA_VISIBLE_DEVICES`` is emptied for tasks that ask for none).
+
+        Example:
+            >>> HardwareProfile(name="edge", device="cpu").ray_options()
+            {'resources': {'hw:edge': 1}}
+            >>> HardwareProfile(name="g", device="cuda", provider="CUDAExecutionProvider",
+            ...                 resource="GPU").ray_options()
+            {'num_gpus': 1}
+        """
+        opts: dict[str, Any] = {}
+        if self.device == "cuda":
+            opts["num_gpus"] = 1
+        if self.resource and self.resource not in ("GPU", "CPU"):
+            opts["resources"] = {self.resource: 1}
+        return opts
 
     def threads_for(self, n_cores: int) -> int:
         """Intra-op threads to use on a measurement slot of ``n_cores`` cores.

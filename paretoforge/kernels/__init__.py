@@ -1,4 +1,4 @@
-"""The runtime that executes a candidate: ONNX export, quantization, ONNX Runtime sessions.
+"""The runtime that executes a candidate: ONNX export, quantization, runtimes per profile.
 
 Cheap to import: torch, onnx and onnxruntime are imported inside the functions that use them.
 
@@ -15,18 +15,24 @@ from paretoforge.kernels.ort import (
     available_cores,
     create_session,
     graph_summary,
+    providers_for,
     session_options_for,
 )
 from paretoforge.kernels.quantize import PRECISIONS, apply_precision, quantize_dynamic_int8
+from paretoforge.kernels.runtime import Runtime, load_runtime, placement_report
 
 __all__ = [
     "PRECISIONS",
+    "Runtime",
     "apply_precision",
     "available_cores",
     "create_session",
     "default_output_fn",
     "export_onnx",
     "graph_summary",
+    "load_runtime",
+    "placement_report",
+    "providers_for",
     "quantize_dynamic_int8",
     "session_options_for",
 ]

@@ -14,7 +14,13 @@ if TYPE_CHECKING:
 
     from paretoforge.hw_profiles import HardwareProfile
 
-__all__ = ["available_cores", "create_session", "graph_summary", "session_options_for"]
+__all__ = [
+    "available_cores",
+    "create_session",
+    "graph_summary",
+    "providers_for",
+    "session_options_for",
+]
 
 _QUANT_OPS = (
     "QuantizeLinear",
@@ -25,6 +31,11 @@ _QUANT_OPS = (
     "QLinearMatMul",
     "QLinearConv",
 )
+
+
+# Ops whose second input is a weight when it is an initializer.
+_WEIGHT_OPS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Conv", "ConvInteger",
+               "QLinearConv", "FusedMatMul")
 
 
 def available_cores() -> int:
@@ -78,8 +89,40 @@ def session_options_for(
     return so
 
 
+def providers_for(profile: HardwareProfile, *, cuda_graph: bool | None = None) -> list[Any]:
+    """The ``providers`` argument of an ONNX Runtime session for ``profile``.
+
+    CUDA providers get the profile's device and CUDA-graph switch as provider options. Nodes
+    the provider cannot run fall back to the CPU provider, which ONNX Runtime always adds;
+    :func:`paretoforge.kernels.runtime.placement_report` shows which ones did.
+
+    Args:
+        profile: The hardware profile.
+        cuda_graph: Override the profile's ``cuda_graph`` (the runtime opens one session
+            without capture to learn output shapes).
+
+    Example:
+        >>> from paretoforge.hw_profiles import get_profile
+        >>> providers_for(get_profile("cpu-1t"))
+        ['CPUExecutionProvider']
+        >>> providers_for(get_profile("gpu-fp16"))
+        [('CUDAExecutionProvider', {'device_id': '0', 'enable_cuda_graph': '0'})]
+    """
+    graph = profile.cuda_graph if cuda_graph is None else cuda_graph
+    if profile.provider == "CUDAExecutionProvider":
+        opts = {"device_id": str(profile.device_id), "enable_cuda_graph": "1" if graph else "0"}
+        return [(profile.provider, opts)]
+    if profile.provider == "TensorrtExecutionProvider":
+        return [(profile.provider, {"device_id": str(profile.device_id)})]
+    return [profile.provider]
+
+
 def create_session(
-    path: str | os.PathLike[str], profile: HardwareProfile, n_cores: int | None = None
+    path: str | os.PathLike[str],
+    profile: HardwareProfile,
+    n_cores: int | None = None,
+    *,
+    cuda_graph: bool | None = None,
 ) -> onnxruntime.InferenceSession:
     """Open ``path`` in ONNX Runtime the way ``profile`` runs it.
 
@@ -104,7 +147,9 @@ def create_session(
         )
     so = session_options_for(profile, n_cores)
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=[profile.provider])
+        return ort.InferenceSession(
+            str(path), sess_options=so, providers=providers_for(profile, cuda_graph=cuda_graph)
+        )
     except Exception as err:
         raise MeasurementError(
             f"ONNX Runtime cannot load {str(path)!r} for profile {profile.name!r}: {err}"
@@ -116,9 +161,14 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         ``{"file_bytes", "opset", "node_count", "op_counts", "quant_op_counts",
-        "initializer_count", "initializer_bytes", "initializer_dtype_bytes", "inputs",
-        "outputs"}``. ``initializer_bytes`` is the weights alone; on small models the file is
-        mostly graph structure, so it is the better measure of what quantization saved.
+        "matmul_weight_elems", "activation_matmuls", "initializer_count", "initializer_bytes",
+        "initializer_dtype_bytes", "inputs", "outputs"}``. ``initializer_bytes`` is the weights
+        alone; on small models the file is mostly graph structure, so it is the better measure
+        of what quantization saved. ``matmul_weight_elems`` sums the weights of matmul and conv
+        nodes (followed through DequantizeLinear in QDQ models): the multiply-accumulates per
+        token of the linear layers, a FLOPs proxy that is the same for every precision.
+        ``activation_matmuls`` counts matmuls of two activations (attention scores and
+        context, two per kept layer).
     """
     import numpy as np
     import onnx
@@ -127,6 +177,19 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     ops = Counter(n.op_type for n in graph.node)
+    init_elems = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in graph.initializer}
+    for n in graph.node:  # QDQ models: a weight is DequantizeLinear(int8 initializer)
+        if n.op_type == "DequantizeLinear" and n.input and n.input[0] in init_elems:
+            init_elems[n.output[0]] = init_elems[n.input[0]]
+    weight_elems = 0  # multiply-accumulates per token of the weight matmuls (linear layers)
+    activation_matmuls = 0  # activation x activation products: attention scores and context
+    for n in graph.node:
+        if n.op_type not in _WEIGHT_OPS or len(n.input) < 2:
+            continue
+        if n.input[1] in init_elems:
+            weight_elems += init_elems[n.input[1]]
+        elif n.op_type in ("MatMul", "MatMulInteger") and n.input[0] not in init_elems:
+            activation_matmuls += 1
     dtype_bytes: Counter[str] = Counter()
     for init in graph.initializer:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
@@ -152,6 +215,8 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "node_count": len(graph.node),
         "op_counts": dict(sorted(ops.items())),
         "quant_op_counts": {op: ops.get(op, 0) for op in _QUANT_OPS},
+        "matmul_weight_elems": weight_elems,
+        "activation_matmuls": activation_matmuls,
         "initializer_count": len(graph.initializer),
         "initializer_bytes": sum(dtype_bytes.values()),
         "initializer_dtype_bytes": dict(sorted(dtype_bytes.items())),

@@ -16,8 +16,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from paretoforge.models.adapters import ADAPTERS, FamilyAdapter, ViTAdapter, adapter_for
-    from paretoforge.models.distill import distill
+    from paretoforge.models.adapters import (
+        ADAPTERS,
+        BertAdapter,
+        DeiTAdapter,
+        DistilBertAdapter,
+        FamilyAdapter,
+        GPT2Adapter,
+        RobertaAdapter,
+        ViTAdapter,
+        adapter_for,
+    )
+    from paretoforge.models.distill import default_layer_map, distill
     from paretoforge.models.importance import Importance, compute_importance
     from paretoforge.models.io import load_pretrained, save_pretrained
     from paretoforge.models.surgery import (
@@ -37,7 +47,12 @@ if TYPE_CHECKING:
 # name -> submodule that defines it
 _EXPORTS = {
     "ADAPTERS": "adapters",
+    "BertAdapter": "adapters",
+    "DeiTAdapter": "adapters",
+    "DistilBertAdapter": "adapters",
     "FamilyAdapter": "adapters",
+    "GPT2Adapter": "adapters",
+    "RobertaAdapter": "adapters",
     "ViTAdapter": "adapters",
     "adapter_for": "adapters",
     "Importance": "importance",
@@ -47,6 +62,7 @@ _EXPORTS = {
     "plan_from_importance": "surgery",
     "prune": "surgery",
     "distill": "distill",
+    "default_layer_map": "distill",
     "load_pretrained": "io",
     "save_pretrained": "io",
     "DEFAULT_DIGITS_RECIPE": "vit",
@@ -59,14 +75,20 @@ _EXPORTS = {
 __all__ = [
     "ADAPTERS",
     "DEFAULT_DIGITS_RECIPE",
+    "BertAdapter",
+    "DeiTAdapter",
+    "DistilBertAdapter",
     "FamilyAdapter",
+    "GPT2Adapter",
     "Importance",
     "PrunePlan",
+    "RobertaAdapter",
     "ViTAdapter",
     "ViTRecipe",
     "adapter_for",
     "build_vit",
     "compute_importance",
+    "default_layer_map",
     "distill",
     "get_base_model",
     "identity_plan",

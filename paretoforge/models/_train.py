@@ -11,14 +11,22 @@ import torch
 from torch import nn
 
 __all__ = [
+    "Inputs",
     "accuracy",
     "as_input",
     "batch_order",
+    "call",
     "logits_of",
+    "num_examples",
     "predict_logits",
     "random_affine",
+    "take",
     "warmup_cosine",
 ]
+
+#: Model inputs: one tensor (e.g. ``pixel_values``, passed positionally) or named tensors
+#: (e.g. ``input_ids`` and ``attention_mask``, passed as keywords); batch on axis 0.
+Inputs = torch.Tensor | dict[str, torch.Tensor]
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -31,10 +39,37 @@ def logits_of(output: Any) -> torch.Tensor:
     return output[0]
 
 
-def as_input(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``x`` as a tensor: floating data as float32, integer data (token ids) kept as is."""
+def as_input(x: Any) -> Inputs:
+    """``x`` as tensors: floating data as float32, integer data (token ids, masks) kept as is.
+
+    ``x`` is an array / tensor, or a mapping of input name to array / tensor.
+    """
+    if isinstance(x, dict) or hasattr(x, "keys"):
+        return {str(k): as_input(x[k]) for k in x.keys()}  # type: ignore[misc]
     t = torch.as_tensor(x)
     return t.float() if t.is_floating_point() else t
+
+
+def num_examples(x: Inputs) -> int:
+    """Batch size of ``x``; named inputs must agree on it."""
+    if isinstance(x, dict):
+        sizes = {len(v) for v in x.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"Named inputs disagree on the number of examples: {sorted(sizes)}")
+        return sizes.pop()
+    return len(x)
+
+
+def take(x: Inputs, idx: torch.Tensor | slice) -> Inputs:
+    """Rows ``idx`` of every input."""
+    if isinstance(x, dict):
+        return {k: v[idx] for k, v in x.items()}
+    return x[idx]
+
+
+def call(model: nn.Module, x: Inputs, **kwargs: Any) -> Any:
+    """``model(x)`` for one tensor, ``model(**x)`` for named inputs."""
+    return model(**x, **kwargs) if isinstance(x, dict) else model(x, **kwargs)
 
 
 def batch_order(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -92,19 +127,18 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 256
-) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: Any, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (put in eval mode) on all of ``x``, batched, as one float32 tensor."""
     model.eval()
     xt = as_input(x)
-    outs = [logits_of(model(xt[i : i + batch_size])) for i in range(0, len(xt), batch_size)]
+    n = num_examples(xt)
+    outs = [
+        logits_of(call(model, take(xt, slice(i, i + batch_size)))) for i in range(0, n, batch_size)
+    ]
     return torch.cat(outs).float()
 
 
-def accuracy(
-    model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
-) -> float:
+def accuracy(model: nn.Module, x: Any, y: np.ndarray | torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     pred = predict_logits(model, x).argmax(-1)
     return float((pred == torch.as_tensor(y)).float().mean())

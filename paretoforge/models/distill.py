@@ -7,34 +7,110 @@ one student forward and backward only: the search runs many of these, one core e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from paretoforge.exceptions import BuildError
-from paretoforge.models._train import as_input, batch_order, logits_of, warmup_cosine
+from paretoforge.models._train import (
+    Inputs,
+    as_input,
+    batch_order,
+    call,
+    num_examples,
+    take,
+    warmup_cosine,
+)
+from paretoforge.models.adapters import SOURCE_LAYERS_ATTR, adapter_for
 
-__all__ = ["distill"]
+__all__ = ["default_layer_map", "distill"]
+
+# Teacher hidden states are computed once and kept when they fit in this many bytes; beyond
+# it (long texts, big models) the teacher runs again on each batch instead.
+_HIDDEN_CACHE_BYTES = 256 * 1024**2
+
+
+def default_layer_map(student: nn.Module, teacher_layers: int) -> list[int]:
+    """Teacher layer whose output each student layer learns to reproduce.
+
+    The student's last layer maps to the teacher's last, so the final representation is the
+    teacher's. Other layers map to the teacher layer they were cut from (the config's
+    ``paretoforge_source_layers``, written by :func:`~paretoforge.models.surgery.prune`);
+    without that record they are spread uniformly, student layer ``i`` of ``n`` to teacher
+    layer ``ceil((i + 1) * teacher_layers / n) - 1``.
+
+    Example:
+        >>> default_layer_map(student, 6)  # student pruned to layers (0, 2, 3)  # doctest: +SKIP
+        [0, 2, 5]
+    """
+    n = len(adapter_for(student).layers(student))
+    source = getattr(student.config, SOURCE_LAYERS_ATTR, None)
+    if source is not None and len(source) == n and max(source) < teacher_layers:
+        mapping = [int(j) for j in source]
+    else:
+        mapping = [-(-(i + 1) * teacher_layers // n) - 1 for i in range(n)]
+    mapping[-1] = teacher_layers - 1
+    return mapping
+
+
+def _logits_or_none(out: Any) -> torch.Tensor | None:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, torch.Tensor):
+        logits = out
+    return logits
+
+
+def _masked_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over features and the non-padding positions of ``mask``."""
+    if mask is None:
+        return nn.functional.mse_loss(s, t)
+    m = mask[..., None].to(s.dtype)  # (B, T, 1)
+    return ((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1.0)
+
+
+#: ``pooling(last_hidden_state (B, T, H), attention_mask (B, T)) -> (B, H)`` sentence vectors.
+Pooling = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out.hidden_states[-1]
 
 
 @torch.no_grad()
 def _teacher_outputs(
-    teacher: nn.Module, x: torch.Tensor, want_hidden: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    teacher: nn.Module,
+    x: Inputs,
+    layers: list[int] | None,
+    pooling: Pooling | None = None,
+    batch: int = 256,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Teacher logits ``(N, ...)`` (None if it has none); if ``layers`` is given, its hidden
+    states after those layers, stacked ``(N, len(layers), T, H)``; if ``pooling`` is given,
+    its pooled sentence vectors ``(N, H)``."""
     was_training = teacher.training
     teacher.eval()
-    logits, hidden = [], []
+    logits, hidden, pooled = [], [], []
     try:
-        for start in range(0, len(x), 256):
-            xb = x[start : start + 256]
-            out = teacher(xb, output_hidden_states=True) if want_hidden else teacher(xb)
-            logits.append(logits_of(out).float())
-            if want_hidden:
-                hidden.append(out.hidden_states[-1].float())
+        for start in range(0, num_examples(x), batch):
+            xb = take(x, slice(start, start + batch))
+            out = call(teacher, xb, output_hidden_states=layers is not None)
+            lg = _logits_or_none(out)
+            if lg is not None:
+                logits.append(lg.float())
+            if layers is not None:
+                hs = out.hidden_states  # embeddings, then one per layer
+                hidden.append(torch.stack([hs[j + 1].float() for j in layers], 1))
+            if pooling is not None:
+                mask = xb.get("attention_mask") if isinstance(xb, dict) else None
+                pooled.append(pooling(_last_hidden(out).float(), mask))
     finally:
         teacher.train(was_training)
-    return torch.cat(logits), (torch.cat(hidden) if want_hidden else None)
+    cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
+    return cat(logits), cat(hidden), cat(pooled)
 
 
 def _check(name: str, value: float, ok: bool, rule: str) -> None:
@@ -45,8 +121,8 @@ def _check(name: str, value: float, ok: bool, rule: str) -> None:
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    x: np.ndarray | torch.Tensor,
-    y: np.ndarray | torch.Tensor,
+    x: Any,
+    y: np.ndarray | torch.Tensor | None = None,
     *,
     epochs: int,
     lr: float,
@@ -55,33 +131,49 @@ def distill(
     batch_size: int = 64,
     seed: int = 0,
     hidden_weight: float = 0.0,
+    layer_map: Sequence[int] | None = None,
+    pooled_weight: float = 0.0,
+    pooling: Pooling | None = None,
     weight_decay: float = 0.01,
 ) -> nn.Module:
-    """Train ``student`` (in place) to match ``teacher`` on ``(x, y)``; return it in eval mode.
+    """Train ``student`` (in place) to match ``teacher`` on ``x``; return it in eval mode.
 
     The loss per batch is
     ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
-    + hidden_weight * MSE(h_s, h_t)``, where ``s, t`` are student and teacher logits and
-    ``h_s, h_t`` their last layer's hidden states (same width: pruning keeps the hidden size).
-    The ``T^2`` factor keeps the soft-target gradients on the scale of the hard-label ones.
+    + hidden_weight * mean_i MSE(h_s[i], h_t[layer_map[i]])
+    + pooled_weight * (1 - cos(pooling(h_s), pooling(h_t)))``, where ``s, t`` are student and
+    teacher logits, ``h_s[i]`` the output of student layer ``i`` (same width as the
+    teacher's: pruning keeps the hidden size) and ``pooling(h)`` the sentence vector of the last
+    hidden state; the MSE and the pooling skip padding positions when ``x`` has an
+    ``attention_mask``. The ``T^2`` factor keeps the soft-target gradients on the scale of the
+    hard-label ones. Without labels (``y=None``) the label term is dropped; a model without
+    logits (e.g. a bare encoder for embeddings) learns from the hidden and pooled terms alone.
     AdamW with a short linear warmup then cosine decay; data order and dropout follow ``seed``.
 
     Args:
         student: Model to train, e.g. the output of :func:`paretoforge.models.surgery.prune`.
         teacher: Model to imitate; not modified.
-        x: Training inputs (never the held-out split).
-        y: Integer labels of ``x``.
+        x: Training inputs (never the held-out split): one array or a mapping of input name to
+            array (e.g. ``input_ids`` and ``attention_mask``).
+        y: Integer labels of ``x``, or ``None``.
         epochs: Passes over ``x``; 0 returns the student untouched (in eval mode).
         lr: Peak learning rate.
         temperature: Softmax temperature ``T`` of the distillation term, > 0.
         alpha: Weight of the distillation term, in [0, 1]; ``1 - alpha`` weights the labels.
         batch_size: Examples per step.
         seed: Seed of the data order and of dropout.
-        hidden_weight: Weight of the last-hidden-state MSE term (0 = off).
+        hidden_weight: Weight of the hidden-state MSE term (0 = off).
+        layer_map: Teacher layer index for each student layer (see
+            :func:`default_layer_map`, the default); only used when ``hidden_weight > 0``.
+        pooled_weight: Weight of the sentence-vector cosine term (0 = off); for encoders
+            scored by embedding fidelity.
+        pooling: Maps ``(last_hidden_state, attention_mask)`` to sentence vectors, e.g.
+            :class:`paretoforge.tasks.embedding.Pooling`; required when ``pooled_weight > 0``.
         weight_decay: AdamW weight decay of matrices (not of biases and norms).
 
     Raises:
-        BuildError: A hyper-parameter is out of range, or ``x`` and ``y`` disagree in length.
+        BuildError: A hyper-parameter is out of range, ``x`` and ``y`` disagree in length, or
+            there is nothing to learn from (no logits and no hidden or pooled term).
 
     Example:
         >>> student = prune(teacher, plan)  # doctest: +SKIP
@@ -94,20 +186,51 @@ def distill(
     _check("alpha", alpha, 0.0 <= alpha <= 1.0, "in [0, 1]")
     _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, ">= 1")
     _check("hidden_weight", hidden_weight, hidden_weight >= 0, ">= 0")
+    _check("pooled_weight", pooled_weight, pooled_weight >= 0, ">= 0")
+    if pooled_weight > 0 and pooling is None:
+        raise BuildError("distill: pooled_weight > 0 needs pooling=(hidden, mask) -> vectors.")
     _check("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
     xt = as_input(x)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    if len(xt) != len(yt) or len(xt) == 0:
+    n = num_examples(xt)
+    yt = None if y is None else torch.as_tensor(y, dtype=torch.long)
+    if n == 0 or (yt is not None and len(yt) != n):
         raise BuildError(
-            f"distill needs as many labels as inputs and at least one example, got {len(xt)} "
-            f"inputs and {len(yt)} labels."
+            f"distill needs as many labels as inputs and at least one example, got {n} "
+            f"inputs and {'no' if yt is None else len(yt)} labels."
         )
     if epochs == 0:
         return student.eval()
 
-    want_hidden = hidden_weight > 0
-    t_logits, t_hidden = _teacher_outputs(teacher, xt, want_hidden)
-    t_logprob = torch.log_softmax(t_logits / temperature, dim=-1)  # (N, C)
+    mapping: list[int] | None = None
+    if hidden_weight > 0:
+        n_student = len(adapter_for(student).layers(student))
+        n_teacher = len(adapter_for(teacher).layers(teacher))
+        mapping = list(layer_map) if layer_map is not None else default_layer_map(
+            student, n_teacher
+        )
+        if len(mapping) != n_student or not all(0 <= j < n_teacher for j in mapping):
+            raise BuildError(
+                f"distill: layer_map={mapping} must give one teacher layer in 0..{n_teacher - 1} "
+                f"for each of the student's {n_student} layers."
+            )
+    mask = xt.get("attention_mask") if isinstance(xt, dict) else None
+
+    pool = pooling if pooled_weight > 0 else None
+    # Teacher logits always fit; its hidden states are kept only when they are small enough.
+    probe = _teacher_outputs(teacher, take(xt, slice(0, 1)), mapping)
+    per_example = probe[1][0].numel() * 4 if probe[1] is not None else 0
+    cache_hidden = per_example * n <= _HIDDEN_CACHE_BYTES
+    t_logits, t_hidden, t_pooled = _teacher_outputs(
+        teacher, xt, mapping if cache_hidden else None, pool
+    )
+    if t_logits is None and mapping is None and pool is None:
+        raise BuildError(
+            f"distill: {type(teacher).__name__} has no logits to distil; set hidden_weight > 0 "
+            "or pooled_weight > 0 to distil its hidden states."
+        )
+    use_kd = t_logits is not None and alpha > 0
+    use_ce = t_logits is not None and yt is not None and alpha < 1.0
+    t_logprob = torch.log_softmax(t_logits / temperature, dim=-1) if use_kd else None
 
     params = [p for p in student.parameters() if p.requires_grad]
     groups = [
@@ -115,7 +238,7 @@ def distill(
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=lr)
-    steps_per_epoch = -(-len(xt) // batch_size)
+    steps_per_epoch = -(-n // batch_size)
     total = epochs * steps_per_epoch
     warmup = min(total // 10, steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
@@ -125,22 +248,38 @@ def distill(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout, if the student has any
         for _ in range(epochs):
-            for idx in batch_order(len(xt), batch_size, gen):
-                xb = xt[idx]
-                out = student(xb, output_hidden_states=True) if want_hidden else student(xb)
-                s_logits = logits_of(out)
-                kd = nn.functional.kl_div(
-                    torch.log_softmax(s_logits / temperature, dim=-1),
-                    t_logprob[idx],
-                    log_target=True,
-                    reduction="batchmean",
-                ) * (temperature**2)
-                loss = alpha * kd
-                if alpha < 1.0:
-                    loss = loss + (1.0 - alpha) * nn.functional.cross_entropy(s_logits, yt[idx])
-                if want_hidden:
-                    mse = nn.functional.mse_loss(out.hidden_states[-1], t_hidden[idx])
+            for idx in batch_order(n, batch_size, gen):
+                xb = take(xt, idx)
+                out = call(student, xb, output_hidden_states=mapping is not None)
+                mb = None if mask is None else mask[idx]
+                loss = torch.zeros(())
+                s_logits = _logits_or_none(out)
+                if use_kd:
+                    kd = nn.functional.kl_div(
+                        torch.log_softmax(s_logits / temperature, dim=-1),
+                        t_logprob[idx],
+                        log_target=True,
+                        reduction="batchmean",
+                    ) * (temperature**2)
+                    loss = loss + alpha * kd
+                if use_ce:
+                    ce = nn.functional.cross_entropy(s_logits, yt[idx])
+                    loss = loss + ((1.0 - alpha) if use_kd else 1.0) * ce
+                if mapping is not None:
+                    if t_hidden is not None:
+                        th = t_hidden[idx]  # (B, L_s, T, H)
+                    else:
+                        th = _teacher_outputs(teacher, xb, mapping)[1]  # (B, L_s, T, H)
+                    hs = out.hidden_states
+                    mse = torch.stack(
+                        [_masked_mse(hs[i + 1], th[:, i], mb) for i in range(len(mapping))]
+                    ).mean()
                     loss = loss + hidden_weight * mse
+                if pool is not None:
+                    cos = nn.functional.cosine_similarity(
+                        pool(_last_hidden(out), mb), t_pooled[idx], dim=-1
+                    )  # (B,)
+                    loss = loss + pooled_weight * (1.0 - cos).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -11,6 +11,7 @@ afterwards, so any family with an adapter is supported and the model is left unc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,14 @@ import torch
 from torch import nn
 
 from paretoforge.exceptions import BuildError
-from paretoforge.models._train import as_input, logits_of
-from paretoforge.models.adapters import adapter_for
+from paretoforge.models._train import Inputs, as_input, call, logits_of, num_examples, take
+from paretoforge.models.adapters import FamilyAdapter, adapter_for
 
-__all__ = ["Importance", "compute_importance"]
+__all__ = ["Importance", "LossFn", "compute_importance", "default_loss"]
+
+#: ``loss_fn(output, inputs, labels)`` -> scalar: the *sum* over the batch's examples of a
+#: per-example loss (a sum, so that each example's gate gets that example's gradient).
+LossFn = Callable[[Any, Inputs, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,12 +86,50 @@ def _replace_first(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:])
 
 
+def _causal_lm_loss(logits: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """Sum over examples of each example's mean next-token cross-entropy (padding ignored)."""
+    ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    target = ids[:, 1:].clone()  # (B, T-1)
+    if mask is not None:
+        target[mask[:, 1:] == 0] = -100
+    ce = nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), target, reduction="none", ignore_index=-100
+    )  # (B, T-1)
+    counts = (target != -100).sum(1).clamp(min=1)
+    return (ce.sum(1) / counts).sum()
+
+
+def default_loss(adapter: FamilyAdapter) -> LossFn:
+    """The loss importance is scored with when none is given.
+
+    With labels: cross-entropy of the logits. Without labels, for a causal LM (a family with
+    ``adapter.causal`` whose output has per-token logits): the next-token loss. Otherwise there
+    is nothing to score against and a :class:`BuildError` tells the caller to pass a loss.
+    """
+
+    def loss(output: Any, inputs: Inputs, labels: torch.Tensor | None) -> torch.Tensor:
+        logits = logits_of(output)
+        if labels is not None:
+            return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        if adapter.causal and getattr(output, "logits", None) is not None and logits.dim() == 3:
+            return _causal_lm_loss(logits, inputs)
+        raise BuildError(
+            "compute_importance: no labels and no loss_fn for a model without an LM head; "
+            "pass y (class labels) or loss_fn (e.g. paretoforge.tasks.embedding.importance_loss)."
+        )
+
+    return loss
+
+
 def compute_importance(
     model: nn.Module,
-    x: np.ndarray | torch.Tensor,
-    y: np.ndarray | torch.Tensor,
+    x: Any,
+    y: np.ndarray | torch.Tensor | None = None,
     batch_size: int = 64,
     max_batches: int | None = None,
+    *,
+    loss_fn: LossFn | None = None,
 ) -> Importance:
     """Score every head, FFN neuron and layer of ``model`` on labelled data ``(x, y)``.
 
@@ -97,10 +140,13 @@ def compute_importance(
     Args:
         model: Model of a family with an adapter; it is put back in its original mode and has
             no hooks or gradients left afterwards.
-        x: Training inputs (never the held-out split), in the model's input format.
-        y: Integer labels of ``x``.
+        x: Training inputs (never the held-out split): one array (passed positionally, e.g.
+            pixel values) or a mapping of input name to array (e.g. ``input_ids`` and
+            ``attention_mask``).
+        y: Integer labels of ``x``; ``None`` for label-free losses (causal LM, embeddings).
         batch_size: Examples per forward/backward pass.
         max_batches: Use only the first ``max_batches`` batches (in data order), if given.
+        loss_fn: Loss to score against (see :data:`LossFn`); default :func:`default_loss`.
 
     Returns:
         The importance scores.
@@ -114,14 +160,16 @@ def compute_importance(
     layers = adapter.layers(model)
     hd = adapter.head_dim(model)
     n_heads = [adapter.num_heads(layer, hd) for layer in layers]
-    widths = [adapter.ffn(layer)[0].out_features for layer in layers]
+    widths = [adapter.ffn_width(layer) for layer in layers]
     xt = as_input(x)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    if len(xt) == 0 or len(xt) != len(yt):
+    n = num_examples(xt)
+    yt = None if y is None else torch.as_tensor(y, dtype=torch.long)
+    if n == 0 or (yt is not None and n != len(yt)):
         raise BuildError(
             f"compute_importance needs as many labels as inputs and at least one example, "
-            f"got {len(xt)} inputs and {len(yt)} labels."
+            f"got {n} inputs and {'no' if yt is None else len(yt)} labels."
         )
+    loss_fn = loss_fn or default_loss(adapter)
 
     head_sum = [torch.zeros(h, dtype=torch.float64) for h in n_heads]
     neuron_sum = [torch.zeros(w, dtype=torch.float64) for w in widths]
@@ -157,7 +205,7 @@ def compute_importance(
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(adapter.attention(layer)[3].register_forward_pre_hook(head_hook(i)))
+        handles.append(adapter.out_projection(layer).register_forward_pre_hook(head_hook(i)))
         handles.append(adapter.ffn(layer)[1].register_forward_pre_hook(neuron_hook(i)))
         handles.append(layer.register_forward_hook(layer_hook(i)))
 
@@ -170,17 +218,17 @@ def compute_importance(
         p.requires_grad_(False)
     n_seen = 0
     try:
-        for bi, start in enumerate(range(0, len(xt), batch_size)):
+        for bi, start in enumerate(range(0, n, batch_size)):
             if max_batches is not None and bi >= max_batches:
                 break
-            xb, yb = xt[start : start + batch_size], yt[start : start + batch_size]
-            b = len(xb)
+            xb = take(xt, slice(start, start + batch_size))
+            yb = None if yt is None else yt[start : start + batch_size]
+            b = num_examples(xb)
             gates["heads"] = [torch.ones(b, h, requires_grad=True) for h in n_heads]
             gates["neurons"] = [torch.ones(b, w, requires_grad=True) for w in widths]
             gates["layers"] = [torch.ones(b, requires_grad=True) for _ in layers]
-            logits = logits_of(model(xb))
             # Sum, not mean: each example's gate then gets exactly that example's gradient.
-            loss = nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
+            loss = loss_fn(call(model, xb), xb, yb)
             flat = gates["heads"] + gates["neurons"] + gates["layers"]
             grads = torch.autograd.grad(loss, flat)
             nl = len(layers)

@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from paretoforge.exceptions import BuildError
-from paretoforge.models.adapters import FamilyAdapter, adapter_for
+from paretoforge.models.adapters import (
+    SOURCE_LAYERS_ATTR,
+    FamilyAdapter,
+    adapter_for,
+    slice_projection,
+)
 
 if TYPE_CHECKING:
     from paretoforge.models.importance import Importance
@@ -28,6 +33,7 @@ __all__ = [
     "identity_plan",
     "plan_from_importance",
     "prune",
+    "slice_heads",
     "slice_linear",
 ]
 
@@ -79,7 +85,6 @@ def head_indices(heads: Sequence[int], head_dim: int) -> torch.Tensor:
     return (idx[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)  # (len(heads) * hd,)
 
 
-@torch.no_grad()
 def slice_linear(
     linear: nn.Linear,
     out_idx: torch.Tensor | Sequence[int] | None = None,
@@ -87,23 +92,24 @@ def slice_linear(
 ) -> None:
     """Keep only rows ``out_idx`` (outputs) and columns ``in_idx`` (inputs) of ``linear``.
 
-    Works in place: the module object stays (so references to it, e.g. from an adapter, stay
-    valid) while its parameters are replaced by sliced copies.
-
-    The bias follows the outputs; an input slice leaves it unchanged.
+    Works in place (see :func:`paretoforge.models.adapters.slice_projection`, which also
+    handles GPT-2's ``Conv1D``). The bias follows the outputs.
     """
-    weight = linear.weight
-    if out_idx is not None:
-        out_idx = torch.as_tensor(out_idx, dtype=torch.long)
-        weight = weight[out_idx]
-        if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias[out_idx].clone())
-        linear.out_features = len(out_idx)
-    if in_idx is not None:
-        in_idx = torch.as_tensor(in_idx, dtype=torch.long)
-        weight = weight[:, in_idx]
-        linear.in_features = len(in_idx)
-    linear.weight = nn.Parameter(weight.contiguous().clone())
+    slice_projection(linear, out_idx=out_idx, in_idx=in_idx)
+
+
+def slice_heads(
+    adapter: FamilyAdapter, layer: nn.Module, heads: Sequence[int], head_dim: int
+) -> None:
+    """Keep only attention ``heads`` of ``layer``: rows of q/k/v (or of each fused block), and
+    the matching inputs of the output projection. In place; attributes are synced later."""
+    feat = head_indices(heads, head_dim)  # (len(heads) * hd,)
+    for proj in adapter.head_projections(layer):
+        # A fused projection holds head_sections blocks of (nh * hd) features: q | k | v.
+        block = adapter.num_heads(layer, head_dim) * head_dim
+        idx = torch.cat([feat + s * block for s in range(adapter.head_sections)])
+        slice_projection(proj, out_idx=idx)
+    slice_projection(adapter.out_projection(layer), in_idx=feat)
 
 
 def identity_plan(model: nn.Module) -> PrunePlan:
@@ -114,7 +120,7 @@ def identity_plan(model: nn.Module) -> PrunePlan:
     return PrunePlan(
         layers=tuple(range(len(layers))),
         heads=tuple(tuple(range(adapter.num_heads(layer, hd))) for layer in layers),
-        neurons=tuple(tuple(range(adapter.ffn(layer)[0].out_features)) for layer in layers),
+        neurons=tuple(tuple(range(adapter.ffn_width(layer))) for layer in layers),
     )
 
 
@@ -193,7 +199,7 @@ def _check_plan(plan: PrunePlan, model: nn.Module, adapter: FamilyAdapter) -> No
         )
     for li, hs, ns in zip(plan.layers, plan.heads, plan.neurons, strict=True):
         n_heads = adapter.num_heads(layers[li], hd)
-        width = adapter.ffn(layers[li])[0].out_features
+        width = adapter.ffn_width(layers[li])
         for what, kept, available in (("heads", hs, n_heads), ("neurons", ns, width)):
             if not kept:
                 raise BuildError(f"PrunePlan keeps no {what} in layer {li}; keep at least 1.")
@@ -207,9 +213,11 @@ def _check_plan(plan: PrunePlan, model: nn.Module, adapter: FamilyAdapter) -> No
 def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """A new dense model keeping only what ``plan`` keeps; ``model`` is left untouched.
 
-    Heads: rows of q/k/v (and their biases) and columns of o are sliced head by head. Neurons:
-    rows of up (and its bias) and columns of down. Layers: dropped from the layer list. The
-    config gets ``num_hidden_layers`` and ``paretoforge_shapes`` (per-layer heads and FFN widths).
+    Heads: outputs of q/k/v (or of each block of a fused qkv, and their biases) and inputs of o
+    are sliced head by head. Neurons: outputs of up (and its bias) and inputs of down. Layers:
+    dropped from the layer list. The config gets ``num_hidden_layers``, ``paretoforge_shapes``
+    (per-layer heads and FFN widths) and ``paretoforge_source_layers`` (each kept layer's index
+    in the original, unpruned model, composed over repeated pruning).
 
     Raises:
         BuildError: The plan keeps nothing somewhere, or names indices the model lacks.
@@ -219,19 +227,22 @@ def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """
     adapter = adapter_for(model)
     _check_plan(plan, model, adapter)
+    adapter.check_supported(model.config)
+    adapter.check_layers_kept(model, plan.layers)
+    n_layers = len(adapter.layers(model))
+    source = list(getattr(model.config, SOURCE_LAYERS_ATTR, None) or range(n_layers))
+    if len(source) != n_layers:  # a stale record (layers changed outside prune): restart it
+        source = list(range(n_layers))
     new = copy.deepcopy(model)
     hd = adapter.head_dim(new)
     old_layers = adapter.layers(new)
     kept_layers = nn.ModuleList([old_layers[i] for i in plan.layers])
     for layer, hs, ns in zip(kept_layers, plan.heads, plan.neurons, strict=True):
-        q, k, v, o = adapter.attention(layer)
-        feat = head_indices(hs, hd)
-        for proj in (q, k, v):
-            slice_linear(proj, out_idx=feat)
-        slice_linear(o, in_idx=feat)
+        slice_heads(adapter, layer, hs, hd)
         up, down = adapter.ffn(layer)
-        slice_linear(up, out_idx=ns)
-        slice_linear(down, in_idx=ns)
+        slice_projection(up, out_idx=ns)
+        slice_projection(down, in_idx=ns)
     adapter.set_layers(new, kept_layers)
     adapter.set_layer_shapes(new)
+    setattr(new.config, SOURCE_LAYERS_ATTR, [int(source[i]) for i in plan.layers])
     return new.train(model.training)

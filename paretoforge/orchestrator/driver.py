@@ -1,42 +1,54 @@
-"""The driver: Ray workers + an Optuna ask-and-tell loop; the driver owns every Optuna write.
+"""The driver: connect Ray, prepare once, start workers, run the loop, write the front.
 
-    trial = study.ask() -> cfg = space.suggest(trial) -> cached? tell stored values
-                                                      -> else a free worker evaluates cfg
-    ray.wait(results) -> study.tell(trial, objective values) + user attrs
+:func:`run_search` is the whole search; :mod:`paretoforge.orchestrator.loop` is the
+ask-and-tell loop itself and :mod:`paretoforge.orchestrator.pool` the worker actors. The worker
+class is injectable (``worker_cls``): anything with the contract described in
+:mod:`paretoforge.orchestrator.fakes` runs under the same driver, Ray and storage.
 
-As many trials are in flight as there are workers, and never more than needed to reach the
-requested number of completed trials. The unpruned fp32 base model is enqueued as trial 0.
+One driver at a time per run directory: it holds an exclusive lock on ``<run>/.driver.lock``
+while it runs (the operating system drops it when the driver dies, however it dies).
+
+Example:
+    >>> summary = run_search(Spec.from_file("examples/quickstart.yaml"),
+    ...                      "runs/quickstart")  # doctest: +SKIP
+    >>> summary.completed  # doctest: +SKIP
+    40
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from paretoforge._io import atomic_write_json, atomic_write_text
 from paretoforge.exceptions import ParetoforgeError, PlacementError, SpecError
 from paretoforge.orchestrator.progress import Progress
-from paretoforge.orchestrator.results import load_run, open_study
-from paretoforge.orchestrator.worker import Worker, package_versions
-from paretoforge.search_spaces import CandidateConfig, SearchSpace
+from paretoforge.search_spaces import SearchSpace
 from paretoforge.spec import Spec
 
-__all__ = ["SearchSummary", "check_before_start", "connect_ray", "run_search"]
-
-MAX_ACTOR_RETRIES = 2  # a trial whose worker dies is re-run on a fresh worker this many times
+__all__ = ["SearchSummary", "check_before_start", "connect_ray", "run_lock", "run_search"]
 
 
 @dataclass
 class SearchSummary:
+    """What a search (or a resumed one) ended with; counts are the whole run's."""
+
     run_dir: Path
     completed: int
     failed: int
     cached: int
     front: list[Any]
     wall_s: float
+    loop_s: float = 0.0
+    stopped: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def check_before_start(spec: Spec) -> SearchSpace:
@@ -49,6 +61,9 @@ def check_before_start(spec: Spec) -> SearchSpace:
         raise SpecError(f"model: {e}") from None
     space = SearchSpace.from_preset(spec.space.preset, spec.space.dimensions)
     space.check_model(recipe.num_layers, recipe.num_heads)
+    from paretoforge.orchestrator.samplers import check_seed_configs
+
+    check_seed_configs(spec.search.seed_configs, space.dimensions)
     return space
 
 
@@ -84,35 +99,8 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
     return True
 
 
-def _make_sampler(spec: Spec) -> Any:
-    import optuna
-
-    s = spec.search
-    constraints_func = _constraints_func if spec.constraints else None
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed,
-                                             constraints_func=constraints_func)
-    return optuna.samplers.TPESampler(seed=s.seed, constraints_func=constraints_func,
-                                      n_startup_trials=min(10, max(2, s.trials // 3)))
-
-
-def _constraints_func(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraints") or [])
-
-
-def _constraint_values(spec: Spec, metrics: dict[str, float]) -> list[float]:
-    """Optuna's convention: a value <= 0 means satisfied."""
-    out = []
-    for c in spec.constraints:
-        v = metrics[c.metric]
-        if c.min is not None:
-            out.append(c.min - v)
-        if c.max is not None:
-            out.append(v - c.max)
-    return out
-
-
-def _prepare_run_dir(spec: Spec, run_dir: Path) -> None:
+def _check_run_dir(spec: Spec, run_dir: Path) -> None:
+    """Refuse a run directory that holds a different search (search/cluster may change)."""
     spec_path = run_dir / "spec.yaml"
     if spec_path.is_file():
         old = Spec.from_file(spec_path)
@@ -125,34 +113,92 @@ def _prepare_run_dir(spec: Spec, run_dir: Path) -> None:
                 f"run directory {str(run_dir)!r} holds a different search (fields {changed} "
                 "differ); choose a new --run-dir, or delete that directory"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec_path, spec.to_yaml())
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run>/.driver.lock`` exclusively; raise if another driver holds it."""
+    path = Path(run_dir) / ".driver.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise ParetoforgeError(
+                f"run directory {str(run_dir)!r} is in use by another driver ({holder}); wait "
+                "for it to finish, or stop it and run `paretoforge resume` on the directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
-               progress: Progress | None = None, debug: bool = False) -> SearchSummary:
-    """Run (or continue) the search described by ``spec`` into ``run_dir``."""
-    import optuna
-    import ray
+               progress: Progress | None = None, debug: bool = False,
+               worker_cls: type | None = None,
+               worker_kwargs: dict[str, Any] | None = None) -> SearchSummary:
+    """Run (or continue) the search described by ``spec`` into ``run_dir``.
 
+    Args:
+        spec: The validated search spec.
+        run_dir: The run directory (created; a directory of a different search is refused).
+        address: Ray address; else spec.cluster.address, RAY_ADDRESS, or a new local cluster.
+        progress: Where progress goes (default: a live panel on a terminal, else lines).
+        debug: Ray logs to the terminal.
+        worker_cls: The worker class made a Ray actor per worker (default
+            :class:`~paretoforge.orchestrator.worker.Worker`); see
+            :mod:`paretoforge.orchestrator.fakes` for the contract.
+        worker_kwargs: Extra keyword arguments for ``worker_cls``.
+
+    Returns:
+        The run's counts (completed, cached, failed), its front, and the loop's timings.
+    """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     space = check_before_start(spec)
     from paretoforge.hw_profiles import get_profile
 
     profiles = [get_profile(p) for p in spec.profiles]
-    _prepare_run_dir(spec, run_dir)
+    _check_run_dir(spec, run_dir)
     progress = progress or Progress(spec.search.trials)
-    log = progress.log
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        _check_run_dir(spec, run_dir)  # again: another driver may have written it meanwhile
+        atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
+        return _run_locked(spec, run_dir, space, profiles, progress, t_start, address=address,
+                           debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {})
 
+
+def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[Any],
+                progress: Progress, t_start: float, *, address: str | None, debug: bool,
+                worker_cls: type | None, worker_kwargs: dict[str, Any]) -> SearchSummary:
+    import ray
+
+    from paretoforge.orchestrator.artifacts import remove_partial
+    from paretoforge.orchestrator.loop import SearchLoop
+    from paretoforge.orchestrator.pool import WorkerPool
+    from paretoforge.orchestrator.results import load_run
+    from paretoforge.orchestrator.samplers import make_sampler
+    from paretoforge.orchestrator.storage import open_storage, open_study
+    from paretoforge.orchestrator.worker import Worker, package_versions
+
+    log = progress.log
+    remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
+    storage, backend = open_storage(run_dir, spec)
+    study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
     started = connect_ray(spec, address=address, debug=debug)
+    pool: WorkerPool | None = None
+    gates: dict[str, Any] = {}
     try:
         _check_placement(profiles)
         log(f"ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):.0f} CPUs;"
             f" run directory {run_dir}")
-        from paretoforge.orchestrator.prepare import prepare
+        from paretoforge.orchestrator.prepare import prepare_cached
 
-        prepared = prepare(spec, log=log)
+        prepared = prepare_cached(spec, log=log)
         atomic_write_json(run_dir / "run.json", {
             "study": spec.name, "objectives": [o.model_dump() for o in spec.objectives],
             "base_model": prepared.base_info, "prepare_timings": prepared.timings,
@@ -161,27 +207,36 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
         prepared_ref = ray.put(prepared)
         gates = _start_gates()
         spec_json = spec.model_dump(mode="json")
-        worker_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0)(Worker)
+        actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
+                               max_task_retries=0)(worker_cls or Worker)
 
-        def new_worker(i: int) -> Any:
-            return worker_cls.options(name=None).remote(prepared_ref, spec_json, str(run_dir),
-                                                        index=i, gates=gates)
+        def new_worker(i: int, holder: str) -> Any:
+            return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
+                                    holder=holder, **worker_kwargs)
 
-        workers = [new_worker(i) for i in range(spec.cluster.workers)]
-        study = open_study(run_dir, spec, sampler=_make_sampler(spec))
-        loop = _Loop(spec, study, space, workers, new_worker, progress, prepared)
+        pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
+        loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
+                          base_params=space.base_params(prepared.num_layers, prepared.num_heads),
+                          sync=backend.sync if backend is not None else None)
         with progress:
-            loop.run()
+            stats = loop.run()
         run = load_run(run_dir)
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])
         return SearchSummary(run_dir=run_dir, completed=loop.completed, failed=loop.failed,
                              cached=loop.cached, front=front,
-                             wall_s=time.perf_counter() - t_start)
+                             wall_s=time.perf_counter() - t_start, loop_s=stats.wall_s,
+                             stopped=stats.stopped, stats=stats.to_json())
     finally:
+        if backend is not None:
+            backend.sync()
+        if pool is not None:
+            pool.shutdown()
+        for g in gates.values():
+            with contextlib.suppress(Exception):
+                ray.kill(g, no_restart=True)
         if started:
             ray.shutdown()
-        del optuna
 
 
 def _check_placement(profiles: list[Any]) -> None:
@@ -216,188 +271,3 @@ def _start_gates() -> dict[str, Any]:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=nid, soft=False)
         ).remote()
     return gates
-
-
-class _Loop:
-    """The ask-and-tell loop, with dedup by config key and retries on worker death."""
-
-    def __init__(self, spec: Spec, study: Any, space: SearchSpace, workers: list[Any],
-                 new_worker: Any, progress: Progress, prepared: Any) -> None:
-        self.spec = spec
-        self.study = study
-        self.space = space
-        self.workers = workers
-        self.new_worker = new_worker
-        self.progress = progress
-        self.prepared = prepared
-        self.target = spec.search.trials
-        self.in_flight: dict[Any, tuple[Any, CandidateConfig, int, int]] = {}
-        self.waiting: dict[str, list[Any]] = {}  # key -> trials waiting on an in-flight twin
-        self.free = list(range(len(workers)))
-        self.cache: dict[str, Any] = {}
-        self.completed = self.failed = self.cached = 0
-        self.deadline = (time.monotonic() + spec.search.timeout_s) if spec.search.timeout_s else None
-
-    # -- setup ----------------------------------------------------------------------------------
-
-    def _recover_state(self) -> None:
-        """Continue an existing study: fail trials left RUNNING and re-ask their params."""
-        from optuna.trial import TrialState
-
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.COMPLETE:
-                self.completed += 1
-                self.cache.setdefault(t.user_attrs["key"], t)
-            elif t.state == TrialState.RUNNING:
-                self.study.tell(t.number, state=TrialState.FAIL)
-                self.study.enqueue_trial(t.params, skip_if_exists=False)
-            elif t.state == TrialState.FAIL:
-                self.failed += 1
-        if not self.study.trials:
-            base = self.space.base_params(self.prepared.num_layers, self.prepared.num_heads)
-            self.study.enqueue_trial(base, user_attrs={"is_base": True})
-
-    # -- the loop -------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        self._recover_state()
-        self._refresh("start")
-        while True:
-            self._fill()
-            if not self.in_flight:
-                break
-            import ray
-
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                self._collect(ref)
-
-    def _stop_asking(self) -> str | None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            return "time budget reached"
-        if self.failed >= self.spec.search.max_failures and self.failed > 0:
-            return f"{self.failed} failed trials (search.max_failures)"
-        return None
-
-    def _outstanding(self) -> int:
-        return len(self.in_flight) + sum(len(v) for v in self.waiting.values())
-
-    def _fill(self) -> None:
-        while self.free and self.completed + self._outstanding() < self.target:
-            reason = self._stop_asking()
-            if reason:
-                if not self.in_flight:
-                    self.progress.log(f"stopping: {reason}")
-                return
-            trial = self.study.ask()
-            cfg = self.space.suggest(trial)
-            trial.set_user_attr("config", cfg.model_dump(mode="json"))
-            trial.set_user_attr("key", cfg.key)
-            if cfg.key in self.cache:
-                self._tell_cached(trial, self.cache[cfg.key])
-                continue
-            if any(c.key == cfg.key for _, c, _, _ in self.in_flight.values()):
-                self.waiting.setdefault(cfg.key, []).append(trial)
-                continue
-            self._submit(trial, cfg, self.free.pop(0), attempt=1)
-
-    def _submit(self, trial: Any, cfg: CandidateConfig, w: int, *, attempt: int) -> None:
-        ref = self.workers[w].evaluate.remote(trial.number, cfg.model_dump(mode="json"))
-        self.in_flight[ref] = (trial, cfg, w, attempt)
-        self._refresh(f"trial {trial.number} started on worker {w}: {_short(cfg)}")
-
-    def _collect(self, ref: Any) -> None:
-        import ray
-        from optuna.trial import TrialState
-
-        trial, cfg, w, attempt = self.in_flight.pop(ref)
-        try:
-            res = ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            # The worker process died (killed, OOM, node lost): replace it, retry the trial.
-            self.workers[w] = self.new_worker(w)
-            if attempt <= MAX_ACTOR_RETRIES:
-                self.progress.log(f"worker {w} died during trial {trial.number}; retrying "
-                                  f"(attempt {attempt + 1})")
-                self._submit(trial, cfg, w, attempt=attempt + 1)
-                return
-            self._fail(trial, f"worker died {attempt} times: {type(e).__name__}")
-            self.free.append(w)
-            return
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if getattr(e, "cause", None) is not None else e
-            self._fail(trial, f"{type(cause).__name__}: {cause}")
-            self.free.append(w)
-            return
-        self.free.append(w)
-        metrics = res["metrics"]
-        values = [metrics[o.metric] for o in self.spec.objectives]
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("artifact_dir", res["artifact_dir"])
-        trial.set_user_attr("timings", res["timings"])
-        trial.set_user_attr("worker", res["worker"])
-        trial.set_user_attr("node_id", res["node_id"])
-        trial.set_user_attr("attempts", attempt)
-        self._set_constraints(trial, metrics)
-        frozen = self.study.tell(trial, values, state=TrialState.COMPLETE)
-        self.cache[cfg.key] = frozen
-        self.completed += 1
-        self._refresh(f"trial {trial.number} done: {_short(cfg)} -> " + ", ".join(
-            f"{o.metric}={v:.4g}" for o, v in zip(self.spec.objectives, values)))
-        for twin in self.waiting.pop(cfg.key, []):
-            self._tell_cached(twin, frozen)
-
-    def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:
-        if not self.spec.constraints:
-            return
-        cons = _constraint_values(self.spec, metrics)
-        trial.set_user_attr("constraints", cons)
-        for i, c in enumerate(cons):
-            trial.set_constraint(f"c{i}", c)
-
-    def _tell_cached(self, trial: Any, src: Any) -> None:
-        from optuna.trial import TrialState
-
-        for k in ("metrics", "artifact_dir", "timings", "worker", "node_id"):
-            if k in src.user_attrs:
-                trial.set_user_attr(k, src.user_attrs[k])
-        trial.set_user_attr("cached_from", src.number)
-        self._set_constraints(trial, src.user_attrs["metrics"])
-        self.study.tell(trial, list(src.values), state=TrialState.COMPLETE)
-        self.completed += 1
-        self.cached += 1
-        self._refresh(f"trial {trial.number} cached (same config as trial {src.number})")
-
-    def _fail(self, trial: Any, reason: str) -> None:
-        from optuna.trial import TrialState
-
-        first = reason.strip().splitlines()[0][:500]
-        trial.set_user_attr("fail_reason", reason[:4000])
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.failed += 1
-        key = trial.user_attrs.get("key")
-        for twin in self.waiting.pop(key, []) if key else []:
-            twin.set_user_attr("fail_reason", f"same config as failed trial {trial.number}")
-            self.study.tell(twin, state=TrialState.FAIL)
-            self.failed += 1
-        self._refresh(f"trial {trial.number} FAILED: {first}")
-
-    def _refresh(self, event: str) -> None:
-        from paretoforge.orchestrator.results import non_dominated
-
-        done = [t for t in self.cache.values()]
-        front = 0
-        best: dict[str, float] = {}
-        if done:
-            dirs = [o.direction for o in self.spec.objectives]
-            front = len(non_dominated([tuple(t.values) for t in done], dirs))
-            for i, o in enumerate(self.spec.objectives):
-                vals = [t.values[i] for t in done]
-                best[o.metric] = max(vals) if o.direction == "maximize" else min(vals)
-        self.progress.update(event, done=self.completed, running=len(self.in_flight),
-                             failed=self.failed, cached=self.cached, front=front, best=best)
-
-
-def _short(cfg: CandidateConfig) -> str:
-    return (f"layers={cfg.layers_kept} heads={cfg.heads_kept} ffn={cfg.ffn_kept} "
-            f"{cfg.precision}")

@@ -27,12 +27,18 @@ __all__ = ["CoreGate", "GateClient", "LocalGate"]
 
 
 class CoreGate:
-    """Async readers-writer lock with writer preference, for use as a Ray async actor."""
+    """Async readers-writer lock with writer preference, for use as a Ray async actor.
+
+    Every call names its ``holder`` (one id per worker actor, never reused), so that the driver
+    can release what a dead worker held with :meth:`release_holder`: a worker killed inside a
+    build or a measurement would otherwise block its node's gate for good.
+    """
 
     def __init__(self) -> None:
-        self._readers = 0
-        self._writer = False
+        self._readers: dict[str, int] = {}
+        self._writer: str | None = None
         self._writers_waiting = 0
+        self._dead: set[str] = set()
         self._cond: asyncio.Condition | None = None
 
     def _c(self) -> asyncio.Condition:
@@ -40,36 +46,62 @@ class CoreGate:
             self._cond = asyncio.Condition()
         return self._cond
 
-    async def acquire_shared(self) -> None:
+    async def acquire_shared(self, holder: str = "") -> bool:
+        """Wait for no writer (held or waiting), then hold the gate shared; False if dead."""
         c = self._c()
         async with c:
-            await c.wait_for(lambda: not self._writer and self._writers_waiting == 0)
-            self._readers += 1
+            await c.wait_for(lambda: holder in self._dead
+                             or (self._writer is None and self._writers_waiting == 0))
+            if holder in self._dead:
+                return False
+            self._readers[holder] = self._readers.get(holder, 0) + 1
+            return True
 
-    async def release_shared(self) -> None:
+    async def release_shared(self, holder: str = "") -> None:
         c = self._c()
         async with c:
-            self._readers -= 1
+            n = self._readers.get(holder, 0) - 1
+            if n > 0:
+                self._readers[holder] = n
+            else:
+                self._readers.pop(holder, None)
             c.notify_all()
 
-    async def acquire_exclusive(self) -> None:
+    async def acquire_exclusive(self, holder: str = "") -> bool:
+        """Wait for no reader and no writer, then hold the gate alone; False if dead."""
         c = self._c()
         async with c:
             self._writers_waiting += 1
             try:
-                await c.wait_for(lambda: not self._writer and self._readers == 0)
+                await c.wait_for(lambda: holder in self._dead
+                                 or (self._writer is None and not self._readers))
             finally:
                 self._writers_waiting -= 1
-            self._writer = True
+            if holder in self._dead:
+                c.notify_all()
+                return False
+            self._writer = holder
+            return True
 
-    async def release_exclusive(self) -> None:
+    async def release_exclusive(self, holder: str = "") -> None:
         c = self._c()
         async with c:
-            self._writer = False
+            if self._writer == holder:
+                self._writer = None
+            c.notify_all()
+
+    async def release_holder(self, holder: str) -> None:
+        """Drop everything ``holder`` holds or waits for; it never holds the gate again."""
+        c = self._c()
+        async with c:
+            self._dead.add(holder)
+            self._readers.pop(holder, None)
+            if self._writer == holder:
+                self._writer = None
             c.notify_all()
 
     async def state(self) -> dict[str, int]:
-        return {"readers": self._readers, "writer": int(self._writer),
+        return {"readers": sum(self._readers.values()), "writer": int(self._writer is not None),
                 "writers_waiting": self._writers_waiting}
 
 
@@ -110,27 +142,28 @@ class LocalGate:
 
 
 class GateClient:
-    """Context managers over a :class:`CoreGate` Ray actor handle."""
+    """Context managers over a :class:`CoreGate` Ray actor handle, on behalf of ``holder``."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, holder: str = "") -> None:
         self._h = handle
+        self._holder = holder
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         import ray
 
-        ray.get(self._h.acquire_shared.remote())
+        ray.get(self._h.acquire_shared.remote(self._holder))
         try:
             yield
         finally:
-            ray.get(self._h.release_shared.remote())
+            ray.get(self._h.release_shared.remote(self._holder))
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         import ray
 
-        ray.get(self._h.acquire_exclusive.remote())
+        ray.get(self._h.acquire_exclusive.remote(self._holder))
         try:
             yield
         finally:
-            ray.get(self._h.release_exclusive.remote())
+            ray.get(self._h.release_exclusive.remote(self._holder))

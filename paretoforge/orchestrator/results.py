@@ -24,32 +24,11 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
+from paretoforge.orchestrator.storage import open_study
 from paretoforge.spec import Spec
 
-__all__ = ["FrontMember", "Run", "export_trial", "load_run", "non_dominated", "open_study"]
-
-JOURNAL = "study.journal"
-
-
-def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool = True) -> Any:
-    """Open (or create) the run's Optuna study in its storage."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage: Any
-    if spec.storage:
-        storage = spec.storage
-    else:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
-    directions = [o.direction for o in spec.objectives]
-    if create:
-        return optuna.create_study(storage=storage, sampler=sampler, study_name=spec.name,
-                                   directions=directions, load_if_exists=True)
-    return optuna.load_study(storage=storage, study_name=spec.name, sampler=sampler)
-
+__all__ = ["Checkpoint", "FrontMember", "Run", "export_trial", "load_run", "non_dominated",
+           "open_study"]
 
 def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> list[int]:
     """Indices of the points no other point dominates (duplicates of a point all stay).
@@ -59,11 +38,12 @@ def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> lis
         [0, 1]
     """
     sign = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    vals = [tuple(s * v for s, v in zip(sign, p)) for p in points]  # all minimised now
+    vals = [tuple(s * v for s, v in zip(sign, p, strict=True)) for p in points]  # all minimised
     keep = []
     for i, a in enumerate(vals):
         dominated = any(
-            all(b_k <= a_k for a_k, b_k in zip(a, b)) and any(b_k < a_k for a_k, b_k in zip(a, b))
+            all(b_k <= a_k for a_k, b_k in zip(a, b, strict=True))
+            and any(b_k < a_k for a_k, b_k in zip(a, b, strict=True))
             for j, b in enumerate(vals) if j != i
         )
         if not dominated:
@@ -82,15 +62,28 @@ class FrontMember:
     artifacts: dict[str, str]
     relative: dict[str, float] = field(default_factory=dict)
     constraint_violation: float = 0.0
+    misses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return self.constraint_violation <= 0
 
     def to_json(self) -> dict[str, Any]:
         return {"trial": self.trial, "config": self.config, "objectives": self.objectives,
                 "metrics": self.metrics, "relative_to_base": self.relative,
-                "constraint_violation": self.constraint_violation, "artifacts": self.artifacts}
+                "feasible": self.feasible, "constraint_violation": self.constraint_violation,
+                "misses": self.misses, "artifacts": self.artifacts}
 
 
 class Run:
-    """A finished (or running) search, read back from its run directory."""
+    """A finished (or running) search, read back from its run directory.
+
+    Example:
+        >>> run = load_run("runs/quickstart")  # doctest: +SKIP
+        >>> best = run.front()[-1]  # doctest: +SKIP
+        >>> session = run.checkpoint(best).load_onnx()  # doctest: +SKIP
+        >>> rows = run.trials_table()  # doctest: +SKIP
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
@@ -145,7 +138,8 @@ class Run:
         """The non-dominated feasible completed trials, one per distinct config (first wins).
 
         When no completed trial is feasible, the best-effort front of all completed trials is
-        returned, each member with its ``constraint_violation`` (sum of positive violations).
+        returned, each member with its ``constraint_violation`` (sum of positive violations)
+        and ``misses`` (by how much it misses each bound, e.g. ``{"accuracy >= 0.99": 0.03}``).
         """
         seen: set[str] = set()
         unique = []
@@ -182,12 +176,95 @@ class Run:
                      ("model.onnx", "model.safetensors", "config.json", "manifest.json")}
         return FrontMember(
             trial=t.number, config=dict(t.user_attrs.get("config", t.params)),
-            objectives=dict(zip(self.objective_names, t.values)), metrics=metrics,
+            objectives=dict(zip(self.objective_names, t.values, strict=True)), metrics=metrics,
             artifacts=artifacts, relative=relative, constraint_violation=_violation(t),
+            misses=self._misses(t),
         )
 
-    def checkpoint(self, trial: int) -> Checkpoint:
-        return Checkpoint(self.artifact_dir(self.trial(trial)))
+    def _misses(self, t: Any) -> dict[str, float]:
+        cons = list(t.user_attrs.get("constraints") or [])
+        names = []
+        for c in self.spec.constraints:
+            if c.min is not None:
+                names.append(f"{c.metric} >= {c.min:g}")
+            if c.max is not None:
+                names.append(f"{c.metric} <= {c.max:g}")
+        return {n: float(v) for n, v in zip(names, cons, strict=False) if v > 0}
+
+    def checkpoint(self, trial: int | Any) -> Checkpoint:
+        """The artifacts of a trial (its number, a FrozenTrial or a :class:`FrontMember`)."""
+        number = trial if isinstance(trial, int) else getattr(trial, "trial", None)
+        if not isinstance(number, int):
+            number = trial.number
+        return Checkpoint(self.artifact_dir(self.trial(number)))
+
+    def trials_table(self) -> list[dict[str, Any]]:
+        """Every trial as a flat row: state, objectives, config, retries, failure reason.
+
+        Columns: ``trial``, ``state``, one per objective metric (None unless complete), one
+        per config dimension, ``key``, ``feasible``, ``constraint_violation``, ``on_front``,
+        ``cached_from``, ``reused_artifact``, ``attempts``, ``fail_kind``, ``fail_reason``
+        (first line), ``duration_s``, ``worker``, ``node_id``, ``is_base``.
+        """
+        front = {m.trial for m in self.front()} if self.trials() else set()
+        rows = []
+        for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
+            ua = t.user_attrs
+            complete = t.state.name == "COMPLETE"
+            row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+            for i, name in enumerate(self.objective_names):
+                row[name] = t.values[i] if complete and t.values else None
+            row.update(ua.get("config") or t.params)
+            reason = str(ua.get("fail_reason") or "")
+            row.update({
+                "key": ua.get("key"),
+                "feasible": (_violation(t) <= 0) if complete else None,
+                "constraint_violation": _violation(t) if complete else None,
+                "on_front": t.number in front,
+                "cached_from": ua.get("cached_from"),
+                "reused_artifact": bool(ua.get("reused_artifact", False)),
+                "attempts": ua.get("attempts", 1 if complete and "cached_from" not in ua
+                                   else None),
+                "fail_kind": ua.get("fail_kind"),
+                "fail_reason": reason.strip().splitlines()[0] if reason.strip() else None,
+                "duration_s": (t.duration.total_seconds() if t.duration is not None else None),
+                "worker": ua.get("worker"),
+                "node_id": ua.get("node_id"),
+                "is_base": bool(ua.get("is_base", False)),
+            })
+            rows.append(row)
+        return rows
+
+    def hypervolume_history(self) -> tuple[list[tuple[int, float]], dict[str, float]]:
+        """Hypervolume of the front after each completed trial, and the reference point.
+
+        The reference point is the worst value observed on each objective over all completed
+        trials of the run, so the curve never falls. The front is the feasible one (the
+        best-effort one while no trial is feasible), as in :meth:`front`.
+        """
+        from paretoforge.orchestrator.hypervolume import hypervolume, worst_point
+
+        done = sorted(self.trials(), key=lambda t: t.number)
+        if not done:
+            return [], {}
+        dirs = [o.direction for o in self.spec.objectives]
+        ref = worst_point([tuple(t.values) for t in done], dirs)
+        history = []
+        for i, t in enumerate(done):
+            seen = done[: i + 1]
+            pool = [x for x in seen if _violation(x) <= 0] or seen
+            points = [tuple(x.values) for x in pool]
+            front = [points[j] for j in non_dominated(points, dirs)]
+            history.append((t.number, hypervolume(front, dirs, ref)))
+        return history, dict(zip(self.objective_names, ref, strict=True))
+
+    def failures(self) -> dict[str, int]:
+        """Failed trials counted by kind (build, measurement, timeout, worker_lost, ...)."""
+        out: dict[str, int] = {}
+        for t in self.trials(states=("FAIL",)):
+            kind = str(t.user_attrs.get("fail_kind") or "error")
+            out[kind] = out.get(kind, 0) + 1
+        return out
 
 
 class Checkpoint:
@@ -210,6 +287,12 @@ class Checkpoint:
     @property
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.dir / "manifest.json").read_text())
+
+    def verify(self) -> bool:
+        """True when every file matches the sha256 in the manifest."""
+        from paretoforge.orchestrator.artifacts import verify_artifact
+
+        return verify_artifact(self.dir) is not None
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:
@@ -247,7 +330,7 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
         manifest["run"] = {"dir": str(run.dir.resolve()), "study": run.spec.name}
         manifest["objectives"] = {
             o.metric: {"value": v, "direction": o.direction}
-            for o, v in zip(run.spec.objectives, t.values)
+            for o, v in zip(run.spec.objectives, t.values, strict=True)
         }
         base = run.base_trial()
         if base is not None:

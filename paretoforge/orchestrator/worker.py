@@ -23,6 +23,7 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, sha256_file
 from paretoforge.exceptions import BuildError, ParetoforgeError
+from paretoforge.orchestrator.artifacts import artifact_path, result_from_manifest, verify_artifact
 from paretoforge.orchestrator.gate import GateClient, LocalGate
 from paretoforge.orchestrator.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
@@ -54,7 +55,7 @@ class Worker:
     """
 
     def __init__(self, prepared: Prepared, spec: dict[str, Any], run_dir: str, *, index: int = 0,
-                 gates: dict[str, Any] | None = None, pin: bool = True) -> None:
+                 gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True) -> None:
         import torch
 
         self.prepared = prepared
@@ -63,13 +64,14 @@ class Worker:
         self.index = index
         self.node_id = _node_id()
         handle = (gates or {}).get(self.node_id)
-        self.gate: Any = GateClient(handle) if handle is not None else LocalGate()
+        self.gate: Any = GateClient(handle, holder) if handle is not None else LocalGate()
         self.all_cores = sorted(os.sched_getaffinity(0))
         threads = max(1, int(self.spec.cluster.cpus_per_worker))
         if pin and len(self.all_cores) > 1:
             # One core per worker: builds never spread over the core a neighbour measures on.
             start = (index * threads) % len(self.all_cores)
-            self.cores = [self.all_cores[(start + i) % len(self.all_cores)] for i in range(threads)]
+            n = len(self.all_cores)
+            self.cores = [self.all_cores[(start + i) % n] for i in range(threads)]
             os.sched_setaffinity(0, self.cores)
         else:
             self.cores = list(self.all_cores)
@@ -80,6 +82,7 @@ class Worker:
     # -- public verbs ------------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
+        """Where this worker runs: index, Ray node, pinned cores and process id."""
         return {"index": self.index, "node_id": self.node_id, "cores": self.cores,
                 "pid": os.getpid()}
 
@@ -91,6 +94,9 @@ class Worker:
             MeasurementError: a profile could not be measured.
         """
         cfg = CandidateConfig.model_validate(config)
+        manifest = verify_artifact(artifact_path(self.run_dir, cfg.key), key=cfg.key)
+        if manifest is not None:  # built already (a retried trial whose worker died after it)
+            return result_from_manifest(manifest)
         try:
             return self._evaluate(trial_number, cfg)
         except ParetoforgeError:

@@ -29,13 +29,15 @@ class TaskData:
 
     Attributes:
         name: Registered task name, e.g. ``"digits"``.
-        x_train: float32 model inputs used for training, e.g. shaped ``(N, 1, 8, 8)``.
+        x_train: Model inputs used for training: one array (e.g. float32 ``(N, 1, 8, 8)``
+            pixel values), or, for models with several inputs, input name -> array (e.g.
+            int64 ``input_ids`` and ``attention_mask``, each ``(N, T)``).
         y_train: int64 labels of ``x_train``.
-        x_heldout: float32 held-out inputs, used only to measure quality.
+        x_heldout: Held-out inputs (same form as ``x_train``), used only to measure quality.
         y_heldout: int64 labels of ``x_heldout``.
         num_classes: Number of classes of the labels.
-        input_name: Name of the model's input argument (and of the ONNX input), e.g.
-            ``"pixel_values"``.
+        input_name: Name of the model's (first) input argument and ONNX input, e.g.
+            ``"pixel_values"`` or ``"input_ids"``.
         metric: Name of the quality metric, e.g. ``"accuracy"``.
         preprocessing: Exact human-readable account of the preprocessing, for the manifest.
         split: JSON-able account of the split: method, seed, fraction, sizes and the sha256 of
@@ -49,9 +51,9 @@ class TaskData:
     """
 
     name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | dict[str, np.ndarray]
     y_train: np.ndarray
-    x_heldout: np.ndarray
+    x_heldout: np.ndarray | dict[str, np.ndarray]
     y_heldout: np.ndarray
     num_classes: int
     input_name: str
@@ -59,13 +61,29 @@ class TaskData:
     preprocessing: str
     split: dict[str, Any]
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Names of the model's inputs, in order."""
+        if isinstance(self.x_train, dict):
+            return tuple(self.x_train)
+        return (self.input_name,)
+
+    def feeds(self, split: str) -> dict[str, np.ndarray]:
+        """Inputs of ``split`` (``"train"`` or ``"heldout"``) as ``{input name: array}``."""
+        if split not in ("train", "heldout"):
+            raise SpecError(f"Unknown split {split!r}. Available: train, heldout.")
+        x = self.x_train if split == "train" else self.x_heldout
+        return dict(x) if isinstance(x, dict) else {self.input_name: x}
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance of this task (no arrays), e.g. for a manifest."""
+        shapes = {k: list(v.shape[1:]) for k, v in self.feeds("train").items()}
         return {
             "name": self.name,
             "num_classes": self.num_classes,
             "input_name": self.input_name,
-            "input_shape": list(self.x_train.shape[1:]),
+            "input_shape": shapes[self.input_name],
+            "input_shapes": shapes,
             "metric": self.metric,
             "preprocessing": self.preprocessing,
             "split": dict(self.split),

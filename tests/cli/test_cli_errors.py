@@ -25,7 +25,8 @@ def _check_clean_error(result) -> str:
 def test_unknown_key(tmp_path: Path) -> None:
     p = tmp_path / "s.yaml"
     p.write_text("search: {trials: 4, samplr: tpe}\n")
-    err = _check_clean_error(runner.invoke(app, ["search", str(p), "--run-dir", str(tmp_path / "r")]))
+    err = _check_clean_error(
+        runner.invoke(app, ["search", str(p), "--run-dir", str(tmp_path / "r")]))
     assert "search.samplr" in err and "sampler" in err
     assert not (tmp_path / "r").exists(), "nothing is written for a bad spec"
 
@@ -57,7 +58,8 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=4)), max_leaves=8)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.dictionaries(_keys, _values, min_size=1, max_size=4))
 def test_malformed_specs_give_one_clean_line(tmp_path: Path, doc: dict) -> None:
     p = tmp_path / "fuzz.yaml"

@@ -105,3 +105,42 @@ def test_missing_file_is_spec_error(tmp_path: Path) -> None:
 def test_json_schema_has_descriptions() -> None:
     props = HardwareProfile.model_json_schema()["properties"]
     assert all(p.get("description") for p in props.values())
+
+
+def test_specific_hardware_builtins() -> None:
+    edge, gpu = get_profile("edge-arm"), get_profile("gpu-fp16")
+    assert edge.resource == "hw:edge-arm" and edge.device == "cpu"
+    assert edge.intra_op_threads is None  # the whole board
+    assert edge.ray_options() == {"resources": {"hw:edge-arm": 1}}
+    assert gpu.device == "cuda" and gpu.provider == "CUDAExecutionProvider"
+    assert gpu.io_binding and gpu.supports("fp16") and not gpu.supports("int8")
+    assert gpu.resource == "GPU" and gpu.on_gpu
+    # Ray refuses "GPU" in resources={...}; the GPU is asked for with num_gpus.
+    assert gpu.ray_options() == {"num_gpus": 1}
+    assert get_profile("cpu-1t").ray_options() == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"device": "cpu", "cuda_graph": True}, "cuda_graph needs device 'cuda'"),
+        ({"device": "cuda", "provider": "CUDAExecutionProvider", "cuda_graph": True},
+         "io_binding"),
+        ({"device": "cuda", "provider": "CUDAExecutionProvider", "io_binding": True,
+          "cuda_graph": True, "sequence_lengths": "task"}, "fixed shapes"),
+        ({"device": "cpu", "runtime": "torch-eager", "io_binding": True}, "ONNX Runtime options"),
+        ({"device": "cpu", "runtime": "tvm"}, "runtime"),
+    ],
+)
+def test_runtime_options_validate(data: dict, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        parse_profile({"name": "x", **data})
+
+
+def test_torch_profiles_need_no_provider() -> None:
+    p = parse_profile({"name": "tc", "device": "cuda", "runtime": "torch-compile"})
+    assert p.runtime == "torch-compile" and p.ray_options() == {"num_gpus": 1,
+                                                                 "resources": {"hw:tc": 1}}
+    ok = parse_profile({"name": "g", "device": "cuda", "provider": "CUDAExecutionProvider",
+                        "io_binding": True, "cuda_graph": True, "sequence_length": 128})
+    assert ok.cuda_graph

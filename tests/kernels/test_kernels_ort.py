@@ -56,6 +56,10 @@ def test_graph_summary_fields(vit_onnx: Path) -> None:
     assert s["initializer_bytes"] == sum(s["initializer_dtype_bytes"].values()) > 0
     assert s["file_bytes"] > s["initializer_bytes"]
     assert s["opset"]["ai.onnx"] == 17
+    # The tiny ViT: 2 layers of 4 h^2 + 2 h*ffn linear MACs per token, plus patch embedding and
+    # classifier; two activation matmuls (scores, context) per layer.
+    assert s["matmul_weight_elems"] >= 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert s["activation_matmuls"] == 2 * 2
     assert set(s["quant_op_counts"]) >= {
         "QuantizeLinear",
         "DequantizeLinear",
@@ -91,3 +95,20 @@ def test_session_threads_inherit_affinity(vit_onnx: Path) -> None:
     assert new, "expected ONNX Runtime to start a worker thread"
     assert set(new.values()) == {str(core)}
     del sess
+
+
+def test_graph_summary_counts_macs_the_same_for_every_precision(
+    vit_onnx: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from paretoforge.kernels import PRECISIONS, apply_precision
+
+    fp32 = graph_summary(vit_onnx)["matmul_weight_elems"]
+    x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    for precision in PRECISIONS:
+        kw = {"calibration": {"pixel_values": x}} if precision == "int8-static" else {}
+        path = apply_precision(vit_onnx, tmp_path / f"{precision}.onnx", precision, **kw)
+        # Dynamic int8 keeps int8 initializers on MatMulInteger; static int8 (QDQ) puts them
+        # behind DequantizeLinear: both are followed back to the weight.
+        assert graph_summary(path)["matmul_weight_elems"] == fp32, precision

@@ -72,7 +72,7 @@ def test_per_channel(wide_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_apply_precision(wide_onnx: Path, tmp_path: Path) -> None:
-    assert PRECISIONS == ("fp32", "int8")
+    assert PRECISIONS == ("fp32", "int8", "int8-static")
     fp32 = apply_precision(wide_onnx, tmp_path / "a.onnx", "fp32")
     assert fp32.read_bytes() == wide_onnx.read_bytes()
     apply_precision(wide_onnx, fp32, "fp32")  # replacing an existing file works
@@ -82,7 +82,7 @@ def test_apply_precision(wide_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_precision_lists_options(wide_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=r"'int4'\. Available: fp32, int8"):
+    with pytest.raises(SpecError, match=r"'int4'\. Available: fp32, int8, int8-static"):
         apply_precision(wide_onnx, tmp_path / "x.onnx", "int4")
 
 

@@ -42,7 +42,7 @@ def test_dead_head_and_dead_neuron_rank_last(tiny_model, data):
     adapter = adapter_for(tiny_model)
     layer = adapter.layers(tiny_model)[1]
     with torch.no_grad():
-        adapter.attention(layer)[3].weight[:, 2 * 8 : 3 * 8] = 0  # head 2 of layer 1 is dead
+        adapter.out_projection(layer).weight[:, 2 * 8 : 3 * 8] = 0  # head 2 of layer 1 is dead
         adapter.ffn(layer)[1].weight[:, 7] = 0  # neuron 7 of layer 1 is dead
     imp = compute_importance(tiny_model, *data, batch_size=64)
     assert imp.heads[1, 2] < 1e-6 * imp.heads[1].max()

@@ -31,7 +31,8 @@ def test_prune_slices_shapes_as_planned(tiny_model, batch, logits):
     hd = adapter.head_dim(pruned)
     assert hd == 8
     for layer, heads, neurons in zip(layers, PLAN.heads, PLAN.neurons, strict=True):
-        q, k, v, o = adapter.attention(layer)
+        q, k, v = adapter.head_projections(layer)
+        o = adapter.out_projection(layer)
         up, down = adapter.ffn(layer)
         for proj in (q, k, v):
             assert proj.weight.shape == (len(heads) * hd, 32)
@@ -57,7 +58,7 @@ def test_pruning_equals_silencing_the_dropped_units(tiny_model, batch, logits):
         for layer, heads, neurons in zip(
             adapter.layers(silenced), PLAN.heads, PLAN.neurons, strict=True
         ):
-            o = adapter.attention(layer)[3]
+            o = adapter.out_projection(layer)
             for h in set(range(4)) - set(heads):
                 o.weight[:, h * 8 : (h + 1) * 8] = 0
             down = adapter.ffn(layer)[1]
@@ -144,18 +145,14 @@ def test_plan_round_trips_through_json():
 
 
 def test_unknown_family_lists_supported_types():
-    from transformers import BertConfig, BertModel
+    from types import SimpleNamespace
 
-    bert = BertModel(
-        BertConfig(
-            hidden_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=8,
-            vocab_size=10,
-        )
-    )
-    with pytest.raises(UnknownComponentError, match="Available: vit"):
-        adapter_for(bert)
+    class T5Like(torch.nn.Module):
+        config = SimpleNamespace(model_type="t5")
+
+    with pytest.raises(
+        UnknownComponentError, match="Available: bert, deit, distilbert, gpt2, roberta, vit"
+    ):
+        adapter_for(T5Like())
     with pytest.raises(UnknownComponentError, match="vit"):
         adapter_for(torch.nn.Linear(2, 2))

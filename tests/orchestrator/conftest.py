@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,24 @@ TINY_SPEC = {
     "search": {"trials": 6, "population_size": 4, "seed": 0},
     "cluster": {"workers": 2},
 }
+
+
+@pytest.fixture(scope="session")
+def make_spec():
+    """``make_spec(search={...}, constraints=[...], ...)``: the tiny spec with changes."""
+
+    def make(search: dict[str, Any] | None = None, **top: Any) -> Spec:
+        d = copy.deepcopy(TINY_SPEC)
+        d["search"].update(search or {})
+        d.update(top)
+        return Spec.from_dict(d)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_spec_dict() -> dict[str, Any]:
+    return copy.deepcopy(TINY_SPEC)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ from paretoforge.orchestrator.results import non_dominated
 
 def _dominates(a, b, dirs):
     s = [-1 if d == "maximize" else 1 for d in dirs]
-    a = [x * k for x, k in zip(a, s)]
-    b = [x * k for x, k in zip(b, s)]
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    a = [x * k for x, k in zip(a, s, strict=True)]
+    b = [x * k for x, k in zip(b, s, strict=True)]
+    pairs = list(zip(a, b, strict=True))
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def test_non_dominated_is_exactly_the_front() -> None:

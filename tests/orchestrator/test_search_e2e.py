@@ -71,7 +71,6 @@ def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
 
     from paretoforge.evaluators.quality import torch_logits
     from paretoforge.models.io import load_pretrained
-    from paretoforge.tasks import load_task
 
     run_dir, _ = tiny_run
     run = load_run(run_dir)

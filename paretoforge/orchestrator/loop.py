@@ -1,0 +1,526 @@
+"""The ask-and-tell loop: trials to workers, results to the study; the driver owns every write.
+
+    trial = study.ask() -> cfg = space.suggest(trial) -> same config completed? tell its values
+                                                      -> same config in flight? wait for it
+                                                      -> else a free worker evaluates cfg
+    ray.wait(results) -> study.tell(trial, objective values) + user attrs
+
+Exactly ``search.trials`` trials end COMPLETE: never more in flight than are still needed.
+
+Failures. A worker that dies mid-trial (killed, out of memory, node lost) is replaced and the
+trial re-run on the next free worker, up to ``search.max_retries`` times, each attempt's reason
+kept in the ``attempt_errors`` user attr; then the trial FAILs (``fail_kind`` "worker_lost"). A
+build or measurement error FAILs the trial at once (kinds "build", "measurement", "error"). A
+trial running past ``search.trial_timeout_s`` has its worker killed and replaced and FAILs with
+reason "timeout". Every failure's reason is in the ``fail_reason`` user attr.
+
+Resume. Trials a dead driver left RUNNING are taken up again under their own number: answered
+from the cache when their config completed meanwhile, completed from their artifact when it is on
+disk with valid checksums, else re-run. Trials beyond the budget FAIL with kind "interrupted"
+(they are not failures of the search and do not count towards ``search.max_failures``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paretoforge.orchestrator.artifacts import (
+    artifact_path,
+    remove_partial,
+    result_from_manifest,
+    verify_artifact,
+)
+from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
+from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
+from paretoforge.orchestrator.progress import Progress
+from paretoforge.search_spaces import CandidateConfig, SearchSpace
+from paretoforge.spec import Spec
+
+__all__ = ["LoopStats", "SearchLoop", "constraint_values"]
+
+_RESULT_ATTRS = ("metrics", "artifact_dir", "timings", "worker", "node_id")
+
+
+def constraint_values(spec: Spec, metrics: dict[str, float]) -> list[float]:
+    """One value per bound, Optuna's convention: <= 0 is satisfied."""
+    out = []
+    for c in spec.constraints:
+        v = metrics[c.metric]
+        if c.min is not None:
+            out.append(c.min - v)
+        if c.max is not None:
+            out.append(v - c.max)
+    return out
+
+
+@dataclass
+class _Job:
+    trial: Any  # optuna.trial.Trial
+    cfg: CandidateConfig
+    attempt: int = 1
+    errors: list[str] = field(default_factory=list)
+    slot: int = -1
+    submitted: float = 0.0
+
+
+@dataclass
+class LoopStats:
+    """What the loop did and where its own time went (seconds, this session)."""
+
+    completed: int = 0
+    cached: int = 0
+    failed: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    recovered: int = 0
+    wall_s: float = 0.0
+    ask_s: float = 0.0
+    tell_s: float = 0.0
+    submit_s: float = 0.0
+    wait_s: float = 0.0
+    first_ready_s: float | None = None  # from the loop's start to the first worker's ping
+    stopped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class SearchLoop:
+    """Runs trials on a :class:`WorkerPool` until the budget is met; see the module docstring.
+
+    Example:
+        >>> loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
+        ...                   base_params=space.base_params(4, 4))  # doctest: +SKIP
+        >>> loop.run().completed  # doctest: +SKIP
+        24
+    """
+
+    def __init__(self, spec: Spec, study: Any, space: SearchSpace, pool: WorkerPool,
+                 progress: Progress, *, run_dir: Path, base_params: dict[str, Any],
+                 sync: Callable[..., None] | None = None) -> None:
+        self.spec = spec
+        self.study = study
+        self.space = space
+        self.pool = pool
+        self.progress = progress
+        self.run_dir = Path(run_dir)
+        self.base_params = base_params
+        self.sync = sync
+        self.target = spec.search.trials
+        self.directions = [o.direction for o in spec.objectives]
+        self.in_flight: dict[Any, _Job] = {}
+        self.retry: deque[_Job] = deque()
+        self.revived: deque[Any] = deque()
+        self.waiting: dict[str, list[Any]] = {}  # key -> trials waiting on an in-flight twin
+        self.cache: dict[str, Any] = {}  # key -> the FrozenTrial that completed it first
+        self.build_failed: dict[str, tuple[int, str]] = {}  # key -> (trial, reason): no rebuild
+        self.completed = self.cached = self.failed = 0
+        self.session_failures = 0
+        self.stats = LoopStats()
+        self._t0 = time.monotonic()
+        self._done_at_start = 0
+        self._deadline = (self._t0 + spec.search.timeout_s) if spec.search.timeout_s else None
+        self._front = ParetoArchive(self.directions)
+        self._front_all = ParetoArchive(self.directions)
+        self._worst: list[float] | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> LoopStats:
+        import ray
+
+        self._recover()
+        self._done_at_start = self.completed
+        self._refresh("start")
+        while True:
+            self._fill()
+            pings = self.pool.pending_pings()
+            if not self.in_flight and not self._has_queued_work():
+                break
+            if not self.in_flight and not pings and not self.pool.has_idle():
+                break  # nothing can run: every worker slot is gone (PlacementError raised)
+            t0 = time.perf_counter()
+            refs = list(self.in_flight) + list(pings)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_timeout())
+            self.stats.wait_s += time.perf_counter() - t0
+            for ref in ready:
+                if ref in self.in_flight:
+                    self._collect(ref)
+                else:
+                    self._on_ping(ref)
+            now = time.monotonic()
+            self._check_timeouts(now)
+            if not self.in_flight:
+                self.pool.check_start_timeout(now)
+            self._sync(min_interval_s=1.0)
+        self._sync()
+        self.stats.completed, self.stats.cached, self.stats.failed = (
+            self.completed, self.cached, self.failed)
+        self.stats.wall_s = time.monotonic() - self._t0
+        return self.stats
+
+    def _has_queued_work(self) -> bool:
+        if self.retry or self.revived:
+            return True
+        return self._can_ask()
+
+    def _can_ask(self) -> bool:
+        return self.completed + self._outstanding() < self.target and self._stop_reason() is None
+
+    def _outstanding(self) -> int:
+        return (len(self.in_flight) + len(self.retry) + len(self.revived)
+                + sum(len(v) for v in self.waiting.values()))
+
+    def _stop_reason(self) -> str | None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            return f"time budget reached (search.timeout_s={self.spec.search.timeout_s:g})"
+        if self.session_failures >= self.spec.search.max_failures and self.session_failures:
+            return f"{self.session_failures} failed trials (search.max_failures)"
+        return None
+
+    def _wait_timeout(self) -> float:
+        timeout = 1.0
+        limit = self.spec.search.trial_timeout_s
+        if limit:
+            now = time.monotonic()
+            for job in self.in_flight.values():
+                timeout = min(timeout, max(0.0, job.submitted + limit - now))
+        return timeout
+
+    def _sync(self, *, min_interval_s: float = 0.0) -> None:
+        if self.sync is not None:
+            self.sync(min_interval_s=min_interval_s)
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Count what the study holds; take up trials a dead driver left RUNNING."""
+        import optuna
+        from optuna.trial import TrialState
+
+        running = []
+        for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if t.state == TrialState.COMPLETE:
+                self.completed += 1
+                self.cached += "cached_from" in t.user_attrs
+                self._note_done(t)
+            elif t.state == TrialState.RUNNING:
+                running.append(t)
+            elif t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") != "interrupted":
+                self.failed += 1
+                if t.user_attrs.get("fail_kind") == "build" and t.user_attrs.get("key"):
+                    reason = str(t.user_attrs.get("fail_reason", "")).strip().splitlines()
+                    self.build_failed.setdefault(t.user_attrs["key"],
+                                                 (t.number, reason[0] if reason else ""))
+        for frozen in running:
+            # A RUNNING trial from storage becomes a live Trial again (its params are fixed).
+            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            self.stats.recovered += 1
+            if self.completed + len(self.revived) >= self.target:
+                self._fail(trial, "left RUNNING by a stopped driver and not needed: the search "
+                           "already has its trials", kind="interrupted")
+                continue
+            key = frozen.user_attrs.get("key")
+            manifest = (verify_artifact(artifact_path(self.run_dir, key), key=key)
+                        if key and key not in self.cache else None)
+            if key in self.cache:
+                self._tell_cached(trial, self.cache[key])
+            elif manifest is not None:
+                cfg = CandidateConfig.model_validate(manifest["config"])
+                self._complete(_Job(trial, cfg), result_from_manifest(manifest))
+            else:
+                self.revived.append(trial)
+        if running:
+            self.progress.log(f"resume: {len(running)} trial(s) were left RUNNING; "
+                              f"{len(self.revived)} will be re-run")
+        if not self.study.trials:
+            self.study.enqueue_trial(self.base_params, user_attrs={"is_base": True})
+            for i, seed in enumerate(self.spec.search.seed_configs):
+                self.study.enqueue_trial(seed, user_attrs={"seed_config": i})
+
+    # -- filling workers ------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        reason = self._stop_reason()
+        if reason and (self.retry or self.revived):
+            for job in list(self.retry):
+                self._fail(job.trial, f"search stopped ({reason}) before its retry",
+                           kind="interrupted", errors=job.errors, attempts=job.attempt - 1)
+            for trial in list(self.revived):
+                self._fail(trial, f"search stopped ({reason}) before it was re-run",
+                           kind="interrupted")
+            self.retry.clear()
+            self.revived.clear()
+        if reason and self.stats.stopped is None and self.completed < self.target:
+            self.stats.stopped = reason
+            self.progress.log(f"stopping: {reason}; waiting for {len(self.in_flight)} trial(s)")
+        while self.pool.has_idle():
+            job = self._next_job()
+            if job is None:
+                return
+            self._submit(job)
+
+    def _next_job(self) -> _Job | None:
+        if self.retry:
+            return self.retry.popleft()
+        while self.revived:
+            job = self._dedupe(self.revived.popleft())
+            if job is not None:
+                return job
+        while self._can_ask():
+            t0 = time.perf_counter()
+            trial = self.study.ask()
+            self.stats.ask_s += time.perf_counter() - t0
+            job = self._dedupe(trial)
+            if job is not None:
+                return job
+        return None
+
+    def _dedupe(self, trial: Any) -> _Job | None:
+        """A job for ``trial``, or None when its config is done (told now) or in flight."""
+        t0 = time.perf_counter()
+        cfg = self.space.suggest(trial)
+        if trial.user_attrs.get("key") != cfg.key:
+            trial.set_user_attr("config", cfg.model_dump(mode="json"))
+            trial.set_user_attr("key", cfg.key)
+        self.stats.ask_s += time.perf_counter() - t0
+        if cfg.key in self.cache:
+            self._tell_cached(trial, self.cache[cfg.key])
+            return None
+        if cfg.key in self.build_failed:  # a build error is the config's: never build it again
+            number, reason = self.build_failed[cfg.key]
+            trial.set_user_attr("failed_like", number)
+            self._fail(trial, f"same config as trial {number}, whose build failed: {reason}",
+                       kind="build")
+            return None
+        if any(j.cfg.key == cfg.key for j in self.in_flight.values()) or any(
+                j.cfg.key == cfg.key for j in self.retry):
+            self.waiting.setdefault(cfg.key, []).append(trial)
+            return None
+        return _Job(trial, cfg)
+
+    def _submit(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        slot = self.pool.take()
+        assert slot is not None  # _fill checked has_idle()
+        job.slot = slot.index
+        job.submitted = time.monotonic()
+        ref = slot.handle.evaluate.remote(job.trial.number, job.cfg.model_dump(mode="json"))
+        self.in_flight[ref] = job
+        self.stats.submit_s += time.perf_counter() - t0
+        again = f" (attempt {job.attempt})" if job.attempt > 1 else ""
+        self.progress.event("trial_started", trial=job.trial.number, key=job.cfg.key,
+                            worker=slot.index, attempt=job.attempt, pid=slot.info.get("pid"),
+                            node_id=slot.info.get("node_id"))
+        self._refresh(f"trial {job.trial.number} started on worker {slot.index}{again}: "
+                      f"{_short(job.cfg)}")
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _on_ping(self, ref: Any) -> None:
+        index = self.pool.pending_pings()[ref]
+        what = self.pool.on_ping(ref)
+        slot = self.pool.slots[index]
+        if what == "ready":
+            if self.stats.first_ready_s is None:
+                self.stats.first_ready_s = time.monotonic() - self._t0
+            self.progress.event("worker_ready", worker=index, **slot.info)
+
+    def _collect(self, ref: Any) -> None:
+        import ray
+
+        job = self.in_flight.pop(ref)
+        try:
+            res = ray.get(ref)
+        except Exception as e:
+            if is_worker_lost(e):
+                self._worker_lost(job, e)
+                return
+            self.pool.release(job.slot)
+            cause = getattr(e, "cause", None) or e
+            kind = {"BuildError": "build", "MeasurementError": "measurement"}.get(
+                type(cause).__name__, "error")
+            if kind == "build":
+                self.build_failed[job.cfg.key] = (job.trial.number,
+                                                  (str(cause).strip().splitlines() or [""])[0])
+            self._fail(job.trial, f"{type(cause).__name__}: {cause}", kind=kind,
+                       errors=job.errors, attempts=job.attempt)
+            return
+        self.pool.release(job.slot)
+        try:
+            self._complete(job, res)
+        except KeyError as e:  # the worker did not report an objective's metric
+            self._fail(job.trial, f"the worker's result has no metric {e}; it reported "
+                       f"{sorted(res.get('metrics', {}))}", kind="error", attempts=job.attempt)
+
+    def _worker_lost(self, job: _Job, e: BaseException) -> None:
+        info = self.pool.slots[job.slot].info
+        where = f"worker {job.slot} (pid {info.get('pid')}, node {str(info.get('node_id'))[:8]})"
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        job.errors.append(f"attempt {job.attempt} on {where}: worker lost: "
+                          f"{type(e).__name__}: {first}")
+        self._replace(job.slot)
+        self.progress.event("worker_lost", worker=job.slot, trial=job.trial.number,
+                            attempt=job.attempt, error=type(e).__name__)
+        if job.attempt <= self.spec.search.max_retries:
+            self.stats.retried += 1
+            job.attempt += 1
+            self.retry.append(job)
+            self.progress.log(f"{where} was lost during trial {job.trial.number} "
+                              f"({type(e).__name__}); it is replaced and the trial re-run "
+                              f"(attempt {job.attempt} of {self.spec.search.max_retries + 1})")
+            return
+        self._fail(job.trial, f"worker lost on all {job.attempt} attempts "
+                   f"(search.max_retries={self.spec.search.max_retries}); last: "
+                   f"{type(e).__name__}: {first}", kind="worker_lost", errors=job.errors,
+                   attempts=job.attempt)
+
+    def _check_timeouts(self, now: float) -> None:
+        limit = self.spec.search.trial_timeout_s
+        if not limit:
+            return
+        for ref, job in list(self.in_flight.items()):
+            if now - job.submitted <= limit:
+                continue
+            del self.in_flight[ref]
+            self._replace(job.slot)  # a sync actor cannot be interrupted: kill it, replace it
+            self.stats.timed_out += 1
+            self._fail(job.trial, f"timeout: ran {now - job.submitted:.1f}s, over "
+                       f"search.trial_timeout_s={limit:g}; its worker was replaced",
+                       kind="timeout", errors=job.errors, attempts=job.attempt)
+
+    def _replace(self, index: int) -> None:
+        old = self.pool.replace(index)
+        pid = old.info.get("pid")
+        if isinstance(pid, int):
+            remove_partial(self.run_dir, pid=pid)
+
+    def _complete(self, job: _Job, res: dict[str, Any]) -> None:
+        from optuna.trial import TrialState
+
+        t0 = time.perf_counter()
+        metrics = res["metrics"]
+        values = [float(metrics[o.metric]) for o in self.spec.objectives]
+        trial = job.trial
+        for k in _RESULT_ATTRS:
+            trial.set_user_attr(k, res.get(k))
+        trial.set_user_attr("attempts", job.attempt)
+        if job.errors:
+            trial.set_user_attr("attempt_errors", job.errors)
+        if res.get("reused_artifact"):
+            trial.set_user_attr("reused_artifact", True)
+        self._set_constraints(trial, metrics)
+        frozen = self.study.tell(trial, values, state=TrialState.COMPLETE)
+        self.stats.tell_s += time.perf_counter() - t0
+        self.completed += 1
+        self._note_done(frozen)
+        self.progress.event("trial_done", trial=trial.number, attempts=job.attempt)
+        self._refresh(f"trial {trial.number} done: {_short(job.cfg)} -> " + ", ".join(
+            f"{o.metric}={v:.4g}" for o, v in zip(self.spec.objectives, values, strict=True)))
+        for twin in self.waiting.pop(job.cfg.key, []):
+            self._tell_cached(twin, frozen)
+
+    def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:
+        if not self.spec.constraints:
+            return
+        cons = constraint_values(self.spec, metrics)
+        trial.set_user_attr("constraints", cons)
+        for i, c in enumerate(cons):
+            trial.set_constraint(f"c{i}", c)
+
+    def _tell_cached(self, trial: Any, src: Any) -> None:
+        from optuna.trial import TrialState
+
+        t0 = time.perf_counter()
+        for k in _RESULT_ATTRS:
+            if k in src.user_attrs:
+                trial.set_user_attr(k, src.user_attrs[k])
+        trial.set_user_attr("cached_from", src.number)
+        self._set_constraints(trial, src.user_attrs["metrics"])
+        self.study.tell(trial, list(src.values), state=TrialState.COMPLETE)
+        self.stats.tell_s += time.perf_counter() - t0
+        self.completed += 1
+        self.cached += 1
+        self._refresh(f"trial {trial.number} cached (same config as trial {src.number})")
+
+    def _fail(self, trial: Any, reason: str, *, kind: str, errors: list[str] | None = None,
+              attempts: int | None = None) -> None:
+        from optuna.trial import TrialState
+
+        first = reason.strip().splitlines()[0][:500] if reason.strip() else kind
+        trial.set_user_attr("fail_reason", reason[:4000])
+        trial.set_user_attr("fail_kind", kind)
+        if attempts is not None:
+            trial.set_user_attr("attempts", attempts)
+        if errors:
+            trial.set_user_attr("attempt_errors", errors)
+        self.study.tell(trial, state=TrialState.FAIL)
+        if kind != "interrupted":
+            self.failed += 1
+            self.session_failures += 1
+        self.progress.event("trial_failed", trial=trial.number, kind=kind)
+        key = trial.user_attrs.get("key")
+        for twin in self.waiting.pop(key, []) if key else []:
+            twin.set_user_attr("failed_like", trial.number)
+            self._fail(twin, f"same config as failed trial {trial.number}: {first}", kind=kind)
+        self._refresh(f"trial {trial.number} FAILED ({kind}): {first}")
+
+    # -- progress -------------------------------------------------------------------------------
+
+    def _note_done(self, t: Any) -> None:
+        """Count a completed trial into the running front, worst point and hypervolume."""
+        key = t.user_attrs.get("key")
+        if key is not None:
+            self.cache.setdefault(key, t)
+        values = [float(v) for v in t.values]
+        if self._worst is None:
+            self._worst = list(values)
+        else:
+            self._worst = [min(w, v) if d == "maximize" else max(w, v)
+                           for w, v, d in zip(self._worst, values, self.directions, strict=True)]
+        feasible = all(c <= 0 for c in (t.user_attrs.get("constraints") or []))
+        if feasible:
+            self._front.add(values)
+        self._front_all.add(values)
+
+    def _refresh(self, event: str) -> None:
+        front = self._front if len(self._front) else self._front_all
+        best: dict[str, float] = {}
+        hv = None
+        if len(front) and self._worst is not None:
+            for i, o in enumerate(self.spec.objectives):
+                vals = [p[i] for p in front.points]
+                best[o.metric] = max(vals) if o.direction == "maximize" else min(vals)
+            hv = hypervolume(front.points, self.directions, self._worst)
+        self.progress.update(
+            event, done=self.completed, running=len(self.in_flight), failed=self.failed,
+            cached=self.cached, front=len(front), best=best, hypervolume=hv,
+            hv_reference=dict(zip([o.metric for o in self.spec.objectives], self._worst or [],
+                                  strict=False)),
+            eta_s=self._eta(),
+        )
+
+    def _eta(self) -> float | None:
+        """Seconds to the end: remaining trials at this session's rate, capped by the budget."""
+        now = time.monotonic()
+        done = self.completed - self._done_at_start
+        remaining = max(0, self.target - self.completed)
+        eta = None
+        if remaining == 0:
+            eta = 0.0
+        elif done > 0:
+            eta = remaining * (now - self._t0) / done
+        if self._deadline is not None:
+            left = max(0.0, self._deadline - now)
+            eta = left if eta is None else min(eta, left)
+        return eta
+
+
+def _short(cfg: CandidateConfig) -> str:
+    return (f"layers={cfg.layers_kept} heads={cfg.heads_kept} ffn={cfg.ffn_kept} "
+            f"{cfg.precision}")

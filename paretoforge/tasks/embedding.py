@@ -1,0 +1,358 @@
+"""Embedding fidelity: how close a compressed encoder's sentence embeddings stay to the original's.
+
+For an encoder without a task head (e.g. all-MiniLM-L6-v2), quality is the mean cosine
+similarity between the compressed model's sentence embeddings and the unpruned model's, on
+held-out English sentences. Sentences come from Python's own documentation
+(``pydoc_data.topics``, shipped with CPython), so the task needs no download; the sentences
+used for distillation and those used for evaluation are disjoint. Token states are pooled as
+the checkpoint's sentence-transformers configuration says (``modules.json`` and
+``1_Pooling/config.json``): for all-MiniLM-L6-v2, mean pooling then L2 normalisation.
+
+Example:
+    >>> from paretoforge.tasks import load_task
+    >>> task = load_task("embedding-fidelity", checkpoint="minilm/")  # doctest: +SKIP
+    >>> pooling = Pooling.from_checkpoint("minilm/")  # doctest: +SKIP
+    >>> embedding_fidelity(student, teacher, task.x_heldout, pooling)  # doctest: +SKIP
+    0.97
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from paretoforge.exceptions import SpecError
+from paretoforge.tasks._base import TASKS, TaskData
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+__all__ = [
+    "POOLING_MODES",
+    "Pooling",
+    "contrastive_loss",
+    "embedding_fidelity",
+    "load_embedding_task",
+    "mean_cosine",
+    "onnx_sentence_embeddings",
+    "pydoc_sentences",
+    "sentence_embeddings",
+]
+
+#: Pooling modes of sentence-transformers that :class:`Pooling` implements.
+POOLING_MODES: tuple[str, ...] = ("mean", "cls", "max", "mean_sqrt_len")
+
+_ST_POOLING = "sentence_transformers.models.Pooling"
+_ST_NORMALIZE = "sentence_transformers.models.Normalize"
+# Sentence-transformers' pooling flags -> our mode names.
+_ST_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How token states become one sentence embedding.
+
+    Attributes:
+        mode: One of :data:`POOLING_MODES`; padding positions (mask 0) never count.
+        normalize: L2-normalise the pooled vector (sentence-transformers' ``Normalize``).
+
+    Example:
+        >>> import torch
+        >>> pool = Pooling(mode="mean", normalize=False)
+        >>> h = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]]])  # (B=1, T=3, H=2)
+        >>> pool(h, torch.tensor([[1, 1, 0]])).tolist()
+        [[2.0, 1.0]]
+    """
+
+    mode: str = "mean"
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in POOLING_MODES:
+            raise SpecError(
+                f"Unknown pooling mode {self.mode!r}. Available: {', '.join(POOLING_MODES)}."
+            )
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike[str]) -> Pooling:
+        """The pooling a sentence-transformers checkpoint directory declares.
+
+        Reads ``modules.json``: the ``Pooling`` module's ``config.json`` gives the mode, a
+        ``Normalize`` module turns on normalisation. A directory without ``modules.json`` is a
+        plain encoder: mean pooling, no normalisation.
+
+        Raises:
+            SpecError: The files are unreadable, or declare no or several pooling modes.
+        """
+        directory = Path(directory)
+        modules_path = directory / "modules.json"
+        if not modules_path.is_file():
+            return cls(mode="mean", normalize=False)
+        try:
+            modules = json.loads(modules_path.read_text(encoding="utf-8"))
+            types = {m["type"]: m.get("path", "") for m in modules}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SpecError(f"Cannot read {str(modules_path)!r}: {exc}.") from None
+        normalize = _ST_NORMALIZE in types
+        if _ST_POOLING not in types:
+            raise SpecError(
+                f"{str(modules_path)!r} has no {_ST_POOLING} module; only checkpoints that pool "
+                "token states are supported."
+            )
+        pool_path = directory / types[_ST_POOLING] / "config.json"
+        try:
+            cfg = json.loads(pool_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"Cannot read pooling config {str(pool_path)!r}: {exc}.") from None
+        modes = [mode for flag, mode in _ST_FLAGS.items() if cfg.get(flag)]
+        unsupported = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v
+                             and k not in _ST_FLAGS)  # fmt: skip
+        if len(modes) != 1 or unsupported:
+            raise SpecError(
+                f"{str(pool_path)!r} enables pooling {modes + unsupported}; exactly one of "
+                f"{', '.join(_ST_FLAGS)} is supported."
+            )
+        return cls(mode=modes[0], normalize=normalize)
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool ``hidden`` ``(B, T, H)`` over the positions where ``mask`` ``(B, T)`` is 1."""
+        import torch
+
+        m = mask[..., None].to(hidden.dtype)  # (B, T, 1)
+        if self.mode == "cls":
+            out = hidden[:, 0]
+        elif self.mode == "max":
+            out = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+        else:
+            total = (hidden * m).sum(1)  # (B, H)
+            count = m.sum(1).clamp(min=1e-9)  # (B, 1)
+            out = total / (count if self.mode == "mean" else count.sqrt())
+        if self.normalize:
+            out = torch.nn.functional.normalize(out, p=2, dim=-1)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"mode": self.mode, "normalize": self.normalize}
+
+
+# -- sentences ------------------------------------------------------------------------------
+
+_UNDERLINE = re.compile(r"[*=\-~^]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"*])")
+_CODE = re.compile(r">>>|::=|[{}\[\]]|==|\+=|\);")
+
+
+def pydoc_sentences() -> list[str]:
+    """English sentences from CPython's bundled documentation topics, in a fixed order.
+
+    Paragraphs of ``pydoc_data.topics.topics`` (sorted by topic) are joined into lines, split
+    at sentence ends, and kept when they read as prose: 5..60 words, ending in a full stop, at
+    least half the words alphabetic, no code markers (``>>>``, ``::=``, brackets, ``==``).
+    Duplicates are dropped. About 2,000 sentences on CPython 3.11.
+
+    Example:
+        >>> s = pydoc_sentences()
+        >>> len(s) > 1000 and all(x.endswith(".") for x in s)
+        True
+    """
+    from pydoc_data.topics import topics
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            lines = [ln.strip() for ln in para.split("\n")]
+            lines = [ln for ln in lines if ln and not _UNDERLINE.fullmatch(ln)]
+            text = re.sub(r"^(?:[-*] |\d+\. )", "", " ".join(lines))
+            for s in _SENTENCE_END.split(text):
+                words = s.split()
+                alpha = sum(w.strip("\",.;:*()").isalpha() for w in words) / max(1, len(words))
+                if (5 <= len(words) <= 60 and s.endswith(".") and alpha >= 0.5
+                        and not _CODE.search(s) and s not in seen):  # fmt: skip
+                    seen.add(s)
+                    out.append(s)
+    return out
+
+
+# -- embeddings and fidelity -----------------------------------------------------------------
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out[0]
+
+
+def sentence_embeddings(
+    model: nn.Module, inputs: dict[str, Any], pooling: Pooling, batch_size: int = 64
+) -> torch.Tensor:
+    """Pooled sentence embeddings ``(N, H)`` of a PyTorch encoder (put in eval mode)."""
+    import torch
+
+    model.eval()
+    x = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    n = len(x["input_ids"])
+    outs = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            xb = {k: v[i : i + batch_size] for k, v in x.items()}
+            outs.append(pooling(_hidden(model(**xb)).float(), xb["attention_mask"]))
+    return torch.cat(outs)
+
+
+def onnx_sentence_embeddings(
+    session: Any, inputs: dict[str, np.ndarray], pooling: Pooling, batch_size: int = 64
+) -> np.ndarray:
+    """Pooled embeddings ``(N, H)`` from an ONNX Runtime session whose first output is the
+    last hidden state ``(B, T, H)`` (an encoder exported without a head)."""
+    import numpy as np
+    import torch
+
+    names = [i.name for i in session.get_inputs()]
+    n = len(inputs["input_ids"])
+    outs = []
+    for i in range(0, n, batch_size):
+        feed = {k: np.ascontiguousarray(inputs[k][i : i + batch_size]) for k in names}
+        hidden = torch.from_numpy(session.run(None, feed)[0])
+        outs.append(pooling(hidden.float(), torch.from_numpy(feed["attention_mask"])).numpy())
+    return np.concatenate(outs)
+
+
+def mean_cosine(a: Any, b: Any) -> float:
+    """Mean over rows of the cosine similarity of ``a[i]`` and ``b[i]`` (arrays ``(N, H)``)."""
+    import torch
+
+    ta, tb = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if ta.shape != tb.shape:
+        raise ValueError(f"Embeddings differ in shape: {tuple(ta.shape)} vs {tuple(tb.shape)}")
+    return float(torch.nn.functional.cosine_similarity(ta, tb, dim=-1).mean())
+
+
+def embedding_fidelity(
+    student: nn.Module, teacher: nn.Module | Any, inputs: dict[str, Any], pooling: Pooling
+) -> float:
+    """Mean cosine similarity of ``student``'s sentence embeddings to ``teacher``'s.
+
+    ``teacher`` is a model, or its embeddings of ``inputs`` computed once beforehand.
+    """
+    ref = teacher
+    if hasattr(teacher, "forward"):
+        ref = sentence_embeddings(teacher, inputs, pooling)
+    return mean_cosine(sentence_embeddings(student, inputs, pooling), ref)
+
+
+def contrastive_loss(pooling: Pooling, temperature: float = 0.05) -> Callable[..., Any]:
+    """A label-free loss for :func:`paretoforge.models.importance.compute_importance`.
+
+    In-batch contrastive: each sentence's embedding should be most similar to itself among
+    the batch (cross-entropy over the cosine-similarity matrix / ``temperature``, summed over
+    examples). Unlike a distance to the unpruned model's own embeddings, whose gradient
+    vanishes at the unpruned model, it scores which units keep sentences apart.
+    """
+    import torch
+
+    def loss(output: Any, inputs: Any, labels: Any) -> torch.Tensor:
+        emb = torch.nn.functional.normalize(pooling(_hidden(output), inputs["attention_mask"]),
+                                            dim=-1)  # fmt: skip
+        sim = emb @ emb.T / temperature  # (B, B)
+        target = torch.arange(len(emb))
+        return torch.nn.functional.cross_entropy(sim.float(), target, reduction="sum")
+
+    return loss
+
+
+# -- the task ------------------------------------------------------------------------------
+
+
+@TASKS.register("embedding-fidelity")
+def load_embedding_task(
+    checkpoint: str,
+    n_heldout: int = 500,
+    n_train: int | None = None,
+    max_length: int = 64,
+    seed: int = 0,
+) -> TaskData:
+    """Sentences for distilling (train) and scoring (held-out) an encoder's embeddings.
+
+    The :func:`pydoc_sentences` are shuffled by ``seed``; the first ``n_heldout`` are held
+    out, the rest (or the first ``n_train`` of the rest) are for importance and distillation,
+    so the two sets never share a sentence. Texts are tokenized with the checkpoint's
+    tokenizer to ``max_length`` tokens.
+
+    Labels do not exist: ``y_*`` are ``-1`` and ``num_classes`` is 0; quality is
+    :func:`embedding_fidelity` against the unpruned model, pooled as
+    ``split["pooling"]`` says (:meth:`Pooling.from_checkpoint`).
+
+    Raises:
+        SpecError: A count is out of range, or the checkpoint has no tokenizer.
+    """
+    import numpy as np
+
+    from paretoforge.tasks.text import load_tokenizer, tokenize
+
+    sentences = pydoc_sentences()
+    for name, value, low in (("n_heldout", n_heldout, 1), ("max_length", max_length, 2),
+                             ("seed", seed, 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise SpecError(
+                f"embedding-fidelity: {name} must be an integer >= {low}, got {value!r}."
+            )
+    if n_heldout >= len(sentences):
+        raise SpecError(
+            f"embedding-fidelity: n_heldout={n_heldout} leaves no training sentences; there are "
+            f"{len(sentences)}. Use fewer."
+        )
+    order = list(range(len(sentences)))
+    random.Random(int(seed)).shuffle(order)
+    heldout_idx = sorted(order[:n_heldout])
+    train_idx = sorted(order[n_heldout:])
+    if n_train is not None:
+        if isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1:
+            raise SpecError(
+                f"embedding-fidelity: n_train must be an integer >= 1, got {n_train!r}."
+            )
+        train_idx = sorted(order[n_heldout : n_heldout + int(n_train)])
+    pooling = Pooling.from_checkpoint(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
+    enc_train = tokenize(tokenizer, [sentences[i] for i in train_idx], max_length)
+    enc_heldout = tokenize(tokenizer, [sentences[i] for i in heldout_idx], max_length)
+    sha = hashlib.sha256(np.asarray(heldout_idx, dtype="<i8").tobytes()).hexdigest()
+    return TaskData(
+        name="embedding-fidelity",
+        x_train=enc_train,
+        y_train=np.full(len(train_idx), -1, dtype=np.int64),
+        x_heldout=enc_heldout,
+        y_heldout=np.full(len(heldout_idx), -1, dtype=np.int64),
+        num_classes=0,
+        input_name="input_ids",
+        metric="embedding_cosine",
+        preprocessing=(
+            f"pydoc_data.topics sentences, {type(tokenizer).__name__} from {str(checkpoint)!r}, "
+            f"padding='max_length', truncation, max_length={max_length}; pooling "
+            f"{pooling.mode}{' + L2 normalize' if pooling.normalize else ''}"
+        ),
+        split={
+            "method": "random.Random(seed).shuffle of pydoc_sentences(); first n_heldout held out",
+            "seed": int(seed),
+            "n_train": len(train_idx),
+            "n_heldout": len(heldout_idx),
+            "n_sentences": len(sentences),
+            "heldout_indices_sha256": sha,
+            "pooling": pooling.to_dict(),
+        },
+    )

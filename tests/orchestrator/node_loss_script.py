@@ -1,0 +1,80 @@
+"""Run a real search on a 3-node ``ray.cluster_utils.Cluster`` and remove a node mid-trial.
+
+Run by ``test_faults.py`` in a subprocess (one Ray instance per process; the test session has
+its own): ``python node_loss_script.py SPEC_JSON RUN_DIR OUT_JSON``. The head node has no CPUs
+(it holds the driver and the gates); each of the two worker nodes has one CPU and one worker.
+When trial 1 is under way (its temporary artifact directory exists), the worker's node is
+removed. The script writes what happened to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def ensure_ray_auth() -> None:
+    """Token auth on, with a token: Ray 2.60 turns it on for new local clusters by default, and
+    a ``Cluster`` started with RAY_AUTH_MODE=token but no token fails with a timeout."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    have = (os.environ.get("RAY_AUTH_TOKEN")
+            or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "/nonexistent")).is_file()
+            or (Path.home() / ".ray" / "auth_token").is_file())
+    if not have:
+        path = Path(tempfile.mkdtemp(prefix="pf-ray-auth-")) / "auth_token"
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+
+
+def main(spec_json: str, run_dir: str, out_json: str) -> None:
+    ensure_ray_auth()
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from paretoforge.orchestrator.driver import run_search
+    from paretoforge.orchestrator.progress import Progress
+    from paretoforge.spec import Spec
+
+    spec = Spec.from_dict(json.loads(spec_json))
+    store = 80 * 1024**2
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": store})
+    nodes = [cluster.add_node(num_cpus=1, object_store_memory=store) for _ in range(2)]
+    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    cluster.wait_for_nodes()
+    removed: dict = {}
+    events: list = []
+
+    def on_event(kind: str, data: dict) -> None:
+        events.append([kind, {k: v for k, v in data.items() if k != "node_id"}])
+        if kind != "trial_started" or removed or data["trial"] < 1:
+            return
+        tmp = Path(run_dir) / "artifacts" / f".{data['key']}.tmp-{data['pid']}"
+        deadline = time.monotonic() + 30
+        while not tmp.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        node = next(n for n in nodes if n.node_id == data["node_id"])
+        removed.update(trial=data["trial"], worker=data["worker"], mid_trial=tmp.exists())
+        cluster.remove_node(node, allow_graceful=False)
+
+    summary = run_search(spec, run_dir, progress=Progress(spec.search.trials, live=False,
+                                                          on_event=on_event))
+    Path(out_json).write_text(json.dumps({
+        "completed": summary.completed, "failed": summary.failed, "removed": removed,
+        "stats": summary.stats, "events": events,
+    }))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
