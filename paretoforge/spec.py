@@ -19,7 +19,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from paretoforge.exceptions import SpecError, UnknownComponentError
 
@@ -75,7 +82,9 @@ class SplitSpec(_Strict):
 class TaskSpec(_Strict):
     """The task: data, split and metric."""
 
-    name: str = Field("digits", description="Task name (`digits`: scikit-learn's bundled 8x8 digits).")
+    name: str = Field(
+        "digits", description="Task name (`digits`: scikit-learn's bundled 8x8 digits)."
+    )
     data: str | None = Field(
         None, description="Path to the task data; built-in tasks bring their own (leave unset)."
     )
@@ -96,9 +105,13 @@ class SpaceSpec(_Strict):
 class RecoverySpec(_Strict):
     """Knowledge-distillation recovery applied to every pruned candidate."""
 
-    epochs: int = Field(8, ge=0, le=1000, description="Distillation epochs over the training split.")
+    epochs: int = Field(
+        8, ge=0, le=1000, description="Distillation epochs over the training split."
+    )
     lr: float = Field(1e-3, gt=0.0, lt=1.0, description="AdamW learning rate.")
-    temperature: float = Field(2.0, gt=0.0, description="Softmax temperature of the logit KD loss.")
+    temperature: float = Field(
+        2.0, gt=0.0, description="Softmax temperature of the logit KD loss."
+    )
     alpha: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the KD loss; 1 - alpha goes to the label loss."
     )
@@ -151,7 +164,8 @@ class SearchConfig(_Strict):
     )
     trials: int = Field(24, ge=1, le=100_000, description="Number of COMPLETED trials to reach.")
     timeout_s: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Wall-time budget in seconds: no trial starts after it (running ones "
         "finish); the search stops at whichever of trials and time comes first.",
     )
@@ -160,17 +174,21 @@ class SearchConfig(_Strict):
         8, ge=2, le=1000, description="NSGA-II / NSGA-III population size (ignored by the others)."
     )
     max_failures: int = Field(
-        20, ge=0,
+        20,
+        ge=0,
         description="Stop when this many trials have failed in one session (a broken setup, not "
         "bad luck).",
     )
     max_retries: int = Field(
-        2, ge=0, le=100,
+        2,
+        ge=0,
+        le=100,
         description="Re-runs, on another worker, of a trial whose worker died (killed, out of "
         "memory, node lost); then the trial fails with the reasons. Build errors never retry.",
     )
     trial_timeout_s: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="A trial running longer than this is cancelled (its worker is replaced) and "
         "fails with reason 'timeout'; unset: no limit.",
     )
@@ -185,8 +203,9 @@ class ClusterSpec(_Strict):
     """Where candidates are built and measured."""
 
     address: str | None = Field(
-        None, description="Ray address of an existing cluster; unset starts a local one "
-        "(RAY_ADDRESS is honoured too)."
+        None,
+        description="Ray address of an existing cluster; unset starts a local one "
+        "(RAY_ADDRESS is honoured too).",
     )
     workers: int = Field(2, ge=1, le=4096, description="Worker actors: trials in flight at once.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker actor.")
@@ -273,7 +292,10 @@ class Spec(_Strict):
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: {metrics} names a metric twice")
-        for where, names in (("objectives", metrics), ("constraints", [c.metric for c in self.constraints])):
+        for where, names in (
+            ("objectives", metrics),
+            ("constraints", [c.metric for c in self.constraints]),
+        ):
             for m in names:
                 _, profile = parse_metric(m)
                 if profile is not None and profile not in self.profiles:
@@ -290,7 +312,9 @@ class Spec(_Strict):
         """Read and validate a YAML or JSON spec; raise :class:`SpecError` with one clear line."""
         path = Path(path)
         if not path.is_file():
-            raise SpecError(f"Spec file {str(path)!r} does not exist; pass the path of a YAML spec.")
+            raise SpecError(
+                f"Spec file {str(path)!r} does not exist; pass the path of a YAML spec."
+            )
         text = path.read_text(encoding="utf-8")
         try:
             if path.suffix == ".json":
@@ -301,8 +325,9 @@ class Spec(_Strict):
                 data = yaml.safe_load(text)
         except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                            f"{first}") from None
+            raise SpecError(
+                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
+            ) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -367,11 +392,15 @@ def _one_line(e: ValidationError) -> str:
     kind = err["type"]
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "extra_forbidden":
         parent = ".".join(str(x) for x in err["loc"][:-1])
         allowed = _allowed_keys(err["loc"][:-1])
-        hint = f"; allowed keys{' of ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else ""
+        hint = (
+            f"; allowed keys{' of ' + parent if parent else ''}: {', '.join(allowed)}"
+            if allowed
+            else ""
+        )
         return f"unknown field {loc!r}{hint}"
     if kind == "missing":
         return f"field {loc!r} is required"
@@ -395,7 +424,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         ann = field.annotation
         args = getattr(ann, "__args__", None)
         candidates = [ann] + list(args or [])
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if model is None:
             return []
     return sorted(model.model_fields) if hasattr(model, "model_fields") else []

@@ -50,7 +50,11 @@ class CandidateConfig(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def is_unpruned(self, num_layers: int, num_heads: int) -> bool:
-        return self.layers_kept == num_layers and self.heads_kept == num_heads and self.ffn_kept == 1.0
+        return (
+            self.layers_kept == num_layers
+            and self.heads_kept == num_heads
+            and self.ffn_kept == 1.0
+        )
 
 
 class SpacePreset(BaseModel):
@@ -125,8 +129,12 @@ class SearchSpace:
 
     def base_params(self, num_layers: int, num_heads: int) -> dict[str, Any]:
         """Params of the unpruned fp32 base model, enqueued as trial 0."""
-        return {"layers_kept": num_layers, "heads_kept": num_heads, "ffn_kept": 1.0,
-                "precision": "fp32"}
+        return {
+            "layers_kept": num_layers,
+            "heads_kept": num_heads,
+            "ffn_kept": 1.0,
+            "precision": "fp32",
+        }
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         """Raise SpecError unless every choice fits a base model of this shape."""

@@ -38,7 +38,10 @@ def _err(tmp_path: Path, text: str) -> str:
         ("search: {sampler: cmaes}\n", ["search.sampler", "cmaes"]),
         ("profiles: [cpu1t]\n", ["cpu1t", "Did you mean 'cpu-1t'"]),
         ("objectives: [{metric: latency_p50_ms, direction: minimize}]\n", ["@cpu-1t"]),
-        ("objectives: [{metric: latency_p50_ms@cpu, direction: minimize}]\n", ["'cpu'", "profiles"]),
+        (
+            "objectives: [{metric: latency_p50_ms@cpu, direction: minimize}]\n",
+            ["'cpu'", "profiles"],
+        ),
         ("objectives: [{metric: acc, direction: maximize}]\n", ["unknown metric 'acc'"]),
         ("task: {name: mnist}\n", ["mnist", "digits"]),
         ("space: {preset: vit}\n", ["vit-prune"]),
@@ -50,7 +53,9 @@ def _err(tmp_path: Path, text: str) -> str:
         ("search: [\n", ["not valid YAML"]),
     ],
 )
-def test_bad_specs_name_field_and_value(tmp_path: Path, text: str, must_contain: list[str]) -> None:
+def test_bad_specs_name_field_and_value(
+    tmp_path: Path, text: str, must_contain: list[str]
+) -> None:
     msg = _err(tmp_path, text)
     for s in must_contain:
         assert s in msg, msg
