@@ -31,6 +31,7 @@ from pydantic import (
 from paretoforge.exceptions import SpecError, UnknownComponentError
 
 __all__ = [
+    "PATH_FAMILIES",
     "ClusterSpec",
     "ConstraintSpec",
     "ModelSpec",
@@ -42,12 +43,19 @@ __all__ = [
     "SplitSpec",
     "TaskSpec",
     "parse_metric",
+    "resolve_model_path",
 ]
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 # Metric names a candidate reports; latency metrics carry the profile: ``latency_p50_ms@cpu-1t``.
-QUALITY_METRICS = ("accuracy",)
-PLAIN_METRICS = ("accuracy", "onnx_bytes", "params")
+QUALITY_METRICS = ("accuracy", "embedding_cosine")
+PLAIN_METRICS = ("accuracy", "embedding_cosine", "onnx_bytes", "params")
+# model_type of the checkpoints `model.path` may name (encoders the text tasks can drive).
+PATH_FAMILIES = ("bert", "distilbert", "roberta")
+# Task -> its quality metric; tasks that need a checkpoint (their tokenizer) list it too.
+TASK_METRICS = {"digits": "accuracy", "text-classification": "accuracy",
+                "embedding-fidelity": "embedding_cosine"}
+CHECKPOINT_TASKS = ("text-classification", "embedding-fidelity")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -57,17 +65,53 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """Which base model to compress."""
+    """Which base model to compress: a built-in recipe, or a local checkpoint (``path``)."""
 
-    recipe: str = Field(
+    recipe: str | None = Field(
         "vit-digits",
         description="Built-in recipe that trains the base model from bundled data "
-        "(`paretoforge recipes` lists them).",
+        "(`paretoforge recipes` lists them); left unset when `path` is given.",
+    )
+    path: str | None = Field(
+        None,
+        description="Local Hugging Face checkpoint directory (config.json + *.safetensors) of a "
+        f"supported family ({', '.join(PATH_FAMILIES)}); 'pkg:MODULE/SUBDIR' names a directory "
+        "inside an installed Python package. Mutually exclusive with `recipe`.",
+    )
+    architecture: str | None = Field(
+        None,
+        description="Model class to load `path` as (e.g. BertForSequenceClassification); "
+        "default: the one its config.json lists.",
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="Recipe fields to change, e.g. {hidden_size: 96, epochs: 40}.",
+        description="Recipe fields to change, e.g. {hidden_size: 96, epochs: 40}; with `path`, "
+        "config fields to change when loading (e.g. {num_labels: 3}).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_replaces_recipe(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is not None and "recipe" not in data:
+            data = {**data, "recipe": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if self.path is None:
+            if self.recipe is None:
+                raise ValueError("model: set `recipe` (a built-in base model) or `path` "
+                                 "(a local checkpoint directory)")
+            if self.architecture is not None:
+                raise ValueError("model.architecture applies to a checkpoint `path` only")
+            return self
+        if self.recipe is not None:
+            raise ValueError(
+                f"model: `recipe` ({self.recipe!r}) and `path` ({self.path!r}) are mutually "
+                "exclusive; keep one"
+            )
+        check_checkpoint(self.path)
+        return self
 
 
 class SplitSpec(_Strict):
@@ -83,23 +127,80 @@ class TaskSpec(_Strict):
     """The task: data, split and metric."""
 
     name: str = Field(
-        "digits", description="Task name (`digits`: scikit-learn's bundled 8x8 digits)."
+        "digits",
+        description="Task name: `digits` (scikit-learn's bundled 8x8 digits), "
+        "`text-classification` (your CSV / JSONL in `data`, tokenized with the checkpoint's "
+        "tokenizer) or `embedding-fidelity` (sentence embeddings of the checkpoint on "
+        "pydoc_data.topics sentences, scored by cosine to the unpruned model's).",
     )
     data: str | None = Field(
-        None, description="Path to the task data; built-in tasks bring their own (leave unset)."
+        None,
+        description="Path to the task data (text-classification: .csv/.tsv/.jsonl with text "
+        "and label); built-in tasks bring their own (leave unset).",
     )
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
-    metric: Literal["accuracy"] = Field("accuracy", description="Quality metric on held-out data.")
+    metric: Literal["accuracy", "embedding_cosine"] = Field(
+        "accuracy",
+        description="Quality metric on held-out data: accuracy (classification) or "
+        "embedding_cosine (embedding-fidelity); default: the task's own.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the task loader, e.g. {max_length: 128, n_heldout: 300, "
+        "n_train: 1500} for embedding-fidelity.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "metric" not in data and data.get("name") in TASK_METRICS:
+            data = {**data, "metric": TASK_METRICS[data["name"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _task_metric(self) -> TaskSpec:
+        own = TASK_METRICS.get(self.name)
+        if own is not None and self.metric != own:
+            raise ValueError(f"task.metric: task {self.name!r} is scored by {own!r}, "
+                             f"not {self.metric!r}")
+        if self.name == "text-classification" and not self.data:
+            raise ValueError("task.data: text-classification needs the path of a .csv, .tsv "
+                             "or .jsonl file with text and label columns")
+        if self.data and not Path(self.data).is_file():
+            raise ValueError(f"task.data: {self.data!r} is not a file")
+        return self
+
+    @property
+    def quality_metric(self) -> str:
+        """The metric candidates are scored by."""
+        return self.metric
 
 
 class SpaceSpec(_Strict):
-    """The search space: a preset, with optional changes to its dimensions' choices."""
+    """The search space: a preset with optional changes, or every dimension declared here."""
 
-    preset: str = Field("vit-prune", description="Search-space preset (`paretoforge spaces`).")
+    preset: str | None = Field(
+        "vit-prune",
+        description="Search-space preset (`paretoforge spaces`); null: `dimensions` declares "
+        "the whole space.",
+    )
     dimensions: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Replace a dimension's choices, e.g. {layers_kept: [2, 3, 4]}.",
+        description="Replace a dimension's choices, e.g. {layers_kept: [2, 3, 4]}; with "
+        "preset null, every dimension (layers_kept, heads_kept, ffn_kept, precision).",
     )
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> SpaceSpec:
+        from paretoforge.search_spaces import SPACES, SearchSpace
+
+        if self.preset is not None and self.preset not in SPACES:
+            raise ValueError(f"space.preset: {SPACES.unknown_message(self.preset)}")
+        try:
+            SearchSpace.from_preset(self.preset, self.dimensions)
+        except SpecError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class RecoverySpec(_Strict):
@@ -116,13 +217,23 @@ class RecoverySpec(_Strict):
         0.5, ge=0.0, le=1.0, description="Weight of the KD loss; 1 - alpha goes to the label loss."
     )
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+    hidden_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the per-layer hidden-state MSE term (0: off)."
+    )
+    pooled_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="Weight of the pooled sentence-embedding cosine term; default 1.0 for "
+        "embedding-fidelity, 0 otherwise.",
+    )
 
 
 class ObjectiveSpec(_Strict):
     """One objective of the multi-objective search."""
 
     metric: str = Field(
-        description="Metric name: accuracy, onnx_bytes, params, or a latency with its profile, "
+        description="Metric name: accuracy, embedding_cosine, onnx_bytes, params, or a latency "
+        "with its profile, "
         "e.g. latency_p50_ms@cpu-1t."
     )
     direction: Literal["minimize", "maximize"] = Field(description="minimize or maximize.")
@@ -283,13 +394,24 @@ class Spec(_Strict):
                 raise ValueError(f"profiles: {PROFILES.unknown_message(p)}")
         if len(set(self.profiles)) != len(self.profiles):
             raise ValueError(f"profiles: {self.profiles} lists a profile twice")
-        if self.model.recipe not in RECIPES:
+        if self.model.recipe is not None and self.model.recipe not in RECIPES:
             raise ValueError(f"model.recipe: {RECIPES.unknown_message(self.model.recipe)}")
         if self.task.name not in TASKS:
             raise ValueError(f"task.name: {TASKS.unknown_message(self.task.name)}")
-        if self.space.preset not in SPACES:
+        if self.task.name in CHECKPOINT_TASKS and self.model.path is None:
+            raise ValueError(f"task.name: {self.task.name!r} needs a checkpoint (model.path) "
+                             "whose tokenizer and encoder it uses")
+        if self.model.path is not None and self.task.name not in CHECKPOINT_TASKS:
+            raise ValueError(f"task.name: a model.path checkpoint runs the tasks "
+                             f"{', '.join(CHECKPOINT_TASKS)}, not {self.task.name!r}")
+        if self.space.preset is not None and self.space.preset not in SPACES:
             raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
         metrics = [o.metric for o in self.objectives]
+        wrong = [m for m in metrics + [c.metric for c in self.constraints]
+                 if m in QUALITY_METRICS and m != self.task.quality_metric]
+        if wrong:
+            raise ValueError(f"objectives: task {self.task.name!r} is scored by "
+                             f"{self.task.quality_metric!r}, not {wrong[0]!r}")
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: {metrics} names a metric twice")
         for where, names in (
@@ -363,6 +485,53 @@ class Spec(_Strict):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_model_path(path: str) -> Path:
+    """A checkpoint path as a directory: ``pkg:MODULE/SUBDIR`` is looked up in the installed
+    package MODULE (importlib.resources); anything else is a filesystem path (``~`` expanded).
+
+    Example:
+        >>> resolve_model_path("pkg:paretoforge/search_spaces").name
+        'search_spaces'
+    """
+    if path.startswith("pkg:"):
+        import importlib.resources
+
+        module, _, sub = path[4:].strip("/").partition("/")
+        try:
+            root = importlib.resources.files(module)
+        except (ModuleNotFoundError, TypeError, ValueError):
+            raise ValueError(f"model.path {path!r}: no installed package {module!r}") from None
+        return Path(str(root.joinpath(sub) if sub else root))
+    return Path(path).expanduser()
+
+
+def check_checkpoint(path: str) -> Path:
+    """Check ``path`` is a checkpoint of a supported family; return its directory.
+
+    Raises:
+        ValueError: one line naming the path and what is missing (turned into a SpecError).
+    """
+    d = resolve_model_path(path)
+    shown = repr(path) if str(d) == path else f"{path!r} ({str(d)!r})"
+    if not d.is_dir():
+        raise ValueError(f"model.path: checkpoint directory {shown} does not exist")
+    if not (d / "config.json").is_file():
+        raise ValueError(f"model.path: {shown} has no config.json; a Hugging Face checkpoint "
+                         "directory holds config.json and *.safetensors weights")
+    if not list(d.glob("*.safetensors")):
+        raise ValueError(f"model.path: {shown} has no *.safetensors weights (only safetensors "
+                         "checkpoints load; nothing is unpickled)")
+    try:
+        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model.path: {str(d / 'config.json')!r} is not valid JSON: {e}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in PATH_FAMILIES:
+        raise ValueError(f"model.path: {shown} has model_type {model_type!r}, which is not "
+                         f"supported; supported: {', '.join(PATH_FAMILIES)}")
+    return d
 
 
 def parse_metric(name: str) -> tuple[str, str | None]:

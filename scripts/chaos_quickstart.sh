@@ -3,6 +3,7 @@
 # mid-run, SIGKILL the driver, resume; then check 16 COMPLETE trials, no config built twice,
 # every artifact checksum valid. Usage: RUN_DIR=/tmp/pf-chaos bash scripts/chaos_quickstart.sh
 set -u
+export RUN_DIR="${RUN_DIR:-/tmp/pf-chaos}"
 rm -rf "${RUN_DIR:-/tmp/pf-chaos}"
 cd "$(dirname "$0")/.."
 .venv/bin/paretoforge search examples/quickstart.yaml --trials 16 --run-dir ${RUN_DIR:-/tmp/pf-chaos} > ${RUN_DIR:-/tmp/pf-chaos}.log 2>&1 &
@@ -18,9 +19,9 @@ grep -E "died|retry|FAIL" ${RUN_DIR:-/tmp/pf-chaos}.log | head -5
 .venv/bin/paretoforge resume ${RUN_DIR:-/tmp/pf-chaos} > ${RUN_DIR:-/tmp/pf-chaos}2.log 2>&1; echo "resume rc=$?"
 tail -3 ${RUN_DIR:-/tmp/pf-chaos}2.log
 .venv/bin/python - <<'PY'
-import json, paretoforge
+import json, os, paretoforge
 from paretoforge._io import sha256_file
-run = paretoforge.load_run("${RUN_DIR:-/tmp/pf-chaos}")
+run = paretoforge.load_run(os.environ["RUN_DIR"])
 ts = run.trials()
 states = {}
 for t in run.study.trials: states[t.state.name] = states.get(t.state.name, 0) + 1

@@ -55,12 +55,17 @@ def check_before_start(spec: Spec) -> SearchSpace:
     """Everything that can be checked before Ray or training starts; raise SpecError."""
     from paretoforge.models.recipes import get_recipe
 
-    try:
-        recipe = get_recipe(spec.model.recipe, **spec.model.overrides)
-    except ParetoforgeError as e:
-        raise SpecError(f"model: {e}") from None
     space = SearchSpace.from_preset(spec.space.preset, spec.space.dimensions)
-    space.check_model(recipe.num_layers, recipe.num_heads)
+    if spec.model.path is not None:
+        from paretoforge.orchestrator.prepare import checkpoint_shape
+
+        space.check_model(*checkpoint_shape(spec.model.path))
+    else:
+        try:
+            recipe = get_recipe(spec.model.recipe, **spec.model.overrides)
+        except ParetoforgeError as e:
+            raise SpecError(f"model: {e}") from None
+        space.check_model(recipe.num_layers, recipe.num_heads)
     from paretoforge.orchestrator.samplers import check_seed_configs
 
     check_seed_configs(spec.search.seed_configs, space.dimensions)

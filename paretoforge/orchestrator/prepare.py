@@ -1,7 +1,9 @@
 """What every candidate shares, computed once on the driver: task data, base model, importance.
 
-The bundle travels to the workers through the Ray object store: weights as safetensors bytes
-(never pickled modules), data as numpy arrays, importance as plain lists.
+The base model is a built-in recipe (trained once, cached) or a local Hugging Face checkpoint
+(``model.path``: loaded offline, its tokenizer drives the text task). The bundle travels to the
+workers through the Ray object store: weights as safetensors bytes (never pickled modules),
+data as numpy arrays (one per model input), importance as plain lists.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from paretoforge.spec import Spec
 
-__all__ = ["Prepared", "cache_dir", "prepare", "prepare_cached"]
+__all__ = ["Prepared", "cache_dir", "checkpoint_shape", "prepare", "prepare_cached"]
 
 _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its inputs
 
@@ -37,9 +39,9 @@ class Prepared:
     """The shared inputs of every candidate build."""
 
     task_name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | dict[str, np.ndarray]
     y_train: np.ndarray
-    x_heldout: np.ndarray
+    x_heldout: np.ndarray | dict[str, np.ndarray]
     y_heldout: np.ndarray
     num_classes: int
     input_name: str
@@ -52,6 +54,20 @@ class Prepared:
     num_layers: int
     num_heads: int
     timings: dict[str, float] = field(default_factory=dict)
+    metric: str = "accuracy"
+    checkpoint_dir: str | None = None  # tokenizer / pooling files copied into every artifact
+    pooling: dict[str, Any] | None = None  # embedding-fidelity: Pooling.to_dict()
+    reference: np.ndarray | None = None  # embedding-fidelity: unpruned held-out embeddings
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's inputs, in order."""
+        return tuple(self.x_train) if isinstance(self.x_train, dict) else (self.input_name,)
+
+    def feeds(self, split: str) -> dict[str, np.ndarray]:
+        """``{input name: array}`` of ``split`` (``"train"`` or ``"heldout"``)."""
+        x = self.x_train if split == "train" else self.x_heldout
+        return dict(x) if isinstance(x, dict) else {self.input_name: x}
 
     def load_base(self) -> Any:
         """Rebuild the base model from safetensors bytes + config (no pickle involved)."""
@@ -68,7 +84,7 @@ class Prepared:
         return TaskData(
             name=self.task_name, x_train=self.x_train, y_train=self.y_train,
             x_heldout=self.x_heldout, y_heldout=self.y_heldout, num_classes=self.num_classes,
-            input_name=self.input_name, metric="accuracy", preprocessing=self.preprocessing,
+            input_name=self.input_name, metric=self.metric, preprocessing=self.preprocessing,
             split=self.split,
         )
 
@@ -83,6 +99,8 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     from paretoforge.models.vit import get_base_model
     from paretoforge.tasks import load_task
 
+    if spec.model.path is not None:
+        return _prepare_checkpoint(spec, log=log)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     task = load_task(spec.task.name, heldout_fraction=spec.task.split.heldout_fraction,
@@ -113,6 +131,96 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
         base_info={k: v for k, v in info.items() if _jsonable(v)},
         importance=imp.to_dict(), num_layers=int(model.config.num_hidden_layers),
         num_heads=int(model.config.num_attention_heads), timings=timings,
+    )
+
+
+def checkpoint_shape(path: str) -> tuple[int, int]:
+    """``(layers, heads)`` of the checkpoint at ``path`` (``pkg:`` paths too), from config.json.
+
+    Raises:
+        SpecError: the config has no layer or head count.
+    """
+    from paretoforge.exceptions import SpecError
+    from paretoforge.spec import resolve_model_path
+
+    config_path = resolve_model_path(path) / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    layers = next((config[k] for k in ("num_hidden_layers", "n_layers", "n_layer")
+                   if k in config), None)  # fmt: skip
+    heads = next((config[k] for k in ("num_attention_heads", "n_heads", "n_head")
+                  if k in config), None)  # fmt: skip
+    if not isinstance(layers, int) or not isinstance(heads, int):
+        raise SpecError(f"model.path: {str(config_path)!r} gives no layer / head count")
+    return layers, heads
+
+
+def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
+    """:func:`prepare` for ``model.path``: the checkpoint, its tokenizer, its own task."""
+    import torch
+
+    from paretoforge.models.importance import compute_importance
+    from paretoforge.models.io import load_pretrained, save_pretrained
+    from paretoforge.spec import resolve_model_path
+    from paretoforge.tasks import load_task
+
+    timings: dict[str, float] = {}
+    ckpt = resolve_model_path(spec.model.path or "")
+    t0 = time.perf_counter()
+    params = dict(spec.task.params)
+    params.setdefault("seed", spec.task.split.seed)
+    if spec.task.name == "text-classification":
+        params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
+        task = load_task(spec.task.name, path=spec.task.data, checkpoint=str(ckpt), **params)
+    else:
+        task = load_task(spec.task.name, checkpoint=str(ckpt), **params)
+    timings["task_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(_idle_cores())
+    overrides = dict(spec.model.overrides)
+    saved_arch = (json.loads((ckpt / "config.json").read_text()).get("architectures") or [""])[0]
+    arch = spec.model.architecture
+    if (task.num_classes > 0 and arch is not None and arch != saved_arch
+            and "num_labels" not in overrides):
+        overrides["num_labels"] = task.num_classes  # a new classification head
+    model = load_pretrained(ckpt, architecture=arch, **overrides)
+    timings["base_s"] = time.perf_counter() - t0
+
+    pooling = reference = None
+    loss_fn = None
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.search.seed)
+    if task.metric == "embedding_cosine":
+        from paretoforge.tasks.embedding import Pooling, contrastive_loss, sentence_embeddings
+
+        pool = Pooling(**task.split["pooling"])
+        pooling = pool.to_dict()
+        loss_fn = contrastive_loss(pool)
+        reference = sentence_embeddings(model, task.feeds("heldout"), pool).numpy()
+        imp = compute_importance(model, task.feeds("train"), None, loss_fn=loss_fn)
+        quality = "unpruned embeddings are the reference (cosine 1.0)"
+    else:
+        imp = compute_importance(model, task.feeds("train"), task.y_train)
+        quality = "loaded as is"
+    timings["importance_s"] = time.perf_counter() - t0
+    log(f"base model: {spec.model.path} ({type(model).__name__}, "
+        f"{int(model.config.num_hidden_layers)} layers); {quality}; importance in "
+        f"{timings['importance_s']:.1f}s")
+
+    with tempfile.TemporaryDirectory(prefix="pf-ckpt-") as d:
+        save_pretrained(model, d)
+        config_json = Path(d, "config.json").read_text()
+        weights = Path(d, "model.safetensors").read_bytes()
+    layers, heads = checkpoint_shape(str(ckpt))
+    return Prepared(
+        task_name=task.name, x_train=task.x_train, y_train=task.y_train,
+        x_heldout=task.x_heldout, y_heldout=task.y_heldout, num_classes=task.num_classes,
+        input_name=task.input_name, preprocessing=task.preprocessing, split=dict(task.split),
+        base_config_json=config_json, base_weights=weights,
+        base_info={"path": spec.model.path, "directory": str(ckpt),
+                   "architecture": type(model).__name__, "model_type": model.config.model_type},
+        importance=imp.to_dict(), num_layers=layers, num_heads=heads, timings=timings,
+        metric=task.metric, checkpoint_dir=str(ckpt), pooling=pooling, reference=reference,
     )
 
 

@@ -1,7 +1,10 @@
 """Search spaces: dimensions and presets, and the CandidateConfig a trial turns into.
 
 A preset is data (a name, a description, each dimension's choices); a spec may replace a
-dimension's choices. ``SearchSpace.suggest(trial)`` asks Optuna for one value per dimension and
+dimension's choices, or declare every dimension itself without a preset (``preset: null``).
+A preset may mark dimensions as ``fit_to_model``: choices the base model cannot have (more
+layers or heads than it owns) are dropped and its own count is added, so one generic preset
+(``encoder-prune``) fits any encoder checkpoint. ``SearchSpace.suggest(trial)`` asks Optuna for one value per dimension and
 returns a canonical, hashable :class:`CandidateConfig`.
 
 Example:
@@ -39,7 +42,10 @@ class CandidateConfig(BaseModel):
     layers_kept: int = Field(ge=1, description="Encoder layers kept (the most important ones).")
     heads_kept: int = Field(ge=1, description="Attention heads kept in every kept layer.")
     ffn_kept: float = Field(gt=0.0, le=1.0, description="Fraction of FFN neurons kept per layer.")
-    precision: Literal["fp32", "int8"] = Field(description="Weight precision of the ONNX model.")
+    precision: Literal["fp32", "int8", "int8-static"] = Field(
+        description="Weight precision of the ONNX model: fp32, int8 (dynamic) or int8-static "
+        "(activations calibrated on the training split)."
+    )
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -64,6 +70,7 @@ class SpacePreset(BaseModel):
 
     description: str
     dimensions: dict[str, tuple[Any, ...]]
+    fit_to_model: tuple[str, ...] = ()
 
 
 SPACES: Registry[SpacePreset] = Registry("search-space preset")
@@ -83,10 +90,35 @@ SPACES.add(
 )
 
 
-class SearchSpace:
-    """The dimensions of one search, each a tuple of choices."""
+SPACES.add(
+    "encoder-prune",
+    SpacePreset(
+        description="Structured pruning of any supported encoder checkpoint (BERT, MiniLM, "
+        "RoBERTa, DistilBERT): layers, heads per layer, FFN width x precision (fp32, dynamic "
+        "int8, static int8). Layer and head choices fit the checkpoint: counts above its own "
+        "are dropped and its own count is added.",
+        dimensions={
+            "layers_kept": (1, 2, 3, 4, 6, 8, 12),
+            "heads_kept": (2, 3, 4, 6, 8, 12),
+            "ffn_kept": (0.25, 0.5, 0.75, 1.0),
+            "precision": ("fp32", "int8", "int8-static"),
+        },
+        fit_to_model=("layers_kept", "heads_kept"),
+    ),
+)
 
-    def __init__(self, dimensions: dict[str, tuple[Any, ...]]) -> None:
+
+class SearchSpace:
+    """The dimensions of one search, each a tuple of choices.
+
+    Args:
+        dimensions: Every dimension of :class:`CandidateConfig` with its choices.
+        fit_to_model: Dimensions (``layers_kept``, ``heads_kept``) whose choices
+            :meth:`check_model` fits to the base model instead of rejecting.
+    """
+
+    def __init__(self, dimensions: dict[str, tuple[Any, ...]],
+                 fit_to_model: tuple[str, ...] = ()) -> None:
         fields = set(CandidateConfig.model_fields)
         unknown = sorted(set(dimensions) - fields)
         missing = sorted(fields - set(dimensions))
@@ -109,10 +141,28 @@ class SearchSpace:
                     msg = str(e).splitlines()[-1].strip()
                     raise SpecError(f"space.dimensions.{name}: bad choice {c!r}: {msg}") from None
         self.dimensions = {k: tuple(sorted(v, key=_sort_key)) for k, v in dimensions.items()}
+        self.fit_to_model = tuple(fit_to_model)
 
     @classmethod
-    def from_preset(cls, name: str, overrides: dict[str, list[Any]] | None = None) -> SearchSpace:
-        dims = dict(SPACES.get(name).dimensions)
+    def from_preset(cls, name: str | None,
+                    overrides: dict[str, list[Any]] | None = None) -> SearchSpace:
+        """The preset ``name`` with ``overrides`` replacing choices; ``name=None``: a space
+        declared wholly by ``overrides`` (every dimension, validated the same way).
+
+        Example:
+            >>> SearchSpace.from_preset(None, {"layers_kept": [1, 2], "heads_kept": [2],
+            ...     "ffn_kept": [0.5, 1.0], "precision": ["fp32"]}).size()
+            4
+        """
+        if name is None:
+            if not overrides:
+                raise SpecError(
+                    "space: without a preset, space.dimensions must declare every dimension "
+                    f"({', '.join(CandidateConfig.model_fields)}), each with a list of choices"
+                )
+            return cls({k: tuple(v) for k, v in overrides.items()})
+        preset = SPACES.get(name)
+        dims = dict(preset.dimensions)
         for k, v in (overrides or {}).items():
             if k not in dims:
                 raise SpecError(
@@ -120,7 +170,8 @@ class SearchSpace:
                     f"its dimensions are {sorted(dims)}"
                 )
             dims[k] = tuple(v)
-        return cls(dims)
+        fit = tuple(d for d in preset.fit_to_model if d not in (overrides or {}))
+        return cls(dims, fit_to_model=fit)
 
     def suggest(self, trial: Any) -> CandidateConfig:
         """Ask ``trial`` for one value per dimension (called once per trial, by the driver)."""
@@ -137,7 +188,15 @@ class SearchSpace:
         }
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
-        """Raise SpecError unless every choice fits a base model of this shape."""
+        """Raise SpecError unless every choice fits a base model of this shape.
+
+        Dimensions in ``fit_to_model`` are fitted first: choices above the model's count are
+        dropped and the count itself is added.
+        """
+        for name, limit in (("layers_kept", num_layers), ("heads_kept", num_heads)):
+            if name in self.fit_to_model:
+                kept = {c for c in self.dimensions[name] if c <= limit} | {limit}
+                self.dimensions[name] = tuple(sorted(kept))
         base = self.base_params(num_layers, num_heads)
         for name, limit in (("layers_kept", num_layers), ("heads_kept", num_heads)):
             too_big = [c for c in self.dimensions[name] if c > limit]
