@@ -16,7 +16,10 @@ quickstart recipe, batch 64 of digits, KL + cross-entropy, AdamW) until it is st
 
 Usage:
     python benchmarks/measurement_isolation.py                    # all conditions
+    python benchmarks/measurement_isolation.py --batch 32         # ~3 ms calls
     python benchmarks/measurement_isolation.py --wait-quiet 600   # wait for a quiet machine
+
+Results go to ``benchmarks/results/measurement_isolation_b<batch>.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-OUT = Path(__file__).resolve().parent / "results" / "measurement_isolation.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 CONDITIONS = ("quiet", "isolated", "floating-1t", "floating-default")
 
 
@@ -112,7 +116,9 @@ def artifact(d: Path) -> tuple[Path, np.ndarray]:
     return path, task.x_train[idx]
 
 
-def run_condition(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[str, Any]:
+def run_condition(
+    name: str, path: Path, x: np.ndarray, repeats: int, batch: int
+) -> dict[str, Any]:
     from paretoforge.evaluators.latency import measure_latency
     from paretoforge.hw_profiles import get_profile
 
@@ -127,12 +133,18 @@ def run_condition(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[st
     elif name == "floating-default":
         procs = start_builders(n_builders, 0, False, cores)
     pin = [bench_core] if name in ("quiet", "isolated") else None
-    ms, loads = [], []
+    ms, loads, switches = [], [], []
     try:
         for _ in range(repeats):
             loads.append(os.getloadavg()[0])
-            ms.append(measure_latency(path, get_profile("cpu-1t"), {"pixel_values": x},
-                                      cores=pin))
+            profile = get_profile("cpu-1t").model_copy(update={"batch_size": batch})
+            # Involuntary context switches of this thread (ORT's one thread is the caller):
+            # many means the measurement was preempted; few with a slower p50 means the
+            # slowdown came through shared hardware (caches, memory, SMT siblings on the host).
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+            m = measure_latency(path, profile, {"pixel_values": x}, cores=pin)
+            switches.append(resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - before)
+            ms.append(m)
     finally:
         stop(procs)
 
@@ -154,6 +166,7 @@ def run_condition(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[st
         "cv_p99": cv([m.p99_ms for m in ms]),
         "ci95_rel_mean": float(np.mean([m.ci95_rel for m in ms])),
         "runs_mean": float(np.mean([m.runs for m in ms])),
+        "preemptions_per_100_runs": float(100 * np.sum(switches) / np.sum([m.runs for m in ms])),
         "loadavg_1m": [round(v, 2) for v in loads],
     }
 
@@ -171,6 +184,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--core", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=1, help="batch size (32: ~3 ms calls)")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="first wait up to this long for the 1-min load average to drop")
@@ -191,7 +205,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pf-iso-") as d:
         path, x = artifact(Path(d))
-        results = [run_condition(c, path, x, args.repeats) for c in args.conditions]
+        results = [run_condition(c, path, x, args.repeats, args.batch)
+                   for c in args.conditions]
     report = {
         "meta": {
             "cpu_model": _cpu_model(),
@@ -199,7 +214,8 @@ def main() -> None:
             "usable_cores": len(os.sched_getaffinity(0)),
             "profile": "cpu-1t",
             "protocol": "measure_latency defaults (warmup 20, 50..2000 runs, 3 s, CI 2%)",
-            "artifact": "quickstart ViT (4 layers, hidden 64, FFN 256), fp32 ONNX, batch 1",
+            "artifact": "quickstart ViT (4 layers, hidden 64, FFN 256), fp32 ONNX",
+            "batch_size": args.batch,
             "repeats": args.repeats,
             "loadavg_1m_at_start": round(load_start, 2),
             "machine_quiet_at_start": load_start <= args.quiet_threshold,
@@ -209,8 +225,9 @@ def main() -> None:
         },
         "results": results,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=1))
+    out = RESULTS / f"measurement_isolation_b{args.batch}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
 

@@ -202,8 +202,9 @@ def profiles(
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         res = ray.cluster_resources()
         ray.shutdown()
-        served = {n for n in PROFILES.names() if not PROFILES.get(n).resource
-                  or res.get(PROFILES.get(n).resource, 0) > 0}
+        from paretoforge.hw_profiles import served_profiles
+
+        served = {n for n, ok in served_profiles(res).items() if ok}
     table = Table(title="Hardware profiles")
     for col in ("name", "device", "runtime", "provider", "threads", "batch", "resource",
                 "description") + (("served",) if served is not None else ()):
@@ -217,6 +218,20 @@ def profiles(
             row.append("yes" if n in served else "no")
         table.add_row(*row)
     Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+@_errors
+def doctor(
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to probe; "
+                                                "unset probes a local one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Probe the cluster: nodes, their resources, runtime providers, which profiles it serves."""
+    from paretoforge.hw_profiles.doctor import doctor_report, format_doctor
+
+    report = doctor_report(address)
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_doctor(report))
 
 
 @app.command()

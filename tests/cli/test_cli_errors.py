@@ -69,3 +69,14 @@ def test_malformed_specs_give_one_clean_line(tmp_path: Path, doc: dict) -> None:
     # --trials 0 is itself invalid, so even a valid document ends in a clean error
     _check_clean_error(result)
     assert not run_dir.exists()
+
+
+def test_doctor_probes_the_cluster(ray_cluster) -> None:
+    import json
+
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    text = json.dumps(report)
+    assert "CPUExecutionProvider" in text
+    assert "cpu-1t" in text and "edge-arm" in text
