@@ -526,7 +526,8 @@ def check_checkpoint(path: str) -> Path:
     try:
         config = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"model.path: {str(d / 'config.json')!r} is not valid JSON: {e}") from None
+        where = str(d / "config.json")
+        raise ValueError(f"model.path: {where!r} is not valid JSON: {e}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in PATH_FAMILIES:
         raise ValueError(f"model.path: {shown} has model_type {model_type!r}, which is not "

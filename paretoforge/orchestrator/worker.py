@@ -33,6 +33,7 @@ __all__ = ["ARTIFACT_FILES", "Worker", "package_versions"]
 
 ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
 _LATENCY_SAMPLES = 64  # distinct real inputs cycled through by the latency protocol
+_CALIBRATION_EXAMPLES = 128  # training examples that calibrate int8-static activations
 
 
 def package_versions() -> dict[str, str]:
@@ -123,35 +124,58 @@ class Worker:
         tmp = final.parent / f".{cfg.key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        train = p.feeds("train")
+        embedding = p.metric == "embedding_cosine"
         try:
             with self.gate.shared():
                 t0 = time.perf_counter()
                 model, plan = self._build_torch(cfg, timings)
                 t0 = time.perf_counter()
-                save_pretrained(model, tmp)
+                save_pretrained(model, tmp, side_files_from=p.checkpoint_dir)
                 import torch
 
-                example = {p.input_name: torch.from_numpy(p.x_train[:1])}
-                export_onnx(model, example, tmp / "model_fp32.onnx", output_names=("logits",))
-                apply_precision(tmp / "model_fp32.onnx", tmp / "model.onnx", cfg.precision)
+                example = {k: torch.from_numpy(v[:1]) for k, v in train.items()}
+                if embedding:
+                    from paretoforge.tasks.embedding import Pooling
+
+                    exported: Any = PooledEncoder(model, Pooling(**(p.pooling or {})))
+                    out_name = "sentence_embedding"
+                else:
+                    exported, out_name = model, "logits"
+                export_onnx(exported, example, tmp / "model_fp32.onnx", output_names=(out_name,))
+                calibration = None
+                if cfg.precision == "int8-static":  # activations calibrated on training inputs
+                    calibration = {k: v[:_CALIBRATION_EXAMPLES] for k, v in train.items()}
+                apply_precision(tmp / "model_fp32.onnx", tmp / "model.onnx", cfg.precision,
+                                calibration=calibration)
                 (tmp / "model_fp32.onnx").unlink()
                 timings["export_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
-                acc = onnx_accuracy(tmp / "model.onnx", p.x_heldout, p.y_heldout,
-                                    input_name=p.input_name)
+                if embedding:
+                    from paretoforge.tasks.embedding import mean_cosine
+
+                    emb = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"), len(self.cores))
+                    quality = mean_cosine(emb, p.reference)
+                elif isinstance(p.x_heldout, dict):
+                    logits = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"),
+                                           len(self.cores))
+                    quality = float((logits.argmax(-1) == p.y_heldout).mean())
+                else:
+                    quality = onnx_accuracy(tmp / "model.onnx", p.x_heldout, p.y_heldout,
+                                            input_name=p.input_name)
                 timings["quality_s"] = time.perf_counter() - t0
 
             metrics: dict[str, float] = {
-                "accuracy": float(acc),
+                p.metric: float(quality),
                 "onnx_bytes": float(onnx_size_bytes(tmp / "model.onnx")),
                 "params": float(param_count(model)),
             }
             t0 = time.perf_counter()
             rng = np.random.default_rng(trial_number)
-            idx = rng.choice(len(p.x_train), size=min(_LATENCY_SAMPLES, len(p.x_train)),
-                             replace=False)
-            samples = p.x_train[idx]
+            n_train = len(next(iter(train.values())))
+            idx = rng.choice(n_train, size=min(_LATENCY_SAMPLES, n_train), replace=False)
+            samples = {k: v[idx] for k, v in train.items()}
             measurements = {}
             for name in self.spec.profiles:
                 m = self._measure(tmp / "model.onnx", name, samples)
@@ -161,6 +185,8 @@ class Worker:
                 metrics[f"latency_mean_ms@{name}"] = m["mean_ms"]
             timings["measure_s"] = time.perf_counter() - t0
 
+            width = (int(model.config.hidden_size) if embedding else p.num_classes)
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
             manifest = {
                 "format": "paretoforge-artifact/1",
                 "config": cfg.model_dump(mode="json"),
@@ -169,19 +195,22 @@ class Worker:
                 "metrics": metrics,
                 "measurements": measurements,
                 "graph": graph_summary(tmp / "model.onnx"),
-                "task": {"name": p.task_name, "metric": "accuracy", "heldout_split": p.split,
+                "task": {"name": p.task_name, "metric": p.metric, "heldout_split": p.split,
                          "n_heldout": int(len(p.y_heldout))},
-                "inputs": [{"name": p.input_name, "shape": ["batch", *p.x_train.shape[1:]],
-                            "dtype": str(p.x_train.dtype)}],
-                "outputs": [{"name": "logits", "shape": ["batch", p.num_classes],
-                             "dtype": "float32"}],
-                "preprocessing": p.preprocessing,
+                "inputs": [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
+                           for k, v in train.items()],
+                "outputs": [{"name": out_name, "shape": ["batch", width], "dtype": "float32",
+                             **({"pooling": p.pooling} if embedding else {})}],
+                "preprocessing": p.preprocessing + (
+                    f"; tokenizer files in this directory: "
+                    f"{[f for f in files if f not in ARTIFACT_FILES]}" if p.checkpoint_dir
+                    else ""),
                 "base_model": p.base_info,
                 "versions": package_versions(),
                 "built_on": {"node_id": self.node_id, "host": socket.gethostname(),
                              "worker": self.index, "cores": self.cores},
                 "timings": timings,
-                "files": {f: sha256_file(tmp / f) for f in ARTIFACT_FILES},
+                "files": {f: sha256_file(tmp / f) for f in files},
             }
             atomic_write_json(tmp / "manifest.json", manifest)
             if final.exists():  # an earlier identical build (e.g. a retried trial): replace it
@@ -220,18 +249,27 @@ class Worker:
         t0 = time.perf_counter()
         r = self.spec.recovery
         if r.epochs > 0:
-            model = distill(model, self._base, p.x_train, p.y_train, epochs=r.epochs, lr=r.lr,
+            extra: dict[str, Any] = {"hidden_weight": r.hidden_weight}
+            if p.pooling is not None:
+                from paretoforge.tasks.embedding import Pooling
+
+                extra["pooled_weight"] = 1.0 if r.pooled_weight is None else r.pooled_weight
+                extra["pooling"] = Pooling(**p.pooling)
+            elif r.pooled_weight:
+                raise BuildError("recovery.pooled_weight applies to embedding-fidelity only")
+            labels = None if p.metric == "embedding_cosine" else p.y_train
+            model = distill(model, self._base, p.x_train, labels, epochs=r.epochs, lr=r.lr,
                             temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
-                            seed=self.spec.search.seed)
+                            seed=self.spec.search.seed, **extra)
         timings["recovery_s"] = time.perf_counter() - t0
         return model, plan_json
 
-    def _measure(self, onnx_path: Path, profile_name: str, samples: Any) -> dict[str, Any]:
+    def _measure(self, onnx_path: Path, profile_name: str,
+                 inputs: dict[str, Any]) -> dict[str, Any]:
         from paretoforge.evaluators.latency import measure_latency
         from paretoforge.hw_profiles import get_profile
 
         profile = get_profile(profile_name)
-        inputs = {self.prepared.input_name: samples}
         if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
             # Fits on this worker's own cores: the neighbours build on theirs meanwhile.
             m = measure_latency(onnx_path, profile, inputs, cores=self.cores)
@@ -242,6 +280,43 @@ class Worker:
         out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
         out.setdefault("env", {})["node_id"] = self.node_id
         return out
+
+
+def PooledEncoder(model: Any, pooling: Any) -> Any:  # noqa: N802  (a class, built lazily)
+    """``model`` (an encoder) whose output is the pooled sentence embedding, for ONNX export:
+    ``forward(input_ids, attention_mask, ...) -> pooling(last_hidden_state, attention_mask)``
+    (L2-normalised when the checkpoint's pooling says so)."""
+    import torch
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model
+            self.pooling = pooling
+
+        def forward(self, **inputs: Any) -> Any:
+            out = self.encoder(**inputs)
+            hidden = getattr(out, "last_hidden_state", None)
+            hidden = out[0] if hidden is None else hidden
+            return self.pooling(hidden, inputs["attention_mask"])
+
+    return _Pooled()
+
+
+def _onnx_outputs(path: Path, feeds: dict[str, Any], threads: int, batch: int = 64) -> Any:
+    """The first output of the ONNX model at ``path`` on ``feeds``, batch by batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    n = len(next(iter(feeds.values())))
+    outs = [sess.run(None, {k: np.ascontiguousarray(feeds[k][i : i + batch]) for k in names})[0]
+            for i in range(0, n, batch)]
+    return np.concatenate(outs)
 
 
 def _node_id() -> str:

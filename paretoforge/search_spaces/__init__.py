@@ -4,8 +4,8 @@ A preset is data (a name, a description, each dimension's choices); a spec may r
 dimension's choices, or declare every dimension itself without a preset (``preset: null``).
 A preset may mark dimensions as ``fit_to_model``: choices the base model cannot have (more
 layers or heads than it owns) are dropped and its own count is added, so one generic preset
-(``encoder-prune``) fits any encoder checkpoint. ``SearchSpace.suggest(trial)`` asks Optuna for one value per dimension and
-returns a canonical, hashable :class:`CandidateConfig`.
+(``encoder-prune``) fits any encoder checkpoint. ``SearchSpace.suggest(trial)`` asks Optuna
+for one value per dimension and returns a canonical, hashable :class:`CandidateConfig`.
 
 Example:
     >>> import optuna

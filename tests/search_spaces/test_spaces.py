@@ -63,3 +63,32 @@ def test_check_model_requires_base_and_bounds() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(UnknownComponentError, match="vit-prune"):
         SPACES.get("vit-prun")
+
+
+def test_a_space_declared_without_a_preset() -> None:
+    dims = {"layers_kept": [1, 3], "heads_kept": [2, 4], "ffn_kept": [0.5, 1.0],
+            "precision": ["fp32", "int8-static"]}
+    space = SearchSpace.from_preset(None, dims)
+    assert space.size() == 16 and space.dimensions["precision"] == ("fp32", "int8-static")
+    space.check_model(3, 4)
+    with pytest.raises(SpecError, match="must include the base model's value 2"):
+        SearchSpace.from_preset(None, {**dims, "heads_kept": [1]}).check_model(3, 2)
+    with pytest.raises(SpecError, match="missing \\['precision'\\]"):
+        SearchSpace.from_preset(None, {k: v for k, v in dims.items() if k != "precision"})
+    with pytest.raises(SpecError, match="must declare every dimension"):
+        SearchSpace.from_preset(None, {})
+    with pytest.raises(SpecError, match="bad choice 'int4'"):
+        SearchSpace.from_preset(None, {**dims, "precision": ["fp32", "int4"]})
+
+
+def test_encoder_prune_fits_the_checkpoint() -> None:
+    space = SearchSpace.from_preset("encoder-prune")
+    space.check_model(6, 12)  # MiniLM-L6: 6 layers, 12 heads
+    assert space.dimensions["layers_kept"] == (1, 2, 3, 4, 6)
+    assert space.dimensions["heads_kept"] == (2, 3, 4, 6, 8, 12)
+    tiny = SearchSpace.from_preset("encoder-prune")
+    tiny.check_model(2, 2)
+    assert tiny.dimensions["layers_kept"] == (1, 2) and tiny.dimensions["heads_kept"] == (2,)
+    # a choice the user gives explicitly is checked, not fitted
+    with pytest.raises(SpecError, match="exceed the base model's 6"):
+        SearchSpace.from_preset("encoder-prune", {"layers_kept": [3, 6, 12]}).check_model(6, 12)
