@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge._io import atomic_write_json, sha256_file
-from paretoforge.exceptions import BuildError, ParetoforgeError
+from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
 from paretoforge.orchestrator.artifacts import artifact_path, result_from_manifest, verify_artifact
 from paretoforge.orchestrator.gate import GateClient, LocalGate
 from paretoforge.orchestrator.prepare import Prepared
@@ -177,8 +177,10 @@ class Worker:
             idx = rng.choice(n_train, size=min(_LATENCY_SAMPLES, n_train), replace=False)
             samples = {k: v[idx] for k, v in train.items()}
             measurements = {}
+            placement = {}
             for name in self.spec.profiles:
                 m = self._measure(tmp / "model.onnx", name, samples)
+                placement[name] = m.pop("placement")
                 measurements[name] = m
                 metrics[f"latency_p50_ms@{name}"] = m["p50_ms"]
                 metrics[f"latency_p90_ms@{name}"] = m["p90_ms"]
@@ -194,6 +196,8 @@ class Worker:
                 "plan": plan,
                 "metrics": metrics,
                 "measurements": measurements,
+                # per profile: nodes per execution provider, fallbacks, unfused Q/DQ nodes
+                "placement": placement,
                 "graph": graph_summary(tmp / "model.onnx"),
                 "task": {"name": p.task_name, "metric": p.metric, "heldout_split": p.split,
                          "n_heldout": int(len(p.y_heldout))},
@@ -268,18 +272,45 @@ class Worker:
                  inputs: dict[str, Any]) -> dict[str, Any]:
         from paretoforge.evaluators.latency import measure_latency
         from paretoforge.hw_profiles import get_profile
+        from paretoforge.kernels.runtime import placement_report
 
         profile = get_profile(profile_name)
+        self._check_node_serves(profile)
         if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
             # Fits on this worker's own cores: the neighbours build on theirs meanwhile.
             m = measure_latency(onnx_path, profile, inputs, cores=self.cores)
+            placement = placement_report(onnx_path, profile, inputs, cores=self.cores)
         else:
             # Needs more cores than this worker owns: hold every build on the node meanwhile.
             with self.gate.exclusive():
                 m = measure_latency(onnx_path, profile, inputs, cores=self.all_cores)
+                placement = placement_report(onnx_path, profile, inputs, cores=self.all_cores)
         out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
         out.setdefault("env", {})["node_id"] = self.node_id
+        out["placement"] = placement
         return out
+
+    def _check_node_serves(self, profile: Any) -> None:
+        """A profile bound to a Ray resource is never measured silently on another node."""
+        if not profile.resource:
+            return
+        have: dict[str, float] = {}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                for node in ray.nodes():
+                    if node.get("NodeID") == self.node_id:
+                        have = node.get("Resources", {})
+        except Exception:  # no Ray: no resources to show
+            pass
+        if have.get(profile.resource, 0) <= 0:
+            raise MeasurementError(
+                f"profile {profile.name!r} needs Ray resource {profile.resource!r}, which this "
+                f"worker's node {self.node_id[:12]} does not carry; it is not measured elsewhere "
+                "(measurement on the profile's own nodes is not implemented yet: use profiles "
+                "any node serves, e.g. cpu, cpu-1t)"
+            )
 
 
 def PooledEncoder(model: Any, pooling: Any) -> Any:  # noqa: N802  (a class, built lazily)

@@ -34,6 +34,10 @@ def test_every_artifact_has_valid_checksums(tiny_run) -> None:
     run_dir, _ = tiny_run
     for d in (run_dir / "artifacts").iterdir():
         manifest = json.loads((d / "manifest.json").read_text())
+        # provider placement and unfused Q/DQ counts, per measured profile
+        placement = manifest["placement"]["cpu-1t"]
+        assert placement["nodes_by_provider"].get("CPUExecutionProvider", 0) > 0
+        assert placement["unfused_qdq"] >= 0
         for name, digest in manifest["files"].items():
             assert sha256_file(d / name) == digest
     assert not list((run_dir / "artifacts").glob(".*")), "no temporary directories left"
@@ -123,3 +127,17 @@ def test_other_search_in_same_dir_is_refused(tiny_run, tiny_spec) -> None:
     other = tiny_spec.with_overrides(**{"recovery.epochs": 2})
     with pytest.raises(SpecError, match="different search"):
         run_search(other, run_dir)
+
+
+def test_resource_bound_profile_is_not_measured_on_a_node_without_it(ray_cluster) -> None:
+    from types import SimpleNamespace
+
+    from paretoforge.exceptions import MeasurementError
+    from paretoforge.hw_profiles import get_profile
+    from paretoforge.orchestrator.worker import Worker
+
+    node = ray_cluster.get_runtime_context().get_node_id()
+    fake_self = SimpleNamespace(node_id=node)
+    Worker._check_node_serves(fake_self, get_profile("cpu-1t"))  # any node serves it
+    with pytest.raises(MeasurementError, match="hw:edge-arm"):
+        Worker._check_node_serves(fake_self, get_profile("edge-arm"))
