@@ -46,7 +46,7 @@ def build() -> None:
     from paretoforge.spec import Spec
 
     spec = Spec.from_file(ROOT / "examples/quickstart.yaml")
-    configs = [dict(zip(DIMENSIONS, values))
+    configs = [dict(zip(DIMENSIONS, values, strict=True))
                for values in itertools.product(*DIMENSIONS.values())]
     data = spec.model_dump(mode="json")
     data["name"] = "exhaustive"
@@ -98,7 +98,7 @@ def replay() -> dict:
     hv_max = hypervolume(front, dirs, ref)
     space = SearchSpace({k: tuple(v) for k, v in data["dimensions"].items()})
     base = space.base_params(4, 4)
-    result: dict = {"reference_point": dict(zip([m for m, _ in OBJECTIVES], ref)),
+    result: dict = {"reference_point": dict(zip([m for m, _ in OBJECTIVES], ref, strict=True)),
                     "exhaustive_front_size": len(front), "exhaustive_hypervolume": hv_max,
                     "configs": len(rows), "samplers": {}}
     for name in SAMPLERS:

@@ -45,6 +45,9 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+# Quality is scored one example per call, as the profiles serve it: dynamic int8 derives its
+# activation scales from the whole input tensor, so a batched score can differ from deployment.
+_QUALITY_BATCH = 1
 
 
 class Worker:
@@ -155,15 +158,16 @@ class Worker:
                 if embedding:
                     from paretoforge.tasks.embedding import mean_cosine
 
-                    emb = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"), len(self.cores))
+                    emb = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"), len(self.cores),
+                                        batch=_QUALITY_BATCH)
                     quality = mean_cosine(emb, p.reference)
                 elif isinstance(p.x_heldout, dict):
                     logits = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"),
-                                           len(self.cores))
+                                           len(self.cores), batch=_QUALITY_BATCH)
                     quality = float((logits.argmax(-1) == p.y_heldout).mean())
                 else:
                     quality = onnx_accuracy(tmp / "model.onnx", p.x_heldout, p.y_heldout,
-                                            input_name=p.input_name)
+                                            input_name=p.input_name, batch_size=_QUALITY_BATCH)
                 timings["quality_s"] = time.perf_counter() - t0
 
             metrics: dict[str, float] = {
@@ -198,6 +202,7 @@ class Worker:
                 "measurements": measurements,
                 # per profile: nodes per execution provider, fallbacks, unfused Q/DQ nodes
                 "placement": placement,
+                "quality_batch_size": _QUALITY_BATCH,
                 "graph": graph_summary(tmp / "model.onnx"),
                 "task": {"name": p.task_name, "metric": p.metric, "heldout_split": p.split,
                          "n_heldout": int(len(p.y_heldout))},
