@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from paretoforge._sysinfo import cpu_model
 from paretoforge.exceptions import MeasurementError
 
 if TYPE_CHECKING:
@@ -201,17 +202,6 @@ def _pinned(cores: list[int] | None) -> Iterator[list[int] | None]:
         os.sched_setaffinity(0, previous)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _environment(
     runtime: Runtime,
     profile: HardwareProfile,
@@ -220,7 +210,7 @@ def _environment(
     feed_info: dict[str, Any],
 ) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "affinity": affinity,
         "intra_op_threads": threads,

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from paretoforge._sysinfo import cpu_model
 from paretoforge.hw_profiles._builtin import PROFILES
 from paretoforge.hw_profiles._profile import HardwareProfile
 
@@ -47,17 +48,6 @@ def served_profiles(
         p = PROFILES.get(name)
         out[name] = p.resource is None or float(cluster_resources.get(p.resource, 0)) > 0
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _nvidia_smi() -> list[str] | None:
@@ -91,7 +81,7 @@ def probe_node() -> dict[str, Any]:
         "machine": platform.machine(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
