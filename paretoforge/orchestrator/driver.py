@@ -248,14 +248,15 @@ def _check_placement(profiles: list[Any]) -> None:
     """A profile bound to a Ray resource is measured only where a node carries it."""
     import ray
 
-    have = ray.cluster_resources()
+    from paretoforge.hw_profiles import served_profiles
+
+    served = served_profiles(ray.cluster_resources(), [p.name for p in profiles])
     for p in profiles:
-        res = getattr(p, "resource", None)
-        if res and have.get(res, 0) <= 0:
+        if not served[p.name]:
             raise PlacementError(
-                f"profile {p.name!r} needs a node with Ray resource {res!r} and no node in the "
-                f"cluster has one; start one with `ray start --address ... --resources "
-                f"'{{\"{res}\": 1}}'` or drop the profile"
+                f"profile {p.name!r} needs a node with Ray resource {p.resource!r} and no node "
+                f"in the cluster has one; start one with `ray start --address ... --resources "
+                f"'{{\"{p.resource}\": 1}}'` or drop the profile"
             )
 
 

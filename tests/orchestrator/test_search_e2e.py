@@ -144,3 +144,13 @@ def test_resource_bound_profile_is_not_measured_on_a_node_without_it(ray_cluster
     Worker._check_node_serves(fake_self, get_profile("cpu-1t"))  # any node serves it
     with pytest.raises(MeasurementError, match="hw:edge-arm"):
         Worker._check_node_serves(fake_self, get_profile("edge-arm"))
+
+
+def test_profile_no_node_serves_is_refused_at_start(ray_cluster, tiny_spec, tmp_path) -> None:
+    from paretoforge.exceptions import PlacementError
+    from paretoforge.orchestrator.driver import run_search
+
+    spec = tiny_spec.with_overrides(profiles=["cpu-1t", "edge-arm"])
+    with pytest.raises(PlacementError, match="hw:edge-arm"):
+        run_search(spec, tmp_path / "refused")
+    assert not list((tmp_path / "refused").glob("artifacts/*"))
