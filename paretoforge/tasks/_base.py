@@ -7,6 +7,8 @@ the CLI does to list tasks) stays instant.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,3 +126,19 @@ def load_task(name: str, **params: Any) -> TaskData:
             f"Valid parameters: {', '.join(accepted) or '(none)'}."
         )
     return loader(**params)
+
+
+def check_split_params(task: str, heldout_fraction: Any, seed: Any) -> None:
+    """Raise SpecError unless ``0 < heldout_fraction < 1`` and ``seed`` is an integer >= 0."""
+    if (
+        isinstance(heldout_fraction, bool)
+        or not isinstance(heldout_fraction, (int, float))
+        or not math.isfinite(heldout_fraction)
+        or not 0.0 < heldout_fraction < 1.0
+    ):
+        raise SpecError(
+            f"{task}: heldout_fraction must be a number strictly between 0 and 1, got "
+            f"{heldout_fraction!r}. Use e.g. 0.25."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise SpecError(f"{task}: seed must be an integer >= 0, got {seed!r}.")

@@ -6,11 +6,8 @@ numpy and scikit-learn are imported inside the loader so that registering the ta
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 
-from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TASKS, TaskData
+from paretoforge.tasks._base import TASKS, TaskData, check_split_params
 
 __all__ = ["load_digits_task"]
 
@@ -40,18 +37,7 @@ def load_digits_task(heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
         >>> len(task.x_train) + len(task.x_heldout)
         1797
     """
-    if (
-        isinstance(heldout_fraction, bool)
-        or not isinstance(heldout_fraction, (int, float))
-        or not math.isfinite(heldout_fraction)
-        or not 0.0 < heldout_fraction < 1.0
-    ):
-        raise SpecError(
-            f"digits: heldout_fraction must be a number strictly between 0 and 1, got "
-            f"{heldout_fraction!r}. Use e.g. 0.25."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise SpecError(f"digits: seed must be a non-negative integer, got {seed!r}.")
+    check_split_params("digits", heldout_fraction, seed)
 
     import numpy as np
     from sklearn.datasets import load_digits

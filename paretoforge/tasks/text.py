@@ -18,14 +18,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TASKS, TaskData
+from paretoforge.tasks._base import TASKS, TaskData, check_split_params
 
 if TYPE_CHECKING:
     import numpy as np
@@ -207,18 +206,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
 
 
 def _check_params(heldout_fraction: float, seed: int, max_length: int) -> None:
-    if (
-        isinstance(heldout_fraction, bool)
-        or not isinstance(heldout_fraction, (int, float))
-        or not math.isfinite(heldout_fraction)
-        or not 0.0 < heldout_fraction < 1.0
-    ):
-        raise SpecError(
-            f"text-classification: heldout_fraction must be strictly between 0 and 1, got "
-            f"{heldout_fraction!r}."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise SpecError(f"text-classification: seed must be an integer >= 0, got {seed!r}.")
+    check_split_params("text-classification", heldout_fraction, seed)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise SpecError(
             f"text-classification: max_length must be an integer >= 2, got {max_length!r}."
