@@ -201,7 +201,7 @@ def main() -> None:
         os.getloadavg()[0]
     from importlib import metadata
 
-    from paretoforge.evaluators.latency import _cpu_model
+    from paretoforge._sysinfo import cpu_model as _cpu_model
 
     with tempfile.TemporaryDirectory(prefix="pf-iso-") as d:
         path, x = artifact(Path(d))

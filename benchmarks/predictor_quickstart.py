@@ -39,7 +39,7 @@ OUT = Path(__file__).resolve().parent / "results" / "predictor_quickstart.json"
 
 
 def cpu_model() -> str:
-    from paretoforge.evaluators.latency import _cpu_model
+    from paretoforge._sysinfo import cpu_model as _cpu_model
 
     return _cpu_model()
 
