@@ -20,7 +20,8 @@ import numpy as np
 
 from paretoforge.spec import Spec
 
-__all__ = ["Prepared", "cache_dir", "checkpoint_shape", "prepare", "prepare_cached"]
+__all__ = ["Prepared", "cache_dir", "checkpoint_shape", "load_spec_task", "prepare",
+           "prepare_cached"]
 
 _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its inputs
 
@@ -89,6 +90,27 @@ class Prepared:
         )
 
 
+def load_spec_task(spec: Spec) -> Any:
+    """The spec's task data (a :class:`~paretoforge.tasks.TaskData`), split as the spec says.
+
+    A built-in recipe's task takes the split from ``task.split``; with a checkpoint
+    (``model.path``) the checkpoint's tokenizer preprocesses the text.
+    """
+    from paretoforge.spec import resolve_model_path
+    from paretoforge.tasks import load_task
+
+    if spec.model.path is None:
+        return load_task(spec.task.name, heldout_fraction=spec.task.split.heldout_fraction,
+                         seed=spec.task.split.seed)
+    ckpt = resolve_model_path(spec.model.path)
+    params = dict(spec.task.params)
+    params.setdefault("seed", spec.task.split.seed)
+    if spec.task.name == "text-classification":
+        params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
+        return load_task(spec.task.name, path=spec.task.data, checkpoint=str(ckpt), **params)
+    return load_task(spec.task.name, checkpoint=str(ckpt), **params)
+
+
 def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     """Load the task, train (or load from cache) the base model, and score importance."""
     import torch
@@ -97,14 +119,12 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     from paretoforge.models.importance import compute_importance
     from paretoforge.models.recipes import get_recipe
     from paretoforge.models.vit import get_base_model
-    from paretoforge.tasks import load_task
 
     if spec.model.path is not None:
         return _prepare_checkpoint(spec, log=log)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    task = load_task(spec.task.name, heldout_fraction=spec.task.split.heldout_fraction,
-                     seed=spec.task.split.seed)
+    task = load_spec_task(spec)
     recipe = get_recipe(spec.model.recipe, **spec.model.overrides)
     timings["task_s"] = time.perf_counter() - t0
 
@@ -161,18 +181,11 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
     from paretoforge.models.importance import compute_importance
     from paretoforge.models.io import load_pretrained, save_pretrained
     from paretoforge.spec import resolve_model_path
-    from paretoforge.tasks import load_task
 
     timings: dict[str, float] = {}
     ckpt = resolve_model_path(spec.model.path or "")
     t0 = time.perf_counter()
-    params = dict(spec.task.params)
-    params.setdefault("seed", spec.task.split.seed)
-    if spec.task.name == "text-classification":
-        params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
-        task = load_task(spec.task.name, path=spec.task.data, checkpoint=str(ckpt), **params)
-    else:
-        task = load_task(spec.task.name, checkpoint=str(ckpt), **params)
+    task = load_spec_task(spec)
     timings["task_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

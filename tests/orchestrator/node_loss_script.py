@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-def ensure_ray_auth() -> None:
-    """Token auth on, with a token: Ray 2.60 turns it on for new local clusters by default, and
-    a ``Cluster`` started with RAY_AUTH_MODE=token but no token fails with a timeout."""
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    have = (os.environ.get("RAY_AUTH_TOKEN")
-            or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "/nonexistent")).is_file()
-            or (Path.home() / ".ray" / "auth_token").is_file())
-    if not have:
-        path = Path(tempfile.mkdtemp(prefix="pf-ray-auth-")) / "auth_token"
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+from paretoforge._ray_auth import ensure_ray_auth  # noqa: E402  (re-exported for other scripts)
 
 
 def main(spec_json: str, run_dir: str, out_json: str) -> None:
