@@ -28,13 +28,15 @@ def _check_xy(x: np.ndarray, y: np.ndarray | None, batch_size: int) -> None:
 
 def onnx_logits(
     onnx_path: str | os.PathLike[str],
-    x: np.ndarray,
+    x: np.ndarray | dict[str, np.ndarray],
     *,
     input_name: str = "pixel_values",
     batch_size: int = 256,
 ) -> np.ndarray:
     """Run the ONNX model on ``x`` in batches and return its first output, concatenated.
 
+    ``x`` is one input array (fed as ``input_name``) or, for a model with several inputs, a
+    dict input name -> array (e.g. ``input_ids`` and ``attention_mask``), samples on axis 0.
     The session is single-threaded on the CPU with every graph optimization, so the numbers
     are the same on every node and a quality evaluation does not compete with other work.
 
@@ -46,7 +48,9 @@ def onnx_logits(
 
     from paretoforge.evaluators.latency import validate_inputs
 
-    _check_xy(x, None, batch_size)
+    feeds = dict(x) if isinstance(x, dict) else {input_name: x}
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    _check_xy(np.empty(n), None, batch_size)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -58,11 +62,13 @@ def onnx_logits(
         )
     except Exception as err:
         raise MeasurementError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {err}") from err
-    validate_inputs(session, {input_name: x}, batch_size=min(batch_size, len(x)))
+    validate_inputs(session, feeds, batch_size=min(batch_size, n))
+    names = [i.name for i in session.get_inputs()]
     try:
         outs = [
-            session.run(None, {input_name: np.ascontiguousarray(x[i : i + batch_size])})[0]
-            for i in range(0, len(x), batch_size)
+            session.run(None, {k: np.ascontiguousarray(feeds[k][i : i + batch_size])
+                               for k in names})[0]
+            for i in range(0, n, batch_size)
         ]
     except Exception as err:
         raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err

@@ -79,6 +79,49 @@ class Prepared:
             Path(d, "model.safetensors").write_bytes(self.base_weights)
             return load_pretrained(d)
 
+    def score_onnx(self, path: str | os.PathLike[str], *, batch_size: int = 1) -> float:
+        """The task's quality of the ONNX model at ``path`` on the held-out split.
+
+        Accuracy for classification; for embedding fidelity, the mean cosine of its pooled
+        output to the unpruned model's :attr:`reference` embeddings. Scored ``batch_size``
+        examples per call (default 1, as profiles serve: dynamic int8 takes its activation
+        scales from the whole input tensor, so a batched score can differ from deployment).
+        """
+        from paretoforge.evaluators.quality import onnx_logits
+
+        out = onnx_logits(path, self.feeds("heldout"), batch_size=batch_size)
+        if self.metric == "embedding_cosine":
+            from paretoforge.tasks.embedding import mean_cosine
+
+            return mean_cosine(out, self.reference)
+        return float((out.argmax(-1) == self.y_heldout).mean())
+
+    def recover(self, student: Any, base: Any, recovery: Any, *, seed: int) -> Any:
+        """Distil ``base`` into ``student`` (pruned from it) on the training split, as
+        ``recovery`` (a :class:`~paretoforge.spec.RecoverySpec`) says; return the student.
+
+        Raises:
+            BuildError: ``recovery.pooled_weight`` is set for a task that has no pooling.
+        """
+        from paretoforge.exceptions import BuildError
+        from paretoforge.models.distill import distill
+
+        if recovery.epochs <= 0:
+            return student
+        extra: dict[str, Any] = {"hidden_weight": recovery.hidden_weight}
+        if self.pooling is not None:
+            from paretoforge.tasks.embedding import Pooling
+
+            extra["pooled_weight"] = (1.0 if recovery.pooled_weight is None
+                                      else recovery.pooled_weight)
+            extra["pooling"] = Pooling(**self.pooling)
+        elif recovery.pooled_weight:
+            raise BuildError("recovery.pooled_weight applies to embedding-fidelity only")
+        labels = None if self.metric == "embedding_cosine" else self.y_train
+        return distill(student, base, self.x_train, labels, epochs=recovery.epochs,
+                       lr=recovery.lr, temperature=recovery.temperature, alpha=recovery.alpha,
+                       batch_size=recovery.batch_size, seed=seed, **extra)
+
     def task_data(self) -> Any:
         from paretoforge.tasks import TaskData
 
