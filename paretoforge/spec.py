@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from paretoforge.exceptions import SpecError, UnknownComponentError
+from paretoforge.hw_profiles._profile import HardwareProfile
 
 __all__ = [
     "PATH_FAMILIES",
@@ -36,6 +37,8 @@ __all__ = [
     "ConstraintSpec",
     "ModelSpec",
     "ObjectiveSpec",
+    "PredictedProfileSpec",
+    "PredictionSpec",
     "RecoverySpec",
     "SearchConfig",
     "SpaceSpec",
@@ -309,6 +312,23 @@ class SearchConfig(_Strict):
         description="Configs to evaluate first, after the base model, e.g. [{layers_kept: 2, "
         "heads_kept: 2, ffn_kept: 0.5, precision: int8}]; a dimension left out is sampled.",
     )
+    prescreen: bool = Field(
+        False,
+        description="Skip, before building, a sampled candidate whose median latency predicted "
+        "from its config (by the profile's predictor, fitted on this search's measurements) "
+        "violates a latency_p50_ms constraint, or is slower than a measured feasible trial of "
+        "the same precision that keeps at least as much in every dimension -- each by more "
+        "than a margin of max(10%, 2 x the predictor's held-out MAPE). Skipped trials are "
+        "PRUNED in the study and do not count towards `trials`; the base model and "
+        "seed_configs are always built.",
+    )
+    prescreen_max_consecutive: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="After this many candidates skipped in a row, the next one is built anyway "
+        "(samplers learn nothing from skipped trials and may keep proposing them).",
+    )
 
 
 class ClusterSpec(_Strict):
@@ -323,6 +343,48 @@ class ClusterSpec(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker actor.")
     dashboard: bool = Field(
         False, description="Start the Ray dashboard (bound to 127.0.0.1) for a local cluster."
+    )
+
+
+class PredictedProfileSpec(_Strict):
+    """A profile served by a latency predictor instead of a measurement."""
+
+    source: str = Field(
+        min_length=1,
+        description="Where its measurements are: the run directory of a search that measured "
+        "the profile (on its hardware), that run's predictors.json, or one latency predictor "
+        "JSON file; resolved to an absolute path.",
+    )
+    source_profile: str | None = Field(
+        None,
+        min_length=1,
+        description="The profile the measurements are stored under in `source`, when it is "
+        "not this profile's name.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return str(Path(v).expanduser().resolve())
+
+
+class PredictionSpec(_Strict):
+    """Latency predictors: how many measurements they need, and profiles served by them."""
+
+    min_samples: int = Field(
+        8,
+        ge=2,
+        le=100_000,
+        description="Measurements a profile's latency predictor needs before it predicts "
+        "(pre-screening, predicted profiles).",
+    )
+    profiles: dict[str, PredictedProfileSpec] = Field(
+        default_factory=dict,
+        description="Profiles no node of the cluster serves, predicted instead of measured, "
+        "e.g. {edge-arm: {source: runs/arm-board}}: each built candidate gets "
+        "latency_p50_ms@<profile> from a predictor fitted on the source's measurements, "
+        "labelled predicted everywhere. Listed in `profiles` or not, such a profile is never "
+        "measured.",
     )
 
 
@@ -352,6 +414,14 @@ class Spec(_Strict):
         min_length=1,
         description="Hardware profiles every candidate is measured on (`paretoforge profiles`).",
     )
+    hardware: list[HardwareProfile] = Field(
+        default_factory=list,
+        description="Your own hardware profiles, registered before `profiles` is checked: a "
+        "list of profile definitions (the fields of `paretoforge profiles`: name, device, "
+        "intra_op_threads, resource, ...), or the path of a profiles YAML file, read once here "
+        "so the spec carries the definitions. A name already registered must have the same "
+        "definition.",
+    )
     search: SearchConfig = Field(default_factory=SearchConfig, description="Sampler and budget.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
     storage: str | None = Field(
@@ -362,6 +432,10 @@ class Spec(_Strict):
     run_dir: str | None = Field(
         None, description="Run directory; unset uses runs/<name> under the working directory."
     )
+    prediction: PredictionSpec = Field(
+        default_factory=PredictionSpec,
+        description="Latency predictors: profiles served by prediction, and their minimum data.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -370,6 +444,34 @@ class Spec(_Strict):
             raise ValueError(
                 f"name {v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a path)"
             )
+        return v
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_file(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a profiles YAML file: its definitions go into the spec
+            from paretoforge.hw_profiles import load_profiles_yaml
+
+            try:
+                return [p.model_dump(mode="json") for p in load_profiles_yaml(v)]
+            except SpecError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("hardware")
+    @classmethod
+    def _register_hardware(cls, v: list[HardwareProfile]) -> list[HardwareProfile]:
+        from paretoforge.hw_profiles import register_profile
+
+        names = [p.name for p in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"profiles {twice} are defined more than once; keep one each")
+        for p in v:  # idempotent: workers re-validate this spec and register them again
+            try:
+                register_profile(p)
+            except SpecError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @field_validator("storage")
@@ -390,9 +492,10 @@ class Spec(_Strict):
         from paretoforge.search_spaces import SPACES
         from paretoforge.tasks import TASKS
 
-        for p in self.profiles:
+        for p in self.profiles:  # `hardware` profiles are registered by now (field validator)
             if p not in PROFILES:
-                raise ValueError(f"profiles: {PROFILES.unknown_message(p)}")
+                raise ValueError(f"profiles: {PROFILES.unknown_message(p)} Profiles of your "
+                                 "own are declared under `hardware:`.")
         if len(set(self.profiles)) != len(self.profiles):
             raise ValueError(f"profiles: {self.profiles} lists a profile twice")
         if self.model.recipe is not None and self.model.recipe not in RECIPES:
@@ -421,18 +524,83 @@ class Spec(_Strict):
         ):
             for m in names:
                 _, profile = parse_metric(m)
-                if profile is not None and profile not in self.profiles:
+                if (profile is not None and profile not in self.profiles
+                        and profile not in self.prediction.profiles):
                     raise ValueError(
                         f"{where}: metric {m!r} needs profile {profile!r}, which is not in "
-                        f"profiles {self.profiles}; add it to profiles or change the metric"
+                        f"profiles {self.profiles}; add it to profiles (measured), or to "
+                        f"prediction.profiles with the source of its measurements (predicted), "
+                        f"or change the metric"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _prediction_checks(self) -> Spec:
+        from paretoforge.hw_profiles import PROFILES
+
+        for name in self.prediction.profiles:
+            if name not in PROFILES:
+                raise ValueError(f"prediction.profiles: {PROFILES.unknown_message(name)} "
+                                 "Profiles of your own are declared under `hardware:`.")
+        if self.prediction.profiles and not self.measured_profiles:
+            raise ValueError(
+                f"prediction.profiles: every profile is predicted "
+                f"({sorted(self.prediction.profiles)}); measure at least one (e.g. cpu-1t): "
+                "predictions are computed from the graph ONNX Runtime optimises for it"
+            )
+        latency = []
+        for m in [o.metric for o in self.objectives] + [c.metric for c in self.constraints]:
+            base, profile = parse_metric(m)
+            if profile is None:
+                continue
+            if profile in self.prediction.profiles and base != "latency_p50_ms":
+                raise ValueError(
+                    f"metric {m!r}: profile {profile!r} is predicted, and its predictor serves "
+                    f"the median only; use 'latency_p50_ms@{profile}'"
+                )
+            if base == "latency_p50_ms":
+                latency.append(m)
+        if self.search.prescreen and not latency:
+            raise ValueError(
+                "search.prescreen: nothing to pre-screen with; it needs an objective or "
+                "constraint on a latency_p50_ms@PROFILE metric (or set prescreen: false)"
+            )
+        return self
+
+    @property
+    def measured_profiles(self) -> list[str]:
+        """Profiles workers measure: ``profiles`` less those served by prediction."""
+        return [p for p in self.profiles if p not in self.prediction.profiles]
+
+    @property
+    def predicted_profiles(self) -> list[str]:
+        """Profiles served by a latency predictor (``prediction.profiles``)."""
+        return list(self.prediction.profiles)
+
+    def check_prediction_sources(self, *, where: str = "spec") -> None:
+        """Load every ``prediction.profiles`` source once.
+
+        Raises:
+            SpecError: a source is missing or cannot serve its profile (one line, with the fix).
+        """
+        from paretoforge.evaluators.predictor import load_predictor
+        from paretoforge.exceptions import ParetoforgeError
+
+        for name, entry in self.prediction.profiles.items():
+            try:
+                load_predictor(entry.source, name, source_profile=entry.source_profile,
+                               min_samples=self.prediction.min_samples)
+            except ParetoforgeError as e:
+                raise SpecError(f"{where}: prediction.profiles.{name}.source: {e}") from None
 
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Spec:
-        """Read and validate a YAML or JSON spec; raise :class:`SpecError` with one clear line."""
+    def from_file(cls, path: str | Path, *, check_sources: bool = True) -> Spec:
+        """Read and validate a YAML or JSON spec; raise :class:`SpecError` with one clear line.
+
+        ``check_sources=False`` skips loading the ``prediction.profiles`` sources (reading a
+        finished run needs only their recorded paths)."""
         path = Path(path)
         if not path.is_file():
             raise SpecError(
@@ -458,16 +626,20 @@ class Spec(_Strict):
                 f"{path}: the spec must be a mapping of fields (name, model, task, ...), "
                 f"got {type(data).__name__}"
             )
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, source=str(path), check_sources=check_sources)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "spec") -> Spec:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "spec",
+                  check_sources: bool = True) -> Spec:
         try:
-            return cls.model_validate(data)
+            spec = cls.model_validate(data)
         except ValidationError as e:
             raise SpecError(f"{source}: {_one_line(e)}") from None
         except UnknownComponentError as e:
             raise SpecError(f"{source}: {e}") from None
+        if check_sources:
+            spec.check_prediction_sources(where=source)
+        return spec
 
     def with_overrides(self, **changes: Any) -> Spec:
         """A copy with dotted-path overrides, e.g. ``{"search.trials": 8}``, re-validated."""

@@ -83,13 +83,27 @@ def get_profile(name: str) -> HardwareProfile:
 def register_profile(profile: HardwareProfile) -> HardwareProfile:
     """Add a user profile to :data:`PROFILES` so specs and the CLI can name it.
 
+    Registering the same definition again is a no-op: every process that validates a spec with
+    ``hardware:`` profiles (the driver, each worker) registers them, some more than once.
+
+    Example:
+        >>> p = HardwareProfile(name="doc-edge", device="cpu", intra_op_threads=1)
+        >>> register_profile(p) is register_profile(p)
+        True
+
     Raises:
-        SpecError: a profile with that name is already registered.
+        SpecError: a different profile is already registered under that name (a built-in, or
+            a user profile defined twice).
     """
     if profile.name in PROFILES:
+        old = PROFILES.get(profile.name)
+        if old == profile:
+            return old
+        diff = sorted(k for k in HardwareProfile.model_fields
+                      if getattr(old, k) != getattr(profile, k))
         raise SpecError(
-            f"Profile {profile.name!r} is already registered "
-            f"(built-in or loaded twice); rename the user profile."
+            f"Profile {profile.name!r} is already registered with a different definition "
+            f"(fields {diff} differ); rename the user profile, or define it identically."
         )
     PROFILES.add(profile.name, profile)
     return profile

@@ -183,6 +183,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     import ray
 
     from paretoforge.orchestrator.artifacts import remove_partial
+    from paretoforge.orchestrator.bench import start_benches, stop_benches
     from paretoforge.orchestrator.loop import SearchLoop
     from paretoforge.orchestrator.pool import WorkerPool
     from paretoforge.orchestrator.results import load_run
@@ -197,10 +198,17 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     started = connect_ray(spec, address=address, debug=debug)
     pool: WorkerPool | None = None
     gates: dict[str, Any] = {}
+    benches: dict[str, list[Any]] = {}
     try:
         _check_placement(profiles)
         log(f"ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):.0f} CPUs;"
             f" run directory {run_dir}")
+        # Gates and benches before any build: a bench that cannot be placed refuses the run now.
+        gates = _start_gates()
+        benches = start_benches(profiles, gates)
+        for name, refs in benches.items():
+            log(f"profile {name}: measured on {len(refs)} node(s) with Ray resource "
+                f"{refs[0].resource!r}")
         from paretoforge.orchestrator.prepare import prepare_cached
 
         prepared = prepare_cached(spec, log=log)
@@ -210,14 +218,16 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             "versions": package_versions(),
         })
         prepared_ref = ray.put(prepared)
-        gates = _start_gates()
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
+        # Workers get `benches` only when some profile has them (the fake workers' contract
+        # has no such argument, and they never measure resource-bound profiles).
+        extra = {"benches": benches} if benches else {}
 
         def new_worker(i: int, holder: str) -> Any:
             return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
-                                    holder=holder, **worker_kwargs)
+                                    holder=holder, **extra, **worker_kwargs)
 
         pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
         loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
@@ -237,6 +247,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             backend.sync()
         if pool is not None:
             pool.shutdown()
+        stop_benches(benches)
         for g in gates.values():
             with contextlib.suppress(Exception):
                 ray.kill(g, no_restart=True)
@@ -245,7 +256,8 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
 
 
 def _check_placement(profiles: list[Any]) -> None:
-    """A profile bound to a Ray resource is measured only where a node carries it."""
+    """A profile bound to a Ray resource is measured only where a node carries it: on a worker
+    whose node does, else on a bench of such a node (:mod:`paretoforge.orchestrator.bench`)."""
     import ray
 
     from paretoforge.hw_profiles import served_profiles

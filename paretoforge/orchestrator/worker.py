@@ -24,6 +24,7 @@ from typing import Any
 from paretoforge._io import atomic_write_json, sha256_file
 from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
 from paretoforge.orchestrator.artifacts import artifact_path, result_from_manifest, verify_artifact
+from paretoforge.orchestrator.bench import BenchRef, current_node_id
 from paretoforge.orchestrator.gate import GateClient, LocalGate
 from paretoforge.orchestrator.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
@@ -59,15 +60,22 @@ class Worker:
     """
 
     def __init__(self, prepared: Prepared, spec: dict[str, Any], run_dir: str, *, index: int = 0,
-                 gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True) -> None:
+                 gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True,
+                 benches: dict[str, list[BenchRef]] | None = None) -> None:
         import torch
 
         self.prepared = prepared
-        self.spec = Spec.model_validate(spec)
+        self.spec = Spec.model_validate(spec)  # registers the spec's `hardware` profiles here
         self.run_dir = Path(run_dir)
         self.index = index
-        self.node_id = _node_id()
-        handle = (gates or {}).get(self.node_id)
+        self.node_id = current_node_id()
+        # Profile name -> the benches on nodes that carry its resource (see bench.py); the
+        # worker starts its round-robin over them at its own index, so workers spread out.
+        self.benches = dict(benches or {})
+        self._bench_turn = index
+        self._benches_lost: set[str] = set()
+        self._gates = dict(gates or {})
+        handle = self._gates.get(self.node_id)
         self.gate: Any = GateClient(handle, holder) if handle is not None else LocalGate()
         self.all_cores = sorted(os.sched_getaffinity(0))
         threads = max(1, int(self.spec.cluster.cpus_per_worker))
@@ -114,7 +122,6 @@ class Worker:
     def _evaluate(self, trial_number: int, cfg: CandidateConfig) -> dict[str, Any]:
         import numpy as np
 
-        from paretoforge.evaluators.quality import onnx_accuracy
         from paretoforge.evaluators.size import onnx_size_bytes, param_count
         from paretoforge.kernels.export import export_onnx
         from paretoforge.kernels.ort import graph_summary
@@ -155,19 +162,7 @@ class Worker:
                 timings["export_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
-                if embedding:
-                    from paretoforge.tasks.embedding import mean_cosine
-
-                    emb = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"), len(self.cores),
-                                        batch=_QUALITY_BATCH)
-                    quality = mean_cosine(emb, p.reference)
-                elif isinstance(p.x_heldout, dict):
-                    logits = _onnx_outputs(tmp / "model.onnx", p.feeds("heldout"),
-                                           len(self.cores), batch=_QUALITY_BATCH)
-                    quality = float((logits.argmax(-1) == p.y_heldout).mean())
-                else:
-                    quality = onnx_accuracy(tmp / "model.onnx", p.x_heldout, p.y_heldout,
-                                            input_name=p.input_name, batch_size=_QUALITY_BATCH)
+                quality = p.score_onnx(tmp / "model.onnx", batch_size=_QUALITY_BATCH)
                 timings["quality_s"] = time.perf_counter() - t0
 
             metrics: dict[str, float] = {
@@ -237,7 +232,6 @@ class Worker:
 
     def _build_torch(self, cfg: CandidateConfig, timings: dict[str, float]) -> tuple[Any, dict]:
         """Surgery ranked by importance, then distillation from the base model."""
-        from paretoforge.models.distill import distill
         from paretoforge.models.importance import Importance
         from paretoforge.models.surgery import plan_from_importance, prune
 
@@ -256,66 +250,96 @@ class Worker:
         model = prune(self._base, plan)
         timings["surgery_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        r = self.spec.recovery
-        if r.epochs > 0:
-            extra: dict[str, Any] = {"hidden_weight": r.hidden_weight}
-            if p.pooling is not None:
-                from paretoforge.tasks.embedding import Pooling
-
-                extra["pooled_weight"] = 1.0 if r.pooled_weight is None else r.pooled_weight
-                extra["pooling"] = Pooling(**p.pooling)
-            elif r.pooled_weight:
-                raise BuildError("recovery.pooled_weight applies to embedding-fidelity only")
-            labels = None if p.metric == "embedding_cosine" else p.y_train
-            model = distill(model, self._base, p.x_train, labels, epochs=r.epochs, lr=r.lr,
-                            temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
-                            seed=self.spec.search.seed, **extra)
+        model = p.recover(model, self._base, self.spec.recovery, seed=self.spec.search.seed)
         timings["recovery_s"] = time.perf_counter() - t0
         return model, plan_json
 
     def _measure(self, onnx_path: Path, profile_name: str,
                  inputs: dict[str, Any]) -> dict[str, Any]:
-        from paretoforge.evaluators.latency import measure_latency
+        """Measure ``profile_name`` here, or on a bench of a node that carries its resource.
+
+        Here: profiles any node serves, and resource-bound CPU profiles when this worker's node
+        carries the resource. A GPU profile always goes to its bench: the worker asked Ray for
+        no GPU, so Ray hides the devices from it.
+        """
         from paretoforge.hw_profiles import get_profile
-        from paretoforge.kernels.runtime import placement_report
+        from paretoforge.orchestrator.bench import measure_profile
 
         profile = get_profile(profile_name)
+        if profile.resource and self.benches.get(profile.name) and (
+                profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
+            return self._measure_on_bench(onnx_path, profile, inputs)
         self._check_node_serves(profile)
         if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
-            # Fits on this worker's own cores: the neighbours build on theirs meanwhile.
-            m = measure_latency(onnx_path, profile, inputs, cores=self.cores)
-            placement = placement_report(onnx_path, profile, inputs, cores=self.cores)
-        else:
-            # Needs more cores than this worker owns: hold every build on the node meanwhile.
-            with self.gate.exclusive():
-                m = measure_latency(onnx_path, profile, inputs, cores=self.all_cores)
-                placement = placement_report(onnx_path, profile, inputs, cores=self.all_cores)
-        out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
-        out.setdefault("env", {})["node_id"] = self.node_id
-        out["placement"] = placement
-        return out
+            # Fits on this worker's own cores: the neighbours build on theirs meanwhile; the
+            # shared hold keeps exclusive measurements (all-core profiles, benches) off the node.
+            with self.gate.shared():
+                return measure_profile(onnx_path, profile, inputs, cores=self.cores,
+                                       node_id=self.node_id)
+        # Needs more cores than this worker owns: hold every build on the node meanwhile.
+        with self.gate.exclusive():
+            return measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
+                                   node_id=self.node_id)
+
+    def _measure_on_bench(self, onnx_path: Path, profile: Any,
+                          inputs: dict[str, Any]) -> dict[str, Any]:
+        """Send the ONNX bytes and the samples to a bench of ``profile``; wait for the result.
+
+        Benches are taken in turn; a lost one (its node left, its process died) is skipped from
+        then on, its gate holds released, and the next one measures. The worker holds no gate
+        while it waits, so a bench on this worker's node can take the node's gate.
+
+        Raises:
+            MeasurementError: the bench failed to measure, or every bench of the profile is lost.
+        """
+        import ray
+        from ray.exceptions import RayTaskError
+
+        from paretoforge.orchestrator.pool import is_worker_lost
+
+        benches = [b for b in self.benches[profile.name] if b.holder not in self._benches_lost]
+        if benches:
+            turn = self._bench_turn % len(benches)
+            self._bench_turn += 1
+            benches = benches[turn:] + benches[:turn]
+        onnx_bytes = onnx_path.read_bytes()
+        lost = []
+        for b in benches:
+            try:
+                return dict(ray.get(b.handle.measure.remote(onnx_bytes, profile.name, inputs)))
+            except RayTaskError as e:  # the bench ran, and the measurement itself failed
+                cause = e.cause if isinstance(e.cause, BaseException) else e
+                kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError
+                raise kind(f"profile {profile.name!r} on the bench of node {b.node_id[:12]}: "
+                           f"{type(cause).__name__}: {cause}") from None
+            except Exception as e:
+                if not is_worker_lost(e):
+                    raise
+                self._benches_lost.add(b.holder)
+                gate = self._gates.get(b.node_id)
+                if gate is not None:  # a bench killed mid-measurement must not block its node
+                    try:
+                        gate.release_holder.remote(b.holder)
+                    except Exception:  # the node (and its gate) is gone too
+                        pass
+                lost.append(f"node {b.node_id[:12]} ({type(e).__name__})")
+        raise MeasurementError(
+            f"profile {profile.name!r}: no bench is left to measure it"
+            f"{' (lost: ' + ', '.join(lost) + ')' if lost else ''}; every node with Ray resource "
+            f"{profile.resource!r} left the cluster or its bench process died. Restart the "
+            "search (`paretoforge resume`) once such a node is back"
+        )
 
     def _check_node_serves(self, profile: Any) -> None:
         """A profile bound to a Ray resource is never measured silently on another node."""
-        if not profile.resource:
+        if not profile.resource or _node_carries(self.node_id, profile.resource):
             return
-        have: dict[str, float] = {}
-        try:
-            import ray
-
-            if ray.is_initialized():
-                for node in ray.nodes():
-                    if node.get("NodeID") == self.node_id:
-                        have = node.get("Resources", {})
-        except Exception:  # no Ray: no resources to show
-            pass
-        if have.get(profile.resource, 0) <= 0:
-            raise MeasurementError(
-                f"profile {profile.name!r} needs Ray resource {profile.resource!r}, which this "
-                f"worker's node {self.node_id[:12]} does not carry; it is not measured elsewhere "
-                "(measurement on the profile's own nodes is not implemented yet: use profiles "
-                "any node serves, e.g. cpu, cpu-1t)"
-            )
+        raise MeasurementError(
+            f"profile {profile.name!r} needs Ray resource {profile.resource!r}, which this "
+            f"worker's node {self.node_id[:12]} does not carry, and the worker was given no "
+            "bench for it; it is not measured elsewhere (the driver starts a bench on every "
+            "node that carries the resource)"
+        )
 
 
 def PooledEncoder(model: Any, pooling: Any) -> Any:  # noqa: N802  (a class, built lazily)
@@ -339,28 +363,15 @@ def PooledEncoder(model: Any, pooling: Any) -> Any:  # noqa: N802  (a class, bui
     return _Pooled()
 
 
-def _onnx_outputs(path: Path, feeds: dict[str, Any], threads: int, batch: int = 64) -> Any:
-    """The first output of the ONNX model at ``path`` on ``feeds``, batch by batch."""
-    import numpy as np
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads)
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    n = len(next(iter(feeds.values())))
-    outs = [sess.run(None, {k: np.ascontiguousarray(feeds[k][i : i + batch]) for k in names})[0]
-            for i in range(0, n, batch)]
-    return np.concatenate(outs)
-
-
-def _node_id() -> str:
+def _node_carries(node_id: str, resource: str) -> bool:
+    """Whether Ray node ``node_id`` carries ``resource`` (False outside Ray)."""
     try:
         import ray
 
         if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # not inside Ray: a local id
+            for node in ray.nodes():
+                if node.get("NodeID") == node_id:
+                    return float(node.get("Resources", {}).get(resource, 0)) > 0
+    except Exception:  # no Ray: no resources
         pass
-    return f"local-{socket.gethostname()}"
+    return False

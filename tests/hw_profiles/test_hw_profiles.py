@@ -144,3 +144,54 @@ def test_torch_profiles_need_no_provider() -> None:
     ok = parse_profile({"name": "g", "device": "cuda", "provider": "CUDAExecutionProvider",
                         "io_binding": True, "cuda_graph": True, "sequence_length": 128})
     assert ok.cuda_graph
+
+
+def test_register_profile_is_idempotent_and_refuses_a_different_definition() -> None:
+    from paretoforge.hw_profiles import register_profile
+
+    p = parse_profile({"name": "hwtest-reg", "device": "cpu", "intra_op_threads": 1})
+    assert register_profile(p) is register_profile(parse_profile(p.model_dump()))
+    with pytest.raises(SpecError, match=r"hwtest-reg.*\['intra_op_threads'\]"):
+        register_profile(parse_profile({"name": "hwtest-reg", "device": "cpu",
+                                        "intra_op_threads": 2}))
+    with pytest.raises(SpecError, match="'cpu-1t' is already registered"):
+        register_profile(parse_profile({"name": "cpu-1t", "device": "cpu"}))
+
+
+def test_spec_hardware_profiles_are_registered_and_travel_with_the_spec(tmp_path: Path) -> None:
+    from paretoforge.spec import Spec
+
+    edge = {"name": "hwtest-edge", "device": "cpu", "intra_op_threads": 1}
+    spec = Spec.from_dict({"hardware": [edge], "profiles": ["cpu-1t", "hwtest-edge"]})
+    assert get_profile("hwtest-edge").resource == "hw:hwtest-edge"
+    # another process rebuilds the spec from its JSON (registering the same definition again)
+    again = Spec.model_validate(spec.model_dump(mode="json"))
+    assert again == spec and again.hardware[0].name == "hwtest-edge"
+    # a profiles YAML file: read once, the spec carries the definitions
+    f = tmp_path / "profiles.yaml"
+    f.write_text("profiles:\n  - {name: hwtest-file, device: cpu, resource: rack-7}\n")
+    from_file = Spec.from_dict({"hardware": str(f), "profiles": ["hwtest-file"],
+                                "objectives": [{"metric": "accuracy",
+                                                "direction": "maximize"}]})
+    assert from_file.model_dump(mode="json")["hardware"][0]["resource"] == "rack-7"
+
+
+@pytest.mark.parametrize(
+    ("hardware", "profiles", "match"),
+    [
+        ([{"name": "hwtest-edge", "device": "cpu", "intra_op_threads": 4}], ["cpu-1t"],
+         r"hardware: Profile 'hwtest-edge' is already registered with a different definition"),
+        ([{"name": "hwtest-d", "device": "cpu"}] * 2, ["cpu-1t"], "defined more than once"),
+        ([{"name": "hwtest-x", "device": "cpu", "threads": 2}], ["cpu-1t"],
+         "unknown field 'hardware.0.threads'"),
+        ("no-such-profiles.yaml", ["cpu-1t"], "Cannot read hardware profiles file"),
+        ([], ["hwtest-undeclared"], "declared under `hardware:`"),
+    ],
+)
+def test_spec_hardware_errors(hardware: object, profiles: list[str], match: str) -> None:
+    from paretoforge.spec import Spec
+
+    Spec.from_dict({"hardware": [{"name": "hwtest-edge", "device": "cpu",
+                                  "intra_op_threads": 1}]})
+    with pytest.raises(SpecError, match=match):
+        Spec.from_dict({"hardware": hardware, "profiles": profiles})
