@@ -1,0 +1,47 @@
+"""A longer recovery for front members, recorded apart from the search (orchestrator/refine.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paretoforge.exceptions import SpecError
+from paretoforge.orchestrator.artifacts import verify_artifact
+from paretoforge.orchestrator.refine import refine_front
+from paretoforge.orchestrator.results import load_run
+
+
+def test_refine_rebuilds_a_pruned_member_with_more_epochs(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    run = load_run(run_dir)
+    before = (run_dir / "front.json").read_text()
+    base = run.base_trial()
+    pruned = [t for t in run.trials() if t.user_attrs["key"] != base.user_attrs["key"]]
+    target = pruned[0]
+    rows = refine_front(run_dir, epochs=3, trials=[target.number, base.number],
+                        log=lambda *_: None)
+    # The unpruned base has nothing to recover: skipped, the pruned one rebuilt.
+    assert [r["trial"] for r in rows] == [target.number]
+    row = rows[0]
+    assert row["config"] == target.user_attrs["config"]
+    assert row["search"] == target.user_attrs["metrics"]
+    assert 0.0 <= row["refined"]["accuracy"] <= 1.0
+    assert row["refined"]["latency_p50_ms@cpu-1t"] > 0
+    manifest = verify_artifact(row["artifact_dir"], key=target.user_attrs["key"])
+    assert manifest is not None  # a complete checkpoint with valid checksums
+    assert str(run_dir / "refined" / "epochs3-lr") in row["artifact_dir"]
+    summary = json.loads((run_dir / "refined" / "epochs3-lr0.001" / "refined.json").read_text())
+    assert summary["recovery"]["epochs"] == 3
+    assert summary["search_recovery"]["epochs"] == 1
+    # The search's own record is untouched.
+    assert (run_dir / "front.json").read_text() == before
+    assert load_run(run_dir).trial(target.number).user_attrs["metrics"] == row["search"]
+
+
+def test_refine_refuses_bad_requests(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    with pytest.raises(SpecError, match="trial 999 is not a completed trial"):
+        refine_front(run_dir, epochs=3, trials=[999], log=lambda *_: None)
+    with pytest.raises(SpecError, match="no larger a budget"):
+        refine_front(run_dir, epochs=1, log=lambda *_: None)
