@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import wait_quiet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONDITIONS = ("quiet", "isolated", "floating-1t", "floating-default")
@@ -169,13 +172,6 @@ def run_condition(
         "preemptions_per_100_runs": float(100 * np.sum(switches) / np.sum([m.runs for m in ms])),
         "loadavg_1m": [round(v, 2) for v in loads],
     }
-
-
-def wait_quiet(limit_s: float, threshold: float) -> float:
-    t0 = time.time()
-    while os.getloadavg()[0] > threshold and time.time() - t0 < limit_s:
-        time.sleep(10)
-    return os.getloadavg()[0]
 
 
 def main() -> None:

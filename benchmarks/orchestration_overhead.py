@@ -30,14 +30,15 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, wait_quiet  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "orchestration_overhead.json"
 
@@ -122,21 +123,6 @@ def utilisation(trials: int, sleep_s: float, root: Path) -> dict[str, Any]:
     }
 
 
-def _machine() -> dict[str, Any]:
-    from importlib import metadata
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
-            **{p: metadata.version(p) for p in ("ray", "optuna")}}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=300, help="trials of the overhead run")
@@ -148,16 +134,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    t0 = time.time()
-    while args.wait_quiet and os.getloadavg()[0] > 0.5 and time.time() - t0 < args.wait_quiet:
-        time.sleep(10)
-    load_before = os.getloadavg()[0]
+    load_before = wait_quiet(args.wait_quiet, 0.5)
 
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
              logging_level=logging.WARNING, log_to_driver=False)
-    results: dict[str, Any] = {"machine": _machine(), "load_avg_1m_before": round(load_before, 2)}
+    results: dict[str, Any] = {"machine": machine("ray", "optuna"),
+                               "load_avg_1m_before": round(load_before, 2)}
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
         root = Path(d)
         _search(_spec(trials=2), root / "warmup")  # base model, imports, worker processes

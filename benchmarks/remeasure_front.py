@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -40,6 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine, wait_quiet, write_result  # noqa: E402
 
 
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
@@ -107,9 +109,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from importlib import metadata
-
-    from paretoforge._sysinfo import cpu_model
     from paretoforge.orchestrator.prepare import load_spec_task
     from paretoforge.orchestrator.results import export_trial, load_run
     from paretoforge.spec import Spec
@@ -122,9 +121,7 @@ def main() -> None:
     task = load_spec_task(Spec.from_file(args.run / "spec.yaml"))
     heldout = task.feeds("heldout")
 
-    t0 = time.time()
-    while args.wait_quiet and os.getloadavg()[0] > 0.6 and time.time() - t0 < args.wait_quiet:
-        time.sleep(10)
+    wait_quiet(args.wait_quiet)
     core = args.core if args.core is not None else max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {core})
     load_before = os.getloadavg()[0]
@@ -179,17 +176,12 @@ def main() -> None:
         "protocol": f"plain onnxruntime, CPU EP, 1 intra/1 inter thread, sequential, pinned to "
                     f"core {core}; {args.rounds} interleaved rounds x {args.calls} calls "
                     f"(+{args.warmup} warm-up) per member; batch 1 held-out inputs",
-        "machine": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "onnxruntime": metadata.version("onnxruntime")},
+        "machine": machine("onnxruntime"),
         "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"remeasure_front_{args.run.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_result(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     for r in rows:
         print(f"trial {r['trial']:>4}  recorded {r['recorded_p50_ms']:.4f} ms  "

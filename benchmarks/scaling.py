@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine, wait_quiet, write_result  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "scaling.json"
 
@@ -121,15 +123,13 @@ def simulated_part(nodes: int, workers: int, trials: int, sleep_s: float,
 
     ensure_ray_auth()
     import ray
+    from orchestration_overhead import SPEC  # the tiny model's space, 200 FFN widths
     from ray.cluster_utils import Cluster
 
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.fakes import FakeWorker
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.spec import Spec
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from orchestration_overhead import SPEC  # the tiny model's space, 200 FFN widths
 
     d = json.loads(json.dumps(SPEC))
     d["search"].update(trials=trials, sampler="random", population_size=workers)
@@ -198,15 +198,6 @@ def simulated_part(nodes: int, workers: int, trials: int, sleep_s: float,
     }
 
 
-def _machine() -> dict[str, Any]:
-    from importlib import metadata
-
-    from paretoforge._sysinfo import cpu_model
-
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
-            **{p: metadata.version(p) for p in ("ray", "optuna", "torch", "onnxruntime")}}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["real", "simulated"],
@@ -222,11 +213,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    t0 = time.time()
-    while args.wait_quiet and os.getloadavg()[0] > 0.6 and time.time() - t0 < args.wait_quiet:
-        time.sleep(10)
+    wait_quiet(args.wait_quiet)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results["machine"] = _machine()
+    results["machine"] = machine("ray", "optuna", "torch", "onnxruntime")
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="pf-scaling-") as d:
         root = Path(d)
@@ -242,10 +231,7 @@ def main() -> None:
             results["simulated"] = simulated_part(args.nodes, args.sim_workers, args.sim_trials,
                                                   args.sleep_s, root)
             print(json.dumps(results["simulated"]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, results)
     print(json.dumps(results, indent=2))
 
 

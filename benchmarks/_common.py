@@ -1,0 +1,42 @@
+"""What the benchmarks share: waiting for a quiet machine, describing it, writing results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.6) -> float:
+    """Wait up to ``limit_s`` seconds for the 1-minute load average to drop below
+    ``threshold``; return the load average when done waiting (met or not)."""
+    t0 = time.time()
+    while limit_s and os.getloadavg()[0] > threshold and time.time() - t0 < limit_s:
+        time.sleep(10)
+    return os.getloadavg()[0]
+
+
+def machine(*packages: str) -> dict[str, Any]:
+    """The machine and the versions of ``packages`` (those installed)."""
+    from importlib import metadata
+
+    from paretoforge._sysinfo import cpu_model
+
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                           "python": platform.python_version()}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_result(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path``, written atomically."""
+    from paretoforge._io import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
