@@ -110,7 +110,10 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
     if summary.stopped:
         typer.echo(f"Stopped early: {summary.stopped}. Continue with: paretoforge resume "
                    f"{run_dir}")
-    _print_front(summary.front, [o.metric for o in spec.objectives])
+    from paretoforge.orchestrator.results import load_run
+
+    _print_front(summary.front, [o.metric for o in spec.objectives],
+                 load_run(run_dir).predictor_errors())
     typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR; "
                f"plots and tables: paretoforge report {run_dir}")
 
@@ -119,9 +122,11 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
 @_errors
 def front(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON list; a member's `predicted` names the metrics a latency "
+        "predictor gave, `prediction_error` that predictor's held-out error.")] = False,
 ) -> None:
-    """Print the Pareto front of a run."""
+    """Print the Pareto front of a run, and the held-out error of its latency predictors."""
     from paretoforge.orchestrator.results import load_run
 
     run = load_run(run_dir)
@@ -129,10 +134,11 @@ def front(
     if as_json:
         typer.echo(json.dumps([m.to_json() for m in members], indent=2))
         return
-    _print_front(members, run.objective_names)
+    _print_front(members, run.objective_names, run.predictor_errors())
 
 
-def _print_front(members: list[Any], objectives: list[str]) -> None:
+def _print_front(members: list[Any], objectives: list[str],
+                 predictors: dict[str, Any] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -148,10 +154,20 @@ def _print_front(members: list[Any], objectives: list[str]) -> None:
         desc = (f"L{cfg.get('layers_kept')} H{cfg.get('heads_kept')} "
                 f"FFN{cfg.get('ffn_kept')} {cfg.get('precision')}")
         speed = m.relative.get("speedup_latency_p50_ms@cpu-1t")
-        table.add_row(str(m.trial), desc, *(f"{m.objectives[o]:.4g}" for o in objectives),
+        predicted = set(getattr(m, "predicted", []) or [])
+        table.add_row(str(m.trial), desc,
+                      *(("~" if o in predicted else "") + f"{m.objectives[o]:.4g}"
+                        for o in objectives),
                       f"{speed:.2f}x" if speed else "-",
                       f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB")
     Console(width=max(100, Console().width)).print(table)
+    if any(getattr(m, "predicted", None) for m in members):
+        typer.echo("~ predicted by a latency predictor (prediction.profiles), not measured")
+    from paretoforge.orchestrator.prediction import predictor_lines
+
+    for line in predictor_lines(predictors or {}):
+        typer.echo(line)
+
 
 
 @app.command()
@@ -177,10 +193,14 @@ def report(
         "--out", help="Directory for report.html and pareto.png (default: the run's).")] = None,
 ) -> None:
     """Write report.html (self-contained) and pareto.png: fronts, hypervolume, failures."""
+    from paretoforge.orchestrator.prediction import predictor_lines
     from paretoforge.orchestrator.report import write_report
+    from paretoforge.orchestrator.results import load_run
 
     html_path, png_path = write_report(run_dir, out)
     typer.echo(f"wrote {html_path} and {png_path}")
+    for line in predictor_lines(load_run(run_dir).predictors()):
+        typer.echo(line)
 
 
 @app.command()

@@ -412,7 +412,8 @@ class Spec(_Strict):
     profiles: list[str] = Field(
         default_factory=lambda: ["cpu-1t"],
         min_length=1,
-        description="Hardware profiles every candidate is measured on (`paretoforge profiles`).",
+        description="Hardware profiles every candidate is measured on (`paretoforge profiles`); "
+        "one also under `prediction.profiles` is predicted instead of measured.",
     )
     hardware: list[HardwareProfile] = Field(
         default_factory=list,

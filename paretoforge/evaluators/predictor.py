@@ -29,7 +29,11 @@ from typing import Any
 
 from paretoforge.exceptions import MeasurementError
 
-__all__ = ["FEATURES", "LatencyPredictor", "features_from"]
+__all__ = ["FEATURES", "PREDICTORS_FORMAT", "LatencyPredictor", "cross_validated_error",
+           "features_from", "load_predictor"]
+
+# The run directory's predictors.json (one entry per profile, see orchestrator/prediction.py).
+PREDICTORS_FORMAT = "paretoforge-predictors/1"
 
 # Physically meaningful features of a candidate; every one is a cost that can only add time.
 FEATURES: tuple[str, ...] = (
@@ -363,7 +367,10 @@ class LatencyPredictor:
     # -- persistence ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able state: the measurements and the fitted coefficients."""
+        """JSON-able state: the measurements and the fitted coefficients (refitted first when
+        measurements came in since the last fit)."""
+        if self.is_ready and self._fitted_on != self.n_samples:
+            self._fit()
         return {
             "format": "paretoforge-latency-predictor/1",
             "profile": self.profile,
@@ -389,3 +396,125 @@ class LatencyPredictor:
         if p.is_ready:
             p._fit()
         return p
+
+
+def cross_validated_error(predictor: LatencyPredictor, folds: int = 5) -> dict[str, float]:
+    """Held-out error of ``predictor``'s model by k-fold cross-validation on its measurements.
+
+    Each measurement is predicted by a model fitted on the other folds only; the returned
+    dict is :meth:`LatencyPredictor.error_report`'s (plus ``folds``).
+
+    Raises:
+        MeasurementError: fewer than 3 measurements.
+
+    Example:
+        >>> p = LatencyPredictor("cpu-1t", min_samples=2).fit(
+        ...     [{"layers": float(k)} for k in range(1, 7)], [0.5 * k for k in range(1, 7)])
+        >>> cross_validated_error(p)["mape"] < 1e-6
+        True
+    """
+    n = predictor.n_samples
+    if n < 3:
+        raise MeasurementError(
+            f"cross-validation of the {predictor.profile!r} predictor needs >= 3 measurements, "
+            f"it has {n}"
+        )
+    k = max(2, min(folds, n))
+    rows = [dict(zip(predictor.features, x, strict=True)) for x in predictor._x]
+    errors: list[tuple[float, float]] = []
+    for fold in range(k):
+        test = [i for i in range(n) if i % k == fold]
+        train = [i for i in range(n) if i % k != fold]
+        p = LatencyPredictor(predictor.profile, features=predictor.features, min_samples=2)
+        p.fit([rows[i] for i in train], [predictor._y[i] for i in train])
+        errors += [(p.predict(rows[i])[0], predictor._y[i]) for i in test]
+    apes = [abs(pred - y) / y for pred, y in errors]
+    return {"n": float(n), "folds": float(k), "mape": sum(apes) / n,
+            "within_10pct": sum(e <= 0.10 for e in apes) / n, "max_ape": max(apes)}
+
+
+def load_predictor(
+    source: Any, profile: str, *, source_profile: str | None = None, min_samples: int = 8
+) -> LatencyPredictor:
+    """The predictor of ``profile`` fitted on measurements kept in ``source``.
+
+    Args:
+        source: A run directory (its ``artifacts/*/manifest.json`` measurements, else its
+            ``predictors.json``), a ``predictors.json`` file, or one predictor's JSON
+            (:meth:`LatencyPredictor.to_dict`).
+        profile: The profile the predictor will serve (its name in the returned predictor).
+        source_profile: The profile the measurements are stored under in ``source`` (default:
+            ``profile``; a single predictor's JSON: whichever it holds).
+        min_samples: Measurements needed; fewer raise.
+
+    Raises:
+        MeasurementError: the source is missing, unreadable, holds no measurements of the
+            profile, or fewer than ``min_samples``; the message names the path and the fix.
+
+    Example:
+        >>> p = load_predictor("runs/arm-board", "edge-arm")  # doctest: +SKIP
+        >>> p.is_ready  # doctest: +SKIP
+        True
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    wanted = source_profile or profile
+    state: Mapping[str, Any] | None = None
+    count = 0
+    if path.is_dir():
+        p = LatencyPredictor.from_run_dirs([path], wanted, min_samples=min_samples)
+        count = p.n_samples
+        if count == 0 and (path / "predictors.json").is_file():
+            path = path / "predictors.json"
+        elif count == 0:
+            raise MeasurementError(
+                f"{str(path)!r} holds no measurements of profile {wanted!r} (no "
+                f"artifacts/*/manifest.json measured on it, no predictors.json); point to the "
+                f"run directory of a search that measured {wanted!r}"
+            )
+        else:
+            state = p.to_dict()
+    if state is None:
+        if not path.is_file():
+            raise MeasurementError(
+                f"prediction source {str(path)!r} does not exist; give a run directory, its "
+                f"predictors.json, or a latency predictor JSON file"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise MeasurementError(f"cannot read {str(path)!r} as JSON: {err}") from None
+        if isinstance(data, Mapping) and data.get("format") == PREDICTORS_FORMAT:
+            entry = (data.get("profiles") or {}).get(wanted)
+            if not isinstance(entry, Mapping) or not entry.get("model"):
+                have = sorted(data.get("profiles") or {})
+                raise MeasurementError(
+                    f"{str(path)!r} has no predictor of profile {wanted!r} (it has {have}); "
+                    f"set source_profile to one of them"
+                )
+            state = entry["model"]
+        elif isinstance(data, Mapping) and source_profile and data.get("profile") not in (
+                None, source_profile):
+            raise MeasurementError(
+                f"{str(path)!r} is the predictor of profile {data.get('profile')!r}, not "
+                f"{source_profile!r}"
+            )
+        else:
+            state = data if isinstance(data, Mapping) else {}
+    try:
+        p = LatencyPredictor.from_dict({**state, "profile": profile, "min_samples": 2})
+    except MeasurementError as err:
+        raise MeasurementError(f"{str(path)!r}: {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise MeasurementError(f"{str(path)!r} is not a valid latency predictor state "
+                               f"({type(err).__name__}: {err})") from None
+    p.min_samples = min_samples
+    if not p.is_ready:
+        raise MeasurementError(
+            f"{str(path)!r} holds {p.n_samples} measurement(s) of profile {wanted!r}; the "
+            f"predictor needs {min_samples} (prediction.min_samples): measure more candidates "
+            f"there, or lower prediction.min_samples"
+        )
+    return p

@@ -166,7 +166,7 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
     space = check_before_start(spec)
     from paretoforge.hw_profiles import get_profile
 
-    profiles = [get_profile(p) for p in spec.profiles]
+    profiles = [get_profile(p) for p in spec.measured_profiles]
     _check_run_dir(spec, run_dir)
     progress = progress or Progress(spec.search.trials)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,9 @@ def _check_placement(profiles: list[Any]) -> None:
             raise PlacementError(
                 f"profile {p.name!r} needs a node with Ray resource {p.resource!r} and no node "
                 f"in the cluster has one; start one with `ray start --address ... --resources "
-                f"'{{\"{p.resource}\": 1}}'` or drop the profile"
+                f"'{{\"{p.resource}\": 1}}'`, drop the profile, or serve it by prediction "
+                f"from measurements taken on that hardware earlier: `prediction: {{profiles: "
+                f"{{{p.name}: {{source: RUN_DIR}}}}}}`"
             )
 
 

@@ -18,10 +18,21 @@ Resume. Trials a dead driver left RUNNING are taken up again under their own num
 from the cache when their config completed meanwhile, completed from their artifact when it is on
 disk with valid checksums, else re-run. Trials beyond the budget FAIL with kind "interrupted"
 (they are not failures of the search and do not count towards ``search.max_failures``).
+
+Latency predictors (:mod:`paretoforge.orchestrator.prediction`). Every built candidate's
+manifest feeds the predictor of each measured profile (after it has predicted the measurement
+from the config alone: the prequential error in ``predictors.json``); profiles served by
+prediction get their ``latency_p50_ms`` from their predictor, listed in the trial's
+``predicted_metrics`` user attr. With ``search.prescreen``, a sampled candidate predicted to
+violate a latency constraint or to be dominated is told PRUNED before it is built (user attrs
+``prescreened``, ``prescreen_reason``, ``prescreen_predicted``); it does not count towards the
+budget, and after ``search.prescreen_max_consecutive`` skips in a row the next candidate is
+built anyway.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paretoforge.exceptions import MeasurementError
 from paretoforge.orchestrator.artifacts import (
     artifact_path,
     remove_partial,
@@ -37,6 +49,7 @@ from paretoforge.orchestrator.artifacts import (
 )
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
 from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
+from paretoforge.orchestrator.prediction import SearchPredictors
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
@@ -44,6 +57,7 @@ from paretoforge.spec import Spec
 __all__ = ["LoopStats", "SearchLoop", "constraint_values"]
 
 _RESULT_ATTRS = ("metrics", "artifact_dir", "timings", "worker", "node_id")
+_PREDICTED_ATTR = "predicted_metrics"  # names of the metrics a predictor gave, not a measurement
 
 
 def constraint_values(spec: Spec, metrics: dict[str, float]) -> list[float]:
@@ -78,6 +92,7 @@ class LoopStats:
     retried: int = 0
     timed_out: int = 0
     recovered: int = 0
+    prescreened: int = 0  # candidates skipped before building (PRUNED), see search.prescreen
     wall_s: float = 0.0
     ask_s: float = 0.0
     tell_s: float = 0.0
@@ -128,6 +143,8 @@ class SearchLoop:
         self._front = ParetoArchive(self.directions)
         self._front_all = ParetoArchive(self.directions)
         self._worst: list[float] | None = None
+        self.predictors = SearchPredictors(spec, self.run_dir)
+        self._skips_in_a_row = 0
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -135,6 +152,7 @@ class SearchLoop:
         import ray
 
         self._recover()
+        self._save_predictors()
         self._done_at_start = self.completed
         self._refresh("start")
         while True:
@@ -204,11 +222,14 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         running = []
+        built = []
         for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
             if t.state == TrialState.COMPLETE:
                 self.completed += 1
                 self.cached += "cached_from" in t.user_attrs
                 self._note_done(t)
+                if "cached_from" not in t.user_attrs:
+                    built.append(t)
             elif t.state == TrialState.RUNNING:
                 running.append(t)
             elif t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") != "interrupted":
@@ -217,6 +238,12 @@ class SearchLoop:
                     reason = str(t.user_attrs.get("fail_reason", "")).strip().splitlines()
                     self.build_failed.setdefault(t.user_attrs["key"],
                                                  (t.number, reason[0] if reason else ""))
+        # The predictors learn the built candidates again, in the order they completed.
+        for t in sorted(built, key=lambda t: (t.datetime_complete is None, t.datetime_complete,
+                                               t.number)):
+            manifest = self._manifest(t.user_attrs.get("artifact_dir"))
+            if manifest is not None:
+                self.predictors.observe(manifest)
         for frozen in running:
             # A RUNNING trial from storage becomes a live Trial again (its params are fixed).
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
@@ -277,9 +304,42 @@ class SearchLoop:
             trial = self.study.ask()
             self.stats.ask_s += time.perf_counter() - t0
             job = self._dedupe(trial)
-            if job is not None:
+            if job is not None and not self._prescreened(job):
                 return job
         return None
+
+    def _prescreened(self, job: _Job) -> bool:
+        """Tell ``job`` PRUNED, unbuilt, when its predicted latency rules it out."""
+        from optuna.trial import TrialState
+
+        ua = job.trial.user_attrs
+        if not self.spec.search.prescreen or ua.get("is_base") or "seed_config" in ua:
+            return False
+        if self._skips_in_a_row >= self.spec.search.prescreen_max_consecutive:
+            self.progress.log(f"pre-screen: {self._skips_in_a_row} candidates skipped in a row "
+                              f"(search.prescreen_max_consecutive); building trial "
+                              f"{job.trial.number} anyway")
+            self._skips_in_a_row = 0
+            return False
+        t0 = time.perf_counter()
+        screen = self.predictors.screen(job.cfg, self.cache.values())
+        if screen is None:
+            self._skips_in_a_row = 0
+            self.stats.ask_s += time.perf_counter() - t0
+            return False
+        trial = job.trial
+        trial.set_user_attr("prescreened", True)
+        trial.set_user_attr("prescreen_reason", screen.reason)
+        trial.set_user_attr("prescreen_predicted", screen.predicted)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.stats.ask_s += time.perf_counter() - t0
+        self.stats.prescreened += 1
+        self._skips_in_a_row += 1
+        self.progress.event("trial_prescreened", trial=trial.number, key=job.cfg.key,
+                            reason=screen.reason)
+        self._refresh(f"trial {trial.number} skipped before building: {_short(job.cfg)}: "
+                      f"{screen.reason}")
+        return True
 
     def _dedupe(self, trial: Any) -> _Job | None:
         """A job for ``trial``, or None when its config is done (told now) or in flight."""
@@ -404,11 +464,25 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         t0 = time.perf_counter()
-        metrics = res["metrics"]
+        manifest = self._manifest(res.get("artifact_dir"))
+        predicted: dict[str, float] = {}
+        if self.predictors.predicted:
+            try:
+                predicted = self.predictors.predicted_metrics(manifest or {})
+            except MeasurementError as e:
+                self._fail(job.trial, f"MeasurementError: {e}", kind="measurement",
+                           errors=job.errors, attempts=job.attempt)
+                return
+        metrics = {**res["metrics"], **predicted}
         values = [float(metrics[o.metric]) for o in self.spec.objectives]
         trial = job.trial
         for k in _RESULT_ATTRS:
-            trial.set_user_attr(k, res.get(k))
+            trial.set_user_attr(k, metrics if k == "metrics" else res.get(k))
+        if predicted:
+            trial.set_user_attr(_PREDICTED_ATTR, sorted(predicted))
+        if manifest is not None:
+            self.predictors.observe(manifest)
+            self._save_predictors()
         trial.set_user_attr("attempts", job.attempt)
         if job.errors:
             trial.set_user_attr("attempt_errors", job.errors)
@@ -437,7 +511,7 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         t0 = time.perf_counter()
-        for k in _RESULT_ATTRS:
+        for k in (*_RESULT_ATTRS, _PREDICTED_ATTR):
             if k in src.user_attrs:
                 trial.set_user_attr(k, src.user_attrs[k])
         trial.set_user_attr("cached_from", src.number)
@@ -470,6 +544,27 @@ class SearchLoop:
             self._fail(twin, f"same config as failed trial {trial.number}: {first}", kind=kind)
         self._refresh(f"trial {trial.number} FAILED ({kind}): {first}")
 
+    # -- predictors -----------------------------------------------------------------------------
+
+    def _manifest(self, artifact_dir: str | None) -> dict[str, Any] | None:
+        """The manifest of a built candidate, or None (stand-in workers may write none)."""
+        if not artifact_dir:
+            return None
+        path = (self.run_dir / artifact_dir / "manifest.json").resolve()
+        if self.run_dir.resolve() not in path.parents:  # read from the study: stay in the run
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _save_predictors(self) -> None:
+        """Rewrite ``predictors.json`` when there is something to say (a predictor with data)."""
+        p = self.predictors
+        if p.predicted or any(x.n_samples for x in p.measured.values()):
+            p.save()
+
     # -- progress -------------------------------------------------------------------------------
 
     def _note_done(self, t: Any) -> None:
@@ -499,7 +594,8 @@ class SearchLoop:
             hv = hypervolume(front.points, self.directions, self._worst)
         self.progress.update(
             event, done=self.completed, running=len(self.in_flight), failed=self.failed,
-            cached=self.cached, front=len(front), best=best, hypervolume=hv,
+            cached=self.cached, prescreened=self.stats.prescreened, front=len(front), best=best,
+            hypervolume=hv,
             hv_reference=dict(zip([o.metric for o in self.spec.objectives], self._worst or [],
                                   strict=False)),
             eta_s=self._eta(),

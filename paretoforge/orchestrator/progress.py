@@ -24,6 +24,7 @@ class Counts:
     running: int = 0
     failed: int = 0
     cached: int = 0
+    prescreened: int = 0  # skipped before building (search.prescreen)
     front: int = 0
     best: dict[str, float] = field(default_factory=dict)
     hypervolume: float | None = None
@@ -36,8 +37,9 @@ class Progress:
 
     ``on_event(kind, data)`` hears the loop's structured events: ``worker_ready`` (worker, pid,
     node_id), ``trial_started`` (trial, key, worker, attempt, pid, node_id), ``trial_done`` (trial,
-    attempts), ``trial_failed`` (trial, kind) and ``worker_lost`` (worker, trial, attempt,
-    error). It runs on the driver's loop, so it must be quick.
+    attempts), ``trial_failed`` (trial, kind), ``trial_prescreened`` (trial, key, reason) and
+    ``worker_lost`` (worker, trial, attempt, error). It runs on the driver's loop, so it must be
+    quick.
 
     Example:
         >>> p = Progress(8, live=False, quiet=True, on_event=lambda kind, data: None)
@@ -102,7 +104,8 @@ class Progress:
         c = self.counts
         best = ", ".join(f"{k}={v:.4g}" for k, v in c.best.items())
         out = (f"done {c.done}/{c.target} (cached {c.cached}) running {c.running} "
-               f"failed {c.failed} front {c.front}" + (f" | best {best}" if best else ""))
+               f"failed {c.failed}" + (f" prescreened {c.prescreened}" if c.prescreened else "")
+               + f" front {c.front}" + (f" | best {best}" if best else ""))
         if c.hypervolume is not None:
             out += f" | {self._hv_text()}"
         if c.eta_s is not None:
@@ -123,7 +126,8 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         table.add_row(ProgressBar(total=max(c.target, 1), completed=c.done, width=40),
                       f"{c.done}/{c.target} done", f"elapsed {self._elapsed()}")
-        table.add_row(f"running {c.running}", f"failed {c.failed}", f"cached {c.cached}")
+        table.add_row(f"running {c.running}", f"failed {c.failed}", f"cached {c.cached}"
+                      + (f", prescreened {c.prescreened}" if c.prescreened else ""))
         table.add_row(f"front size {c.front}",
                       " ".join(f"best {k} {v:.4g}" for k, v in c.best.items()),
                       f"eta {_mmss(c.eta_s)}" if c.eta_s is not None else "eta -")

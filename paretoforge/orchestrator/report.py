@@ -4,7 +4,9 @@ The figure has one panel per hardware profile (quality against median latency th
 completed candidate, the front in that projection, the base model), the hypervolume after each
 completed trial (reference point: the worst observed value of each objective, stated on the
 panel), and the failed trials by reason. The HTML page inlines that PNG (base64) and holds the
-tables: the run, the front, the failures and every trial; it loads nothing from anywhere.
+tables: the run (with one line per latency predictor: its data and held-out error), the front,
+the failures and every trial; it loads nothing from anywhere. Latency on a profile served by
+prediction (``prediction.profiles``) is labelled predicted wherever it appears.
 
 Example:
     >>> html_path, png_path = write_report("runs/quickstart")  # doctest: +SKIP
@@ -51,7 +53,8 @@ def render_figure(run: Run) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    profiles = list(run.spec.profiles)
+    predicted = set(run.spec.predicted_profiles)
+    profiles = list(dict.fromkeys([*run.spec.profiles, *run.spec.predicted_profiles]))
     n = len(profiles) + 2
     cols = 2
     rows = (n + cols - 1) // cols
@@ -85,9 +88,10 @@ def render_figure(run: Run) -> bytes:
                 ax.scatter([bm[lat]], [bm[quality]], marker="*", s=180, c="#1f6feb",
                            label="base model", zorder=5)
             ax.legend(loc="lower right", fontsize=8)
-        ax.set_xlabel(f"median latency on {p} (ms)")
+        how = "predicted" if p in predicted else "median"
+        ax.set_xlabel(f"{how} latency on {p} (ms)")
         ax.set_ylabel(quality)
-        ax.set_title(f"Front on profile {p}")
+        ax.set_title(f"Front on profile {p}" + (" (latency predicted)" if p in predicted else ""))
         ax.grid(alpha=0.3)
 
     ax = flat[len(profiles)]
@@ -121,6 +125,15 @@ def render_figure(run: Run) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _provenance(run: Run) -> str:
+    if not run.spec.predicted_profiles:
+        return "Every number below was measured; latency is the median on each profile."
+    return ("Every number below was measured, except latency on "
+            + ", ".join(run.spec.predicted_profiles) + ": predicted by a latency predictor "
+            "fitted on measurements taken on that hardware (labelled predicted); latency is "
+            "the median on each profile.")
 
 
 def _feasible(t: Any) -> bool:
@@ -173,6 +186,9 @@ def render_html(run: Run, png: bytes) -> str:
                 .dimensions)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "FAIL", "RUNNING")}
     cached = sum(r["cached_from"] is not None for r in rows)
+    prescreened = sum(r["prescreen_reason"] is not None for r in rows)
+    predicted_metrics = {o for o in objectives
+                         if o.partition("@")[2] in run.spec.predicted_profiles}
     summary = {
         "run directory": str(run.dir.resolve()),
         "sampler": run.spec.search.sampler,
@@ -180,10 +196,14 @@ def render_html(run: Run, png: bytes) -> str:
         "constraints": ", ".join(
             f"{c.metric} in [{'' if c.min is None else f'{c.min:g}'}, "
             f"{'' if c.max is None else f'{c.max:g}'}]" for c in run.spec.constraints) or "none",
-        "profiles": ", ".join(run.spec.profiles),
+        "profiles": ", ".join(run.spec.measured_profiles) + (
+            "; predicted: " + ", ".join(run.spec.predicted_profiles)
+            if run.spec.predicted_profiles else ""),
         "trials": f"{counts['COMPLETE']} complete ({cached} answered from the cache), "
                   f"{counts['FAIL']} failed, {counts['RUNNING']} running "
-                  f"(target {run.spec.search.trials})",
+                  f"(target {run.spec.search.trials})"
+                  + (f"; {prescreened} skipped before building (pre-screen)"
+                     if prescreened else ""),
         "front": f"{len(front)} member(s)"
                  + ("" if not front or front[0].feasible else
                     " -- no trial is feasible: best effort, with what each misses"),
@@ -191,10 +211,16 @@ def render_html(run: Run, png: bytes) -> str:
                         + ", ".join(f"{k}={v:.4g}" for k, v in ref.items()) + ")")
         if history else "-",
     }
+    from paretoforge.orchestrator.prediction import predictor_lines
+
+    for line in predictor_lines(run.predictors()):
+        name, _, text = line.removeprefix("latency predictor ").partition(": ")
+        summary[f"latency predictor {name}"] = text
     front_rows = []
     for m in front:
         r: dict[str, Any] = {"trial": m.trial, **{d: m.config.get(d) for d in dims},
-                             **m.objectives}
+                             **{(f"{k} (predicted)" if k in predicted_metrics else k): v
+                                for k, v in m.objectives.items()}}
         for k, v in m.relative.items():
             if k.startswith("speedup_latency_p50"):
                 r[k.replace("speedup_latency_p50_ms@", "speed-up@")] = v
@@ -206,6 +232,8 @@ def render_html(run: Run, png: bytes) -> str:
     fail_cols = ["trial", *dims, "fail_kind", "attempts", "fail_reason"]
     trial_cols = ["trial", "state", *objectives, *dims, "feasible", "on_front", "cached_from",
                   "attempts", "fail_kind", "duration_s", "worker"]
+    if prescreened:
+        trial_cols.append("prescreen_reason")
     img = base64.b64encode(png).decode("ascii")
     info = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
                    for k, v in summary.items())
@@ -214,7 +242,7 @@ def render_html(run: Run, png: bytes) -> str:
 <title>paretoforge report: {html.escape(run.spec.name)}</title>
 <style>{_CSS}</style></head><body>
 <h1>paretoforge report: {html.escape(run.spec.name)}</h1>
-<p class="muted">Every number below was measured; latency is the median on each profile.</p>
+<p class="muted">{html.escape(_provenance(run))}</p>
 <dl>{info}</dl>
 <h2>Pareto front</h2>
 {_table(front_rows, front_cols)}

@@ -7,6 +7,11 @@ Layout of a run directory::
     study.journal     the Optuna study (journal storage), unless the spec names a storage URL
     artifacts/<key>/  model.onnx, model.safetensors, config.json, manifest.json per candidate
     front.json        the Pareto front, written when the search ends
+    predictors.json   per profile: the latency predictor, its data and held-out error
+
+A metric a latency predictor gave (a profile under ``prediction.profiles``) is listed in the
+trial's ``predicted_metrics`` user attr, a front member's ``predicted``, and an exported
+manifest's ``predicted``.
 
 Example:
     >>> run = load_run("runs/quickstart")  # doctest: +SKIP
@@ -63,6 +68,8 @@ class FrontMember:
     relative: dict[str, float] = field(default_factory=dict)
     constraint_violation: float = 0.0
     misses: dict[str, float] = field(default_factory=dict)
+    predicted: list[str] = field(default_factory=list)  # metric names a predictor gave
+    prediction_error: dict[str, Any] = field(default_factory=dict)  # metric -> held-out error
 
     @property
     def feasible(self) -> bool:
@@ -72,7 +79,8 @@ class FrontMember:
         return {"trial": self.trial, "config": self.config, "objectives": self.objectives,
                 "metrics": self.metrics, "relative_to_base": self.relative,
                 "feasible": self.feasible, "constraint_violation": self.constraint_violation,
-                "misses": self.misses, "artifacts": self.artifacts}
+                "misses": self.misses, "predicted": self.predicted,
+                "prediction_error": self.prediction_error, "artifacts": self.artifacts}
 
 
 class Run:
@@ -93,7 +101,7 @@ class Run:
                 f"{str(self.dir)!r} is not a paretoforge run directory (no spec.yaml); "
                 "pass the --run-dir of a search"
             )
-        self.spec = Spec.from_file(spec_path)
+        self.spec = Spec.from_file(spec_path, check_sources=False)
         info = self.dir / "run.json"
         self.info: dict[str, Any] = json.loads(info.read_text()) if info.is_file() else {}
         self.study = open_study(self.dir, self.spec, create=False)
@@ -101,6 +109,26 @@ class Run:
     @property
     def objective_names(self) -> list[str]:
         return [o.metric for o in self.spec.objectives]
+
+    def predictors(self) -> dict[str, Any]:
+        """Per profile, from ``predictors.json``: ``kind`` (measured / predicted),
+        ``n_samples``, ``held_out`` (``method``, ``n``, ``mape``, ``within_10pct``,
+        ``max_ape``: fractions, None without held-out data) and the fitted ``model``; ``{}``
+        when the run has no predictor with data."""
+        from paretoforge.orchestrator.prediction import read_predictors
+
+        return dict(read_predictors(self.dir).get("profiles") or {})
+
+    def predictor_errors(self) -> dict[str, dict[str, Any]]:
+        """:meth:`predictors` without the models: what each predictor's error is, and on what.
+
+        Example:
+            >>> load_run("runs/x").predictor_errors()["cpu-1t"]["held_out"]["mape"]
+            ... # doctest: +SKIP
+            0.031
+        """
+        return {name: {k: v for k, v in entry.items() if k != "model"}
+                for name, entry in self.predictors().items()}
 
     def trials(self, *, states: tuple[str, ...] | None = ("COMPLETE",)) -> list[Any]:
         out = []
@@ -154,12 +182,19 @@ class Run:
         idx = non_dominated([tuple(t.values) for t in pool],
                             [o.direction for o in self.spec.objectives])
         base = self.base_trial()
-        members = [self._member(pool[i], base) for i in idx]
+        errors = self.predictor_errors()
+        members = [self._member(pool[i], base, errors) for i in idx]
         first = self.objective_names[0]
         return sorted(members, key=lambda m: m.objectives[first])
 
-    def _member(self, t: Any, base: Any | None) -> FrontMember:
+    def _member(self, t: Any, base: Any | None,
+                errors: dict[str, dict[str, Any]] | None = None) -> FrontMember:
         metrics = dict(t.user_attrs.get("metrics", {}))
+        predicted = list(t.user_attrs.get("predicted_metrics") or [])
+        prediction_error = {}
+        for m in predicted:
+            entry = (errors or {}).get(m.partition("@")[2]) or {}
+            prediction_error[m] = {"source": entry.get("source"), **(entry.get("held_out") or {})}
         relative: dict[str, float] = {}
         if base is not None:
             bm = base.user_attrs.get("metrics", {})
@@ -178,7 +213,7 @@ class Run:
             trial=t.number, config=dict(t.user_attrs.get("config", t.params)),
             objectives=dict(zip(self.objective_names, t.values, strict=True)), metrics=metrics,
             artifacts=artifacts, relative=relative, constraint_violation=_violation(t),
-            misses=self._misses(t),
+            misses=self._misses(t), predicted=predicted, prediction_error=prediction_error,
         )
 
     def _misses(self, t: Any) -> dict[str, float]:
@@ -204,7 +239,9 @@ class Run:
         Columns: ``trial``, ``state``, one per objective metric (None unless complete), one
         per config dimension, ``key``, ``feasible``, ``constraint_violation``, ``on_front``,
         ``cached_from``, ``reused_artifact``, ``attempts``, ``fail_kind``, ``fail_reason``
-        (first line), ``duration_s``, ``worker``, ``node_id``, ``is_base``.
+        (first line), ``duration_s``, ``worker``, ``node_id``, ``is_base``,
+        ``predicted_metrics`` (metrics a predictor gave, comma-separated) and
+        ``prescreen_reason`` (why a PRUNED trial was skipped before it was built).
         """
         front = {m.trial for m in self.front()} if self.trials() else set()
         rows = []
@@ -231,6 +268,8 @@ class Run:
                 "worker": ua.get("worker"),
                 "node_id": ua.get("node_id"),
                 "is_base": bool(ua.get("is_base", False)),
+                "predicted_metrics": ", ".join(ua.get("predicted_metrics") or []) or None,
+                "prescreen_reason": ua.get("prescreen_reason"),
             })
             rows.append(row)
         return rows
@@ -257,6 +296,10 @@ class Run:
             front = [points[j] for j in non_dominated(points, dirs)]
             history.append((t.number, hypervolume(front, dirs, ref)))
         return history, dict(zip(self.objective_names, ref, strict=True))
+
+    def prescreened(self) -> list[Any]:
+        """Trials skipped before they were built (``search.prescreen``), PRUNED in the study."""
+        return [t for t in self.trials(states=("PRUNED",)) if t.user_attrs.get("prescreened")]
 
     def failures(self) -> dict[str, int]:
         """Failed trials counted by kind (build, measurement, timeout, worker_lost, ...)."""
@@ -305,7 +348,9 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
 
     The export holds ``model.onnx``, ``model.safetensors`` + ``config.json`` and
     ``manifest.json`` (objectives, metrics with their profile, held-out split, input spec,
-    preprocessing, package versions, sha256 of every file).
+    preprocessing, package versions, sha256 of every file). Metrics a latency predictor gave
+    are in ``metrics`` too, named under ``predicted`` with their predictor's held-out error,
+    and their ``measurements`` entry says ``"predicted": true``.
     """
     t = run.trial(number)
     if t.state.name != "COMPLETE":
@@ -332,6 +377,19 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
             o.metric: {"value": v, "direction": o.direction}
             for o, v in zip(run.spec.objectives, t.values, strict=True)
         }
+        predicted = list(t.user_attrs.get("predicted_metrics") or [])
+        if predicted:
+            metrics = t.user_attrs.get("metrics") or {}
+            errors = run.predictor_errors()
+            manifest["metrics"] = {**manifest.get("metrics", {}),
+                                   **{m: metrics[m] for m in predicted if m in metrics}}
+            manifest["predicted"] = {"metrics": predicted, "predictors": {}}
+            for m in predicted:
+                profile = m.partition("@")[2]
+                manifest["predicted"]["predictors"][profile] = errors.get(profile, {})
+                manifest.setdefault("measurements", {})[profile] = {
+                    "profile": profile, "p50_ms": metrics.get(m), "predicted": True,
+                    "stop_reason": "predicted"}
         base = run.base_trial()
         if base is not None:
             manifest["base_trial_metrics"] = base.user_attrs.get("metrics", {})

@@ -177,7 +177,7 @@ class Worker:
             samples = {k: v[idx] for k, v in train.items()}
             measurements = {}
             placement = {}
-            for name in self.spec.profiles:
+            for name in self.spec.measured_profiles:
                 m = self._measure(tmp / "model.onnx", name, samples)
                 placement[name] = m.pop("placement")
                 measurements[name] = m
