@@ -1,4 +1,5 @@
-"""The ``paretoforge`` command line: search, resume, front, export, report, profiles, spaces.
+"""The ``paretoforge`` command line: search, resume, front, export, refine, report, profiles,
+doctor, spaces.
 
 Every command turns a :class:`ParetoforgeError` into one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead. Heavy imports happen inside commands.
@@ -183,6 +184,46 @@ def export(
 
     path = export_trial(load_run(run_dir), trial, out, force=force)
     typer.echo(f"exported trial {trial} to {path}")
+
+
+@app.command()
+@_errors
+def refine(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a finished search.")],
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="Distillation epochs (default: 3x the search's).")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", min=0.0, help="Learning rate (default: the search's).")] = None,
+    trial: Annotated[list[int] | None, typer.Option(
+        "--trial", help="Refine only this trial (repeatable; default: the whole front).")] = None,
+) -> None:
+    """Distil the front's pruned members again with a larger budget, recorded apart.
+
+    The search's numbers stay as they are; the refined checkpoints and refined.json go to
+    RUN_DIR/refined/epochs<E>-lr<LR>/.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from paretoforge.orchestrator.refine import refine_front
+
+    rows = refine_front(run_dir, epochs=epochs, lr=lr, trials=trial or None, log=typer.echo)
+    if not rows:
+        typer.echo("nothing to refine: no pruned member among the trials asked for")
+        return
+    from paretoforge.orchestrator.results import load_run
+
+    metric = load_run(run_dir).spec.task.metric
+    table = Table(title=f"Refined members ({Path(rows[0]['artifact_dir']).parents[1].name})")
+    for col in ("trial", f"{metric} (search)", f"{metric} (refined)",
+                "latency_p50_ms@cpu-1t (search -> refined)", "checkpoint"):
+        table.add_column(col)
+    lat = "latency_p50_ms@cpu-1t"
+    for r in rows:
+        table.add_row(str(r["trial"]), f"{r['search'][metric]:.4f}", f"{r['refined'][metric]:.4f}",
+                      f"{r['search'].get(lat, float('nan')):.4g} -> "
+                      f"{r['refined'].get(lat, float('nan')):.4g}", r["artifact_dir"])
+    Console(width=max(120, Console().width)).print(table)
 
 
 @app.command()

@@ -45,3 +45,24 @@ def test_refine_refuses_bad_requests(tiny_run) -> None:
         refine_front(run_dir, epochs=3, trials=[999], log=lambda *_: None)
     with pytest.raises(SpecError, match="no larger a budget"):
         refine_front(run_dir, epochs=1, log=lambda *_: None)
+
+
+def test_refine_cli(tiny_run) -> None:
+    from typer.testing import CliRunner
+
+    from paretoforge.cli import app
+
+    run_dir, _ = tiny_run
+    res = CliRunner().invoke(app, ["refine", str(run_dir), "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    assert "no larger a budget" in res.output
+    res = CliRunner().invoke(app, ["refine", str(run_dir / "nope"), "--epochs", "4"])
+    assert res.exit_code == 2, res.output
+    run = load_run(run_dir)
+    base_key = run.base_trial().user_attrs["key"]
+    pruned = next(t for t in run.trials() if t.user_attrs["key"] != base_key)
+    res = CliRunner().invoke(app, ["refine", str(run_dir), "--epochs", "2", "--trial",
+                                   str(pruned.number)])
+    assert res.exit_code == 0, res.output
+    assert "Refined members (epochs2-lr0.001)" in res.output
+    assert (run_dir / "refined" / "epochs2-lr0.001" / "refined.json").is_file()
