@@ -1,0 +1,386 @@
+"""The one schema: a search spec, written in YAML (or JSON) and validated before any work starts.
+
+Example:
+    >>> from paretoforge.spec import Spec
+    >>> spec = Spec.from_file("examples/quickstart.yaml")  # doctest: +SKIP
+    >>> spec.search.trials  # doctest: +SKIP
+    24
+
+Every model forbids unknown keys, every field carries a description (the JSON Schema from
+``Spec.model_json_schema()`` documents the format), and cross-field rules run in
+``model_validator(mode="after")``. Validation errors become one-line :class:`SpecError` messages
+that name the field, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from paretoforge.exceptions import SpecError, UnknownComponentError
+from paretoforge.hw_profiles._profile import HardwareProfile
+from paretoforge.spec._sections import (
+    _NAME_RE,
+    CHECKPOINT_TASKS,
+    PATH_FAMILIES,
+    QUALITY_METRICS,
+    SAMPLERS,
+    ClusterSpec,
+    ConstraintSpec,
+    ModelSpec,
+    ObjectiveSpec,
+    PredictedProfileSpec,
+    PredictionSpec,
+    RecoverySpec,
+    SearchConfig,
+    SpaceSpec,
+    SplitSpec,
+    TaskSpec,
+    _Strict,
+    parse_metric,
+    resolve_model_path,
+)
+
+__all__ = [
+    "PATH_FAMILIES",
+    "QUALITY_METRICS",
+    "SAMPLERS",
+    "ClusterSpec",
+    "ConstraintSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "PredictedProfileSpec",
+    "PredictionSpec",
+    "RecoverySpec",
+    "SearchConfig",
+    "SpaceSpec",
+    "Spec",
+    "SplitSpec",
+    "TaskSpec",
+    "parse_metric",
+    "resolve_model_path",
+]
+
+
+class Spec(_Strict):
+    """A whole search spec."""
+
+    name: str = Field("search", description="Run name (letters, digits, '.', '_', '-').")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
+    task: TaskSpec = Field(default_factory=TaskSpec, description="Task data, split and metric.")
+    space: SpaceSpec = Field(default_factory=SpaceSpec, description="Search space.")
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec, description="Distillation recovery after pruning."
+    )
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=lambda: [
+            ObjectiveSpec(metric="accuracy", direction="maximize"),
+            ObjectiveSpec(metric="latency_p50_ms@cpu-1t", direction="minimize"),
+        ],
+        min_length=1,
+        description="Objectives of the search (two or more make a Pareto front).",
+    )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list, description="Feasibility bounds; the front holds feasible trials."
+    )
+    profiles: list[str] = Field(
+        default_factory=lambda: ["cpu-1t"],
+        min_length=1,
+        description="Hardware profiles every candidate is measured on (`paretoforge profiles`); "
+        "one also under `prediction.profiles` is predicted instead of measured.",
+    )
+    hardware: list[HardwareProfile] = Field(
+        default_factory=list,
+        description="Your own hardware profiles, registered before `profiles` is checked: a "
+        "list of profile definitions (the fields of `paretoforge profiles`: name, device, "
+        "intra_op_threads, resource, ...), or the path of a profiles YAML file, read once here "
+        "so the spec carries the definitions. A name already registered must have the same "
+        "definition.",
+    )
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Sampler and budget.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL (e.g. sqlite:///runs/x/study.db, postgresql://...), "
+        "shared by every driver of the run; unset keeps a journal file in the run directory.",
+    )
+    run_dir: str | None = Field(
+        None, description="Run directory; unset uses runs/<name> under the working directory."
+    )
+    prediction: PredictionSpec = Field(
+        default_factory=PredictionSpec,
+        description="Latency predictors: profiles served by prediction, and their minimum data.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"name {v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a path)"
+            )
+        return v
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_file(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a profiles YAML file: its definitions go into the spec
+            from paretoforge.hw_profiles import load_profiles_yaml
+
+            try:
+                return [p.model_dump(mode="json") for p in load_profiles_yaml(v)]
+            except SpecError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("hardware")
+    @classmethod
+    def _register_hardware(cls, v: list[HardwareProfile]) -> list[HardwareProfile]:
+        from paretoforge.hw_profiles import register_profile
+
+        names = [p.name for p in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"profiles {twice} are defined more than once; keep one each")
+        for p in v:  # idempotent: workers re-validate this spec and register them again
+            try:
+                register_profile(p)
+            except SpecError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError(
+                f"storage {v!r} is not a storage URL; use e.g. 'sqlite:///study.db' or "
+                "'postgresql://user@host/db', or leave it unset for a journal file in the run "
+                "directory"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        from paretoforge.hw_profiles import PROFILES
+        from paretoforge.models.recipes import RECIPES
+        from paretoforge.search_spaces import SPACES
+        from paretoforge.tasks import TASKS
+
+        for p in self.profiles:  # `hardware` profiles are registered by now (field validator)
+            if p not in PROFILES:
+                raise ValueError(f"profiles: {PROFILES.unknown_message(p)} Profiles of your "
+                                 "own are declared under `hardware:`.")
+        if len(set(self.profiles)) != len(self.profiles):
+            raise ValueError(f"profiles: {self.profiles} lists a profile twice")
+        if self.model.recipe is not None and self.model.recipe not in RECIPES:
+            raise ValueError(f"model.recipe: {RECIPES.unknown_message(self.model.recipe)}")
+        if self.task.name not in TASKS:
+            raise ValueError(f"task.name: {TASKS.unknown_message(self.task.name)}")
+        if self.task.name in CHECKPOINT_TASKS and self.model.path is None:
+            raise ValueError(f"task.name: {self.task.name!r} needs a checkpoint (model.path) "
+                             "whose tokenizer and encoder it uses")
+        if self.model.path is not None and self.task.name not in CHECKPOINT_TASKS:
+            raise ValueError(f"task.name: a model.path checkpoint runs the tasks "
+                             f"{', '.join(CHECKPOINT_TASKS)}, not {self.task.name!r}")
+        if self.space.preset is not None and self.space.preset not in SPACES:
+            raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
+        metrics = [o.metric for o in self.objectives]
+        wrong = [m for m in metrics + [c.metric for c in self.constraints]
+                 if m in QUALITY_METRICS and m != self.task.quality_metric]
+        if wrong:
+            raise ValueError(f"objectives: task {self.task.name!r} is scored by "
+                             f"{self.task.quality_metric!r}, not {wrong[0]!r}")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: {metrics} names a metric twice")
+        for where, names in (
+            ("objectives", metrics),
+            ("constraints", [c.metric for c in self.constraints]),
+        ):
+            for m in names:
+                _, profile = parse_metric(m)
+                if (profile is not None and profile not in self.profiles
+                        and profile not in self.prediction.profiles):
+                    raise ValueError(
+                        f"{where}: metric {m!r} needs profile {profile!r}, which is not in "
+                        f"profiles {self.profiles}; add it to profiles (measured), or to "
+                        f"prediction.profiles with the source of its measurements (predicted), "
+                        f"or change the metric"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _prediction_checks(self) -> Spec:
+        from paretoforge.hw_profiles import PROFILES
+
+        for name in self.prediction.profiles:
+            if name not in PROFILES:
+                raise ValueError(f"prediction.profiles: {PROFILES.unknown_message(name)} "
+                                 "Profiles of your own are declared under `hardware:`.")
+        if self.prediction.profiles and not self.measured_profiles:
+            raise ValueError(
+                f"prediction.profiles: every profile is predicted "
+                f"({sorted(self.prediction.profiles)}); measure at least one (e.g. cpu-1t): "
+                "predictions are computed from the graph ONNX Runtime optimises for it"
+            )
+        latency = []
+        for m in [o.metric for o in self.objectives] + [c.metric for c in self.constraints]:
+            base, profile = parse_metric(m)
+            if profile is None:
+                continue
+            if profile in self.prediction.profiles and base != "latency_p50_ms":
+                raise ValueError(
+                    f"metric {m!r}: profile {profile!r} is predicted, and its predictor serves "
+                    f"the median only; use 'latency_p50_ms@{profile}'"
+                )
+            if base == "latency_p50_ms":
+                latency.append(m)
+        if self.search.prescreen and not latency:
+            raise ValueError(
+                "search.prescreen: nothing to pre-screen with; it needs an objective or "
+                "constraint on a latency_p50_ms@PROFILE metric (or set prescreen: false)"
+            )
+        return self
+
+    @property
+    def measured_profiles(self) -> list[str]:
+        """Profiles workers measure: ``profiles`` less those served by prediction."""
+        return [p for p in self.profiles if p not in self.prediction.profiles]
+
+    @property
+    def predicted_profiles(self) -> list[str]:
+        """Profiles served by a latency predictor (``prediction.profiles``)."""
+        return list(self.prediction.profiles)
+
+    def check_prediction_sources(self, *, where: str = "spec") -> None:
+        """Load every ``prediction.profiles`` source once.
+
+        Raises:
+            SpecError: a source is missing or cannot serve its profile (one line, with the fix).
+        """
+        from paretoforge.evaluators.predictor import load_predictor
+        from paretoforge.exceptions import ParetoforgeError
+
+        for name, entry in self.prediction.profiles.items():
+            try:
+                load_predictor(entry.source, name, source_profile=entry.source_profile,
+                               min_samples=self.prediction.min_samples)
+            except ParetoforgeError as e:
+                raise SpecError(f"{where}: prediction.profiles.{name}.source: {e}") from None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, check_sources: bool = True) -> Spec:
+        """Read and validate a YAML or JSON spec; raise :class:`SpecError` with one clear line.
+
+        ``check_sources=False`` skips loading the ``prediction.profiles`` sources (reading a
+        finished run needs only their recorded paths)."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(
+                f"Spec file {str(path)!r} does not exist; pass the path of a YAML spec."
+            )
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpecError(
+                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
+            ) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SpecError(
+                f"{path}: the spec must be a mapping of fields (name, model, task, ...), "
+                f"got {type(data).__name__}"
+            )
+        return cls.from_dict(data, source=str(path), check_sources=check_sources)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "spec",
+                  check_sources: bool = True) -> Spec:
+        try:
+            spec = cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(f"{source}: {_one_line(e)}") from None
+        except UnknownComponentError as e:
+            raise SpecError(f"{source}: {e}") from None
+        if check_sources:
+            spec.check_prediction_sources(where=source)
+        return spec
+
+    def with_overrides(self, **changes: Any) -> Spec:
+        """A copy with dotted-path overrides, e.g. ``{"search.trials": 8}``, re-validated."""
+        data = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return Spec.from_dict(data, source="command-line options")
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _one_line(e: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as ``field: problem (got value)``."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    kind = err["type"]
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind == "extra_forbidden":
+        parent = ".".join(str(x) for x in err["loc"][:-1])
+        allowed = _allowed_keys(err["loc"][:-1])
+        hint = (
+            f"; allowed keys{' of ' + parent if parent else ''}: {', '.join(allowed)}"
+            if allowed
+            else ""
+        )
+        return f"unknown field {loc!r}{hint}"
+    if kind == "missing":
+        return f"field {loc!r} is required"
+    value = err.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    if kind == "value_error":
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg} (got {shown})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", None)
+        candidates = [ann] + list(args or [])
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return []
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
