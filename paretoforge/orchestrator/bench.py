@@ -27,7 +27,8 @@ Example:
     >>> bench = Bench([p.model_dump(mode="json")])  # no Ray: a local gate
     >>> bench.ping()["profiles"]
     ['edge-1t']
-    >>> bench.measure(onnx_bytes, "edge-1t", samples)["env"]["node_id"]  # doctest: +SKIP
+    >>> bench.measure({"model.onnx": onnx_bytes}, "edge-1t", samples)["env"]["node_id"]
+    ... # doctest: +SKIP
     'local-myhost'
 """
 
@@ -120,9 +121,13 @@ class Bench:
         return {"node_id": self.node_id, "cores": self.cores, "pid": os.getpid(),
                 "profiles": sorted(self.profiles), "measured": self.measured}
 
-    def measure(self, onnx_bytes: bytes, profile_name: str,
+    def measure(self, files: dict[str, bytes] | bytes, profile_name: str,
                 inputs: dict[str, Any]) -> dict[str, Any]:
-        """Measure the ONNX model ``onnx_bytes`` on ``profile_name`` with the worker's samples.
+        """Measure a candidate on ``profile_name`` with the worker's samples.
+
+        ``files`` are the candidate's artifact files by name: ``model.onnx`` for ONNX Runtime
+        profiles, plus ``config.json`` and ``model.safetensors`` for torch profiles (which load
+        the PyTorch model from them); plain bytes are ``model.onnx``.
 
         Returns:
             What :func:`measure_profile` returns; ``env.node_id`` is this bench's node.
@@ -142,8 +147,13 @@ class Bench:
         n = profile.intra_op_threads
         cores = self.cores if n is None or n > len(self.cores) else self.cores[:n]
         with tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
+            if isinstance(files, bytes):
+                files = {"model.onnx": files}
+            for name, data in files.items():
+                if Path(name).name != name:  # a bare file name, never a path
+                    raise MeasurementError(f"bench: bad artifact file name {name!r}")
+                (Path(d) / name).write_bytes(data)
             path = Path(d) / "model.onnx"
-            path.write_bytes(onnx_bytes)
             with self.gate.exclusive():
                 out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id)
         self.measured += 1

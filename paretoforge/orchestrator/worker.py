@@ -283,7 +283,7 @@ class Worker:
 
     def _measure_on_bench(self, onnx_path: Path, profile: Any,
                           inputs: dict[str, Any]) -> dict[str, Any]:
-        """Send the ONNX bytes and the samples to a bench of ``profile``; wait for the result.
+        """Send the artifact files and the samples to a bench of ``profile``; wait for the result.
 
         Benches are taken in turn; a lost one (its node left, its process died) is skipped from
         then on, its gate holds released, and the next one measures. The worker holds no gate
@@ -302,11 +302,14 @@ class Worker:
             turn = self._bench_turn % len(benches)
             self._bench_turn += 1
             benches = benches[turn:] + benches[:turn]
-        onnx_bytes = onnx_path.read_bytes()
+        # ONNX Runtime profiles need the graph; torch profiles load the PyTorch model instead.
+        names = (("model.onnx",) if profile.runtime == "onnxruntime"
+                 else ("model.onnx", "config.json", "model.safetensors"))
+        files = {n: (onnx_path.parent / n).read_bytes() for n in names}
         lost = []
         for b in benches:
             try:
-                return dict(ray.get(b.handle.measure.remote(onnx_bytes, profile.name, inputs)))
+                return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs)))
             except RayTaskError as e:  # the bench ran, and the measurement itself failed
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError

@@ -100,3 +100,29 @@ def test_bench_measures_its_profiles_without_ray() -> None:
     assert bench.ping()["measured"] == 1
     with pytest.raises(MeasurementError, match="beta-1t"):
         bench.measure(_tiny_onnx(), "beta-1t", samples)
+
+
+def test_bench_measures_a_torch_profile_from_the_artifact_files(tmp_path: Path) -> None:
+    """A torch profile loads the PyTorch model: the bench gets config + safetensors too."""
+    import torch
+
+    from paretoforge.kernels.export import export_onnx
+    from paretoforge.models.io import save_pretrained
+    from paretoforge.models.recipes import get_recipe
+    from paretoforge.models.vit import build_vit
+
+    model = build_vit(get_recipe("vit-digits", hidden_size=16, num_layers=1, num_heads=2,
+                                 intermediate_size=32)).eval()
+    save_pretrained(model, tmp_path)
+    x = np.random.default_rng(2).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    export_onnx(model, {"pixel_values": torch.from_numpy(x[:1])}, tmp_path / "model.onnx")
+    files = {n: (tmp_path / n).read_bytes()
+             for n in ("model.onnx", "config.json", "model.safetensors")}
+    profile = HardwareProfile(name="alpha-torch", device="cpu", runtime="torch-eager",
+                              intra_op_threads=1, resource="hw:alpha")
+    bench = Bench([profile.model_dump(mode="json")])
+    out = bench.measure(files, "alpha-torch", {"pixel_values": x})
+    assert out["p50_ms"] > 0 and out["env"]["node_id"] == current_node_id()
+    with pytest.raises(MeasurementError, match="bad artifact file name"):
+        bench.measure({"../model.onnx": files["model.onnx"]}, "alpha-torch",
+                      {"pixel_values": x})
