@@ -22,6 +22,7 @@ from torch import nn
 from paretoforge.exceptions import BuildError
 from paretoforge.models._train import Inputs, as_input, call, logits_of, num_examples, take
 from paretoforge.models.adapters import FamilyAdapter, adapter_for
+from paretoforge.models.distill import trim_padding
 
 __all__ = ["Importance", "LossFn", "compute_importance", "default_loss"]
 
@@ -221,7 +222,8 @@ def compute_importance(
         for bi, start in enumerate(range(0, n, batch_size)):
             if max_batches is not None and bi >= max_batches:
                 break
-            xb = take(xt, slice(start, start + batch_size))
+            # Positions that are padding in every example change no score: skip their compute.
+            xb, _ = trim_padding(take(xt, slice(start, start + batch_size)))
             yb = None if yt is None else yt[start : start + batch_size]
             b = num_examples(xb)
             gates["heads"] = [torch.ones(b, h, requires_grad=True) for h in n_heads]

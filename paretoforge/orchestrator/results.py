@@ -369,7 +369,8 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for name in manifest["files"]:
+        for name in manifest["files"]:  # tokenizer side files may sit in subfolders
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / name, tmp / name)
         manifest["trial"] = t.number
         manifest["run"] = {"dir": str(run.dir.resolve()), "study": run.spec.name}

@@ -24,7 +24,7 @@ import numbers
 import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,21 +154,105 @@ class Pooling:
 # -- sentences ------------------------------------------------------------------------------
 
 _UNDERLINE = re.compile(r"[*=\-~^]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"*])")
-_CODE = re.compile(r">>>|::=|[{}\[\]]|==|\+=|\);")
+# A sentence ends at . ! ? or : (or one of them before a closing parenthesis) followed by a
+# capital, a quote, an emphasis star or an opening parenthesis; never after "e.g." / "i.e.".
+_SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?:(?<=[.!?:])|(?<=[.!?]\)))\s+(?=[A-Z\"*(])")
+# Code outside the documentation's "quoted" inline literals: grammar rules, brackets, operators.
+_CODE = re.compile(r"::=|[{}\[\]|<>\\$]|==|\+=|\);")
+_QUOTED = re.compile(r'"[^"]*"')
+_FOOTNOTE = re.compile(r"\s*\[\d+\]")  # footnote references such as "[4]"
+_BULLET = re.compile(r"^(?:[-*] |\d+\. )")
+_LONG_SENTENCE = 20  # words; longer sentences are split into their ';'-separated clauses
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _table_cells(lines: list[str]) -> list[str]:
+    """The text of each cell of a reStructuredText grid table (``lines[0]`` is its top border);
+    a cell's wrapped lines are joined."""
+    cuts = [i for i, c in enumerate(lines[0]) if c == "+"]
+    cells: list[str] = []
+    row: list[list[str]] = [[] for _ in cuts[1:]]
+    for line in lines[1:]:
+        if line.startswith(("+", "|=")):  # a row border: the row's cells are complete
+            cells += [" ".join(c) for c in row]
+            row = [[] for _ in cuts[1:]]
+        elif line.startswith("|"):
+            for j, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+                if line[a + 1 : b].strip():
+                    row[j].append(line[a + 1 : b].strip())
+    return [c for c in cells + [" ".join(c) for c in row] if c]
+
+
+def _texts(doc: str) -> Iterator[tuple[str, bool]]:
+    """``(text, is_fragment)`` runs of ``doc``: paragraphs, a definition's term and body apart
+    (a line followed by a more indented one is a term), and grid-table cells (fragments)."""
+    for para in re.split(r"\n\s*\n", doc):
+        raw = [ln for ln in para.split("\n") if ln.strip()]
+        if not raw:
+            continue
+        indent = min(_indent(ln) for ln in raw)
+        raw = [ln[indent:].rstrip() for ln in raw]
+        if raw[0].startswith("+-"):
+            yield from ((cell, True) for cell in _table_cells(raw))
+            continue
+        block: list[str] = []
+        for i, ln in enumerate(raw):
+            if not _UNDERLINE.fullmatch(ln.strip()):
+                block.append(ln.strip())
+            nxt = raw[i + 1] if i + 1 < len(raw) else None
+            term = nxt is not None and _indent(nxt) > _indent(ln) and not _BULLET.match(ln.strip())
+            if (nxt is None or term) and block:
+                yield _BULLET.sub("", " ".join(block)), False
+                block = []
+
+
+def _candidates(text: str, fragment: bool) -> Iterator[tuple[str, bool]]:
+    """Sentences of ``text`` (long ones as their ';' clauses), each with whether it is a
+    fragment (a clause or a table cell) that may start in lower case and end without a stop."""
+    for s in _SENTENCE_END.split(_FOOTNOTE.sub("", text)):
+        s = s.strip()
+        if s.startswith("(") and s.count("(") > s.count(")"):  # "(A. B.)": unbalanced halves
+            s = s[1:]
+        if s.endswith(")") and s.count(")") > s.count("("):
+            s = s[:-1]
+        if len(s.split()) > _LONG_SENTENCE and ";" in s:
+            yield from ((clause.strip(), True) for clause in s.split(";"))
+        else:
+            yield s, fragment
+
+
+def _is_prose(s: str, fragment: bool) -> bool:
+    words = s.split()
+    if not 4 <= len(words) <= 60:
+        return False
+    alpha = sum(w.strip("\",.;:*()").isalpha() for w in words) / len(words)
+    starts = fragment or s[0].isupper() or s[0] in "\"*"
+    ends = s[-1] in ".!?:" or (fragment and (s[-1].isalnum() or s[-1] in "\"*)"))
+    return (alpha >= 0.5 and starts and ends and ">>>" not in s
+            and not _CODE.search(_QUOTED.sub('""', s)))  # fmt: skip
 
 
 def pydoc_sentences() -> list[str]:
     """English sentences from CPython's bundled documentation topics, in a fixed order.
 
-    Paragraphs of ``pydoc_data.topics.topics`` (sorted by topic) are joined into lines, split
-    at sentence ends, and kept when they read as prose: 5..60 words, ending in a full stop, at
-    least half the words alphabetic, no code markers (``>>>``, ``::=``, brackets, ``==``).
-    Duplicates are dropped. About 2,000 sentences on CPython 3.11.
+    Each topic of ``pydoc_data.topics.topics`` (sorted by name) is cut into paragraphs, a
+    definition's term apart from its body, and grid-table cells; these are split at sentence
+    ends (``.``, ``!``, ``?``, ``:``), sentences of more than 20 words into their ``;``
+    clauses, footnote marks dropped. A piece is kept when it reads as prose: 4..60 words, at
+    least half of them alphabetic, no code outside the documentation's ``"quoted"`` inline
+    literals (no ``>>>`` at all; no grammar rule ``::=``, brackets, ``==`` or ``|``), starting
+    with a capital (or a quote) and ending in ``.``, ``!``, ``?`` or ``:`` -- except clauses and
+    table cells, which may start in lower case and end without a stop. Duplicates are dropped.
+    About 2,700 sentences on CPython 3.11.
 
     Example:
         >>> s = pydoc_sentences()
-        >>> len(s) > 1000 and all(x.endswith(".") for x in s)
+        >>> len(s) > 2500 and len(set(s)) == len(s)
+        True
+        >>> all(4 <= len(x.split()) <= 60 and ">>>" not in x for x in s)
         True
     """
     from pydoc_data.topics import topics
@@ -176,15 +260,9 @@ def pydoc_sentences() -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for key in sorted(topics):
-        for para in re.split(r"\n\s*\n", topics[key]):
-            lines = [ln.strip() for ln in para.split("\n")]
-            lines = [ln for ln in lines if ln and not _UNDERLINE.fullmatch(ln)]
-            text = re.sub(r"^(?:[-*] |\d+\. )", "", " ".join(lines))
-            for s in _SENTENCE_END.split(text):
-                words = s.split()
-                alpha = sum(w.strip("\",.;:*()").isalpha() for w in words) / max(1, len(words))
-                if (5 <= len(words) <= 60 and s.endswith(".") and alpha >= 0.5
-                        and not _CODE.search(s) and s not in seen):  # fmt: skip
+        for text, fragment in _texts(topics[key]):
+            for s, frag in _candidates(text, fragment):
+                if s not in seen and _is_prose(s, frag):
                     seen.add(s)
                     out.append(s)
     return out

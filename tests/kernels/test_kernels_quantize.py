@@ -71,6 +71,19 @@ def test_per_channel(wide_onnx: Path, tmp_path: Path) -> None:
     assert graph_summary(p)["quant_op_counts"]["MatMulInteger"] > 0
 
 
+def test_apply_precision_int8_is_per_channel_by_default(wide_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    def scales(path: Path) -> list[int]:  # sizes of the weight scale initializers
+        model = onnx.load(str(path))
+        return [int(np.prod(t.dims)) for t in model.graph.initializer
+                if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT]
+
+    default = apply_precision(wide_onnx, tmp_path / "d.onnx", "int8")
+    per_tensor = apply_precision(wide_onnx, tmp_path / "t.onnx", "int8", per_channel=False)
+    assert max(scales(default)) > 1 and max(scales(per_tensor)) == 1
+
+
 def test_apply_precision(wide_onnx: Path, tmp_path: Path) -> None:
     assert PRECISIONS == ("fp32", "int8", "int8-static")
     fp32 = apply_precision(wide_onnx, tmp_path / "a.onnx", "fp32")

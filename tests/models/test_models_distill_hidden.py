@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from paretoforge.exceptions import BuildError
-from paretoforge.models.distill import _masked_mse, default_layer_map, distill
+from paretoforge.models.distill import _masked_mse, default_layer_map, distill, trim_padding
 from paretoforge.models.surgery import PrunePlan, prune
 
 PLAN = PrunePlan(layers=(0, 2), heads=((0, 1), (2, 3)), neurons=(tuple(range(16)),) * 2)
@@ -106,3 +106,41 @@ def test_pooled_cosine_term_raises_embedding_fidelity(encoder, texts):
     assert after > before and 1 - after < 0.5 * (1 - before), (before, after)
     with pytest.raises(BuildError, match="needs pooling"):
         distill(prune(encoder, PLAN), encoder, texts, epochs=1, lr=1e-3, pooled_weight=1.0)
+
+
+def test_padding_columns_change_nothing(encoder, texts):
+    """Padding every example to 40 instead of 16 tokens gives the same student: the columns
+    that are padding in a whole batch are trimmed, and masked positions never mattered."""
+    wide = {k: torch.nn.functional.pad(v, (0, 24)) for k, v in texts.items()}  # (N, 40)
+    trimmed, kept = trim_padding(wide)
+    assert kept == 16 and trimmed["input_ids"].shape == (96, 16)
+    assert trim_padding(texts)[1] is None  # some example uses every column: nothing to trim
+
+    def run(x):
+        s = distill(prune(encoder, PLAN), encoder, x, epochs=1, lr=1e-3, batch_size=16,
+                    hidden_weight=1.0, pooled_weight=1.0, pooling=_mean_pool)  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in s.parameters()])
+
+    torch.testing.assert_close(run(wide), run(texts), atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_pass_in_length_order_gives_the_same_outputs(encoder, texts):
+    from paretoforge.models.distill import _teacher_outputs
+
+    plain = _teacher_outputs(encoder, texts, [0, 2], _mean_pool, batch=16)
+    trimmed = _teacher_outputs(encoder, texts, [0, 2], _mean_pool, batch=16, trim=True)
+    mask = texts["attention_mask"][:, None, :, None]  # (N, 1, T, 1): padding never counts
+    torch.testing.assert_close(trimmed[1] * mask, plain[1] * mask, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trimmed[2], plain[2], atol=1e-5, rtol=1e-5)
+
+
+def test_length_grouped_batches_cover_each_example_once_with_similar_lengths():
+    from paretoforge.models.distill import length_grouped_batches
+
+    lengths = torch.randint(1, 100, (640,), generator=torch.Generator().manual_seed(1))
+    batches = length_grouped_batches(lengths, 32, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(640))
+    spread = [int(lengths[b].max() - lengths[b].min()) for b in batches]
+    assert max(spread) < 50  # a random batch of 32 spans nearly the whole 1..99
+    again = length_grouped_batches(lengths, 32, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))

@@ -79,6 +79,14 @@ def test_embedding_fidelity_search_of_a_local_checkpoint(ray_cluster, tmp_path) 
     from paretoforge.orchestrator.results import load_run
 
     ckpt = make_tiny_bert(tmp_path / "bert")
+    # sentence-transformers' layout: the pooling config sits in a subfolder
+    (ckpt / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"}]))
+    (ckpt / "1_Pooling").mkdir()
+    (ckpt / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
     spec = Spec.from_dict(_spec(ckpt, {"name": "embedding-fidelity", "params": {
         "n_heldout": 16, "n_train": 48, "max_length": 16}}, "embedding_cosine"))
     summary = _run(spec, tmp_path / "run")
@@ -102,6 +110,11 @@ def test_embedding_fidelity_search_of_a_local_checkpoint(ray_cluster, tmp_path) 
     ids = np.ones((3, 16), np.int64)
     out = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert out.shape == (3, 32)
+    from paretoforge.orchestrator.results import export_trial
+
+    exported = export_trial(run, 0, tmp_path / "export")
+    assert (exported / "1_Pooling" / "config.json").is_file()  # subfolders of side files too
+    assert (exported / "tokenizer.json").is_file() and (exported / "model.onnx").is_file()
 
 
 def test_text_classification_search_of_a_local_checkpoint(ray_cluster, tmp_path) -> None:
