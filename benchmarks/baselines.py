@@ -121,7 +121,7 @@ def main() -> int:
     idx = np.random.default_rng(0).choice(len(next(iter(train.values()))), 64, replace=False)
     samples = {k: v[idx] for k, v in train.items()}
     embedding = prepared.pooling is not None
-    metric = prepared.metric
+    metric = prepared.task.metric
     work = Path(tempfile.mkdtemp(prefix="pf-baselines-"))
     rows: dict[str, dict[str, Any]] = {}
 

@@ -119,7 +119,7 @@ def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> di
     t0 = time.perf_counter()
     model = prune(base, plan)
     if exp["epochs"] > 0:
-        model = distill(model, base, p.x_train, None, epochs=exp["epochs"], lr=exp["lr"],
+        model = distill(model, base, p.task.x_train, None, epochs=exp["epochs"], lr=exp["lr"],
                         batch_size=exp["batch_size"], seed=0, hidden_weight=exp["hidden_weight"],
                         pooled_weight=exp["pooled_weight"], pooling=pooling)  # fmt: skip
     recovery_s = time.perf_counter() - t0
@@ -137,7 +137,7 @@ def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> di
         results[prec] = {"cosine": round(p.score_onnx(dst, batch_size=1), 4),
                          "onnx_mb": round(dst.stat().st_size / 2**20, 2)}
         print(f"  {name} {prec}: cosine {results[prec]['cosine']:.4f}", flush=True)
-    return {"settings": exp, "plan_layers": list(plan.layers), "n_train": len(p.y_train),
+    return {"settings": exp, "plan_layers": list(plan.layers), "n_train": len(p.task.y_train),
             "recovery_s": round(recovery_s, 1), "precisions": results}
 
 
@@ -157,7 +157,7 @@ def measure_ratios(experiments: dict[str, Any], rounds: int, core: int) -> dict[
     p = _bundle(1024, {})
     profile = get_profile("cpu-1t")
     train = p.feeds("train")
-    idx = np.random.default_rng(0).choice(len(p.y_train), size=64, replace=False)
+    idx = np.random.default_rng(0).choice(len(p.task.y_train), size=64, replace=False)
     samples = {k: v[idx] for k, v in train.items()}
     base = WORK / "unpruned.fp32.onnx"
     files: dict[str, Path] = {}
@@ -196,7 +196,7 @@ def measure_fusion(names: list[str], rounds: int, core: int) -> dict[str, Any]:
 
     p = _bundle(1024, {})
     profile = get_profile("cpu-1t")
-    idx = np.random.default_rng(0).choice(len(p.y_train), size=64, replace=False)
+    idx = np.random.default_rng(0).choice(len(p.task.y_train), size=64, replace=False)
     samples = {k: v[idx] for k, v in p.feeds("train").items()}
     base = WORK / "unpruned.fp32.onnx"
     out: dict[str, Any] = {}

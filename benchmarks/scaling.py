@@ -51,11 +51,13 @@ from _common import machine, wait_quiet, write_result  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "scaling.json"
 
 
-def _quickstart_spec(trials: int, workers: int) -> Any:
+def _quickstart_spec(trials: int, workers: int, profiles: list[str] | None) -> Any:
     from paretoforge.spec import Spec
 
     spec = Spec.from_file(ROOT / "examples" / "quickstart.yaml")
     d = spec.model_dump(mode="json")
+    if profiles:
+        d["profiles"] = profiles
     d["search"]["trials"] = trials
     d["search"]["timeout_s"] = None
     d["cluster"]["workers"] = workers
@@ -75,7 +77,8 @@ def _window(run_dir: Path) -> tuple[list[Any], float, float]:
     return done, busy, (end - start).total_seconds()
 
 
-def real_part(trials: int, worker_counts: list[int], root: Path) -> list[dict[str, Any]]:
+def real_part(trials: int, worker_counts: list[int], root: Path,
+              profiles: list[str] | None = None) -> list[dict[str, Any]]:
     """The quickstart search with each worker count; one local Ray cluster per count."""
     import ray
 
@@ -84,11 +87,11 @@ def real_part(trials: int, worker_counts: list[int], root: Path) -> list[dict[st
 
     rows = []
     for workers in worker_counts:
-        spec = _quickstart_spec(trials, workers)
+        spec = _quickstart_spec(trials, workers, profiles)
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=256 * 1024**2,
                  logging_level=logging.WARNING, log_to_driver=False)
         try:
-            run_dir = root / f"real-w{workers}"
+            run_dir = root / f"real-w{workers}-{'-'.join(spec.profiles)}"
             load0 = os.getloadavg()[0]
             summary = run_search(spec, run_dir, progress=Progress(trials, quiet=True))
             load1 = os.getloadavg()[0]
@@ -100,6 +103,7 @@ def real_part(trials: int, worker_counts: list[int], root: Path) -> list[dict[st
         n = len(done)
         rows.append({
             "workers": workers,
+            "profiles": spec.profiles,
             "completed": summary.completed,
             "cached": summary.cached,
             "built": n,
@@ -204,6 +208,8 @@ def main() -> None:
                     choices=["real", "simulated"])
     ap.add_argument("--trials", type=int, default=24, help="completed trials per real run")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--profiles", nargs="+", default=None,
+                    help="measure these profiles instead of the quickstart's (cpu-1t cpu)")
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--sim-workers", type=int, default=64)
     ap.add_argument("--sim-trials", type=int, default=640)
@@ -224,12 +230,14 @@ def main() -> None:
             subprocess.run([str(Path(sys.executable).parent / "paretoforge"), "search",
                             str(ROOT / "examples" / "quickstart.yaml"), "--run-dir",
                             str(root / "warmup"), "--trials", "1", "--quiet"], check=True)
-            results["real"] = {"trials": args.trials, "load_avg_1m_before":
-                               round(os.getloadavg()[0], 2),
-                               "runs": real_part(args.trials, args.workers, root)}
+            key = "real" if not args.profiles else f"real-{'-'.join(args.profiles)}"
+            results[key] = {"date": results["date"], "trials": args.trials,
+                            "load_avg_1m_before":
+                            round(os.getloadavg()[0], 2),
+                            "runs": real_part(args.trials, args.workers, root, args.profiles)}
         if "simulated" in args.parts:
-            results["simulated"] = simulated_part(args.nodes, args.sim_workers, args.sim_trials,
-                                                  args.sleep_s, root)
+            results["simulated"] = {"date": results["date"], **simulated_part(
+                args.nodes, args.sim_workers, args.sim_trials, args.sleep_s, root)}
             print(json.dumps(results["simulated"]), flush=True)
     write_result(args.out, results)
     print(json.dumps(results, indent=2))

@@ -117,6 +117,14 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
                  load_run(run_dir).predictor_errors())
     typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR; "
                f"plots and tables: paretoforge report {run_dir}")
+    if summary.stopped and "max_failures" in summary.stopped:
+        # Not a finished search: scripts and CI must see it (exit 1; 2 is for bad input).
+        first = next((str(t.user_attrs.get("fail_reason", "")).splitlines()[0]
+                      for t in load_run(run_dir).trials(states=("FAIL",))
+                      if t.user_attrs.get("fail_reason")), "")
+        typer.echo(f"error: the search stopped after {summary.failed} failed trials; first "
+                   f"reason: {first[:300]}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

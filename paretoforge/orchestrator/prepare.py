@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from paretoforge.spec import Spec
+from paretoforge.tasks._base import TaskData
 
 __all__ = ["Prepared", "cache_dir", "checkpoint_shape", "load_spec_task", "prepare",
            "prepare_cached"]
@@ -39,15 +40,7 @@ def cache_dir() -> Path:
 class Prepared:
     """The shared inputs of every candidate build."""
 
-    task_name: str
-    x_train: np.ndarray | dict[str, np.ndarray]
-    y_train: np.ndarray
-    x_heldout: np.ndarray | dict[str, np.ndarray]
-    y_heldout: np.ndarray
-    num_classes: int
-    input_name: str
-    preprocessing: str
-    split: dict[str, Any]
+    task: TaskData  # the data, already preprocessed, with its held-out split
     base_config_json: str
     base_weights: bytes  # safetensors serialisation of the base state dict
     base_info: dict[str, Any]
@@ -55,20 +48,13 @@ class Prepared:
     num_layers: int
     num_heads: int
     timings: dict[str, float] = field(default_factory=dict)
-    metric: str = "accuracy"
     checkpoint_dir: str | None = None  # tokenizer / pooling files copied into every artifact
     pooling: dict[str, Any] | None = None  # embedding-fidelity: Pooling.to_dict()
     reference: np.ndarray | None = None  # embedding-fidelity: unpruned held-out embeddings
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        """The model's inputs, in order."""
-        return tuple(self.x_train) if isinstance(self.x_train, dict) else (self.input_name,)
-
     def feeds(self, split: str) -> dict[str, np.ndarray]:
         """``{input name: array}`` of ``split`` (``"train"`` or ``"heldout"``)."""
-        x = self.x_train if split == "train" else self.x_heldout
-        return dict(x) if isinstance(x, dict) else {self.input_name: x}
+        return self.task.feeds(split)
 
     def load_base(self) -> Any:
         """Rebuild the base model from safetensors bytes + config (no pickle involved)."""
@@ -90,11 +76,11 @@ class Prepared:
         from paretoforge.evaluators.quality import onnx_logits
 
         out = onnx_logits(path, self.feeds("heldout"), batch_size=batch_size)
-        if self.metric == "embedding_cosine":
+        if self.task.metric == "embedding_cosine":
             from paretoforge.tasks.embedding import mean_cosine
 
             return mean_cosine(out, self.reference)
-        return float((out.argmax(-1) == self.y_heldout).mean())
+        return float((out.argmax(-1) == self.task.y_heldout).mean())
 
     def recover(self, student: Any, base: Any, recovery: Any, *, seed: int) -> Any:
         """Distil ``base`` into ``student`` (pruned from it) on the training split, as
@@ -117,20 +103,10 @@ class Prepared:
             extra["pooling"] = Pooling(**self.pooling)
         elif recovery.pooled_weight:
             raise BuildError("recovery.pooled_weight applies to embedding-fidelity only")
-        labels = None if self.metric == "embedding_cosine" else self.y_train
-        return distill(student, base, self.x_train, labels, epochs=recovery.epochs,
+        labels = None if self.task.metric == "embedding_cosine" else self.task.y_train
+        return distill(student, base, self.task.x_train, labels, epochs=recovery.epochs,
                        lr=recovery.lr, temperature=recovery.temperature, alpha=recovery.alpha,
                        batch_size=recovery.batch_size, seed=seed, **extra)
-
-    def task_data(self) -> Any:
-        from paretoforge.tasks import TaskData
-
-        return TaskData(
-            name=self.task_name, x_train=self.x_train, y_train=self.y_train,
-            x_heldout=self.x_heldout, y_heldout=self.y_heldout, num_classes=self.num_classes,
-            input_name=self.input_name, metric=self.metric, preprocessing=self.preprocessing,
-            split=self.split,
-        )
 
 
 def load_spec_task(spec: Spec) -> Any:
@@ -150,7 +126,8 @@ def load_spec_task(spec: Spec) -> Any:
     params.setdefault("seed", spec.task.split.seed)
     if spec.task.name == "text-classification":
         params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
-        return load_task(spec.task.name, path=spec.task.data, checkpoint=str(ckpt), **params)
+    if spec.task.data:
+        params["path"] = spec.task.data
     return load_task(spec.task.name, checkpoint=str(ckpt), **params)
 
 
@@ -187,10 +164,7 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return Prepared(
-        task_name=task.name, x_train=task.x_train, y_train=task.y_train,
-        x_heldout=task.x_heldout, y_heldout=task.y_heldout, num_classes=task.num_classes,
-        input_name=task.input_name, preprocessing=task.preprocessing, split=dict(task.split),
-        base_config_json=model.config.to_json_string(), base_weights=st_save(state),
+        task=task, base_config_json=model.config.to_json_string(), base_weights=st_save(state),
         base_info={k: v for k, v in info.items() if _jsonable(v)},
         importance=imp.to_dict(), num_layers=int(model.config.num_hidden_layers),
         num_heads=int(model.config.num_attention_heads), timings=timings,
@@ -269,14 +243,11 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
         weights = Path(d, "model.safetensors").read_bytes()
     layers, heads = checkpoint_shape(str(ckpt))
     return Prepared(
-        task_name=task.name, x_train=task.x_train, y_train=task.y_train,
-        x_heldout=task.x_heldout, y_heldout=task.y_heldout, num_classes=task.num_classes,
-        input_name=task.input_name, preprocessing=task.preprocessing, split=dict(task.split),
-        base_config_json=config_json, base_weights=weights,
+        task=task, base_config_json=config_json, base_weights=weights,
         base_info={"path": spec.model.path, "directory": str(ckpt),
                    "architecture": type(model).__name__, "model_type": model.config.model_type},
         importance=imp.to_dict(), num_layers=layers, num_heads=heads, timings=timings,
-        metric=task.metric, checkpoint_dir=str(ckpt), pooling=pooling, reference=reference,
+        checkpoint_dir=str(ckpt), pooling=pooling, reference=reference,
     )
 
 

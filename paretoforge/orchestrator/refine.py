@@ -109,11 +109,11 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
                          "refined": res["metrics"],
                          "artifact_dir": str(out_dir / res["artifact_dir"]),
                          "timings": res["timings"], "wall_s": time.perf_counter() - t0})
-            log(f"trial {number}: {prepared.metric} {metrics[prepared.metric]:.4f} -> "
-                f"{res['metrics'][prepared.metric]:.4f}")
+            log(f"trial {number}: {prepared.task.metric} {metrics[prepared.task.metric]:.4f} -> "
+                f"{res['metrics'][prepared.task.metric]:.4f}")
             atomic_write_json(out_dir / "refined.json", {
                 "run": str(run.dir), "search_recovery": search_recovery, "recovery": recovery,
-                "metric": prepared.metric, "members": rows,
+                "metric": prepared.task.metric, "members": rows,
             })
     finally:
         os.sched_setaffinity(0, affinity)

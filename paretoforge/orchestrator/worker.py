@@ -129,13 +129,14 @@ class Worker:
         from paretoforge.models.io import save_pretrained
 
         timings: dict[str, float] = {}
+        t_start = time.perf_counter()
         p = self.prepared
         final = self.run_dir / "artifacts" / cfg.key
         tmp = final.parent / f".{cfg.key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         train = p.feeds("train")
-        embedding = p.metric == "embedding_cosine"
+        embedding = p.task.metric == "embedding_cosine"
         try:
             with self.gate.shared():
                 t0 = time.perf_counter()
@@ -166,7 +167,7 @@ class Worker:
                 timings["quality_s"] = time.perf_counter() - t0
 
             metrics: dict[str, float] = {
-                p.metric: float(quality),
+                p.task.metric: float(quality),
                 "onnx_bytes": float(onnx_size_bytes(tmp / "model.onnx")),
                 "params": float(param_count(model)),
             }
@@ -186,7 +187,9 @@ class Worker:
                 metrics[f"latency_mean_ms@{name}"] = m["mean_ms"]
             timings["measure_s"] = time.perf_counter() - t0
 
-            width = (int(model.config.hidden_size) if embedding else p.num_classes)
+            # the whole build and measurement, waits for the node's gate included
+            timings["total_s"] = time.perf_counter() - t_start
+            width = (int(model.config.hidden_size) if embedding else p.task.num_classes)
             files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
             manifest = {
                 "format": "paretoforge-artifact/1",
@@ -199,13 +202,13 @@ class Worker:
                 "placement": placement,
                 "quality_batch_size": _QUALITY_BATCH,
                 "graph": graph_summary(tmp / "model.onnx"),
-                "task": {"name": p.task_name, "metric": p.metric, "heldout_split": p.split,
-                         "n_heldout": int(len(p.y_heldout))},
+                "task": {"name": p.task.name, "metric": p.task.metric,
+                         "heldout_split": p.task.split, "n_heldout": int(len(p.task.y_heldout))},
                 "inputs": [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
                            for k, v in train.items()],
                 "outputs": [{"name": out_name, "shape": ["batch", width], "dtype": "float32",
                              **({"pooling": p.pooling} if embedding else {})}],
-                "preprocessing": p.preprocessing + (
+                "preprocessing": p.task.preprocessing + (
                     f"; tokenizer files in this directory: "
                     f"{[f for f in files if f not in ARTIFACT_FILES]}" if p.checkpoint_dir
                     else ""),

@@ -187,6 +187,9 @@ class Spec(_Strict):
         if self.model.path is not None and self.task.name not in CHECKPOINT_TASKS:
             raise ValueError(f"task.name: a model.path checkpoint runs the tasks "
                              f"{', '.join(CHECKPOINT_TASKS)}, not {self.task.name!r}")
+        if self.recovery.pooled_weight and self.task.name != "embedding-fidelity":
+            raise ValueError(f"recovery.pooled_weight: the pooled-embedding loss needs the "
+                             f"embedding-fidelity task, not {self.task.name!r}; remove it")
         if self.space.preset is not None and self.space.preset not in SPACES:
             raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
         metrics = [o.metric for o in self.objectives]

@@ -102,8 +102,9 @@ class TaskSpec(_Strict):
     )
     data: str | None = Field(
         None,
-        description="Path to the task data (text-classification: .csv/.tsv/.jsonl with text "
-        "and label); built-in tasks bring their own (leave unset).",
+        description="Path to the task data: text-classification, a .csv/.tsv/.jsonl with text "
+        "and label; embedding-fidelity, your texts (.txt one per line, or a .csv/.tsv/.jsonl "
+        "text column; default: pydoc_data.topics sentences); digits brings its own.",
     )
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
     metric: Literal["accuracy", "embedding_cosine"] = Field(
@@ -120,7 +121,8 @@ class TaskSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_metric(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "metric" not in data and data.get("name") in TASK_METRICS:
+        if (isinstance(data, dict) and "metric" not in data and isinstance(data.get("name"), str)
+                and data["name"] in TASK_METRICS):
             data = {**data, "metric": TASK_METRICS[data["name"]]}
         return data
 
@@ -133,6 +135,9 @@ class TaskSpec(_Strict):
         if self.name == "text-classification" and not self.data:
             raise ValueError("task.data: text-classification needs the path of a .csv, .tsv "
                              "or .jsonl file with text and label columns")
+        if self.data and self.name == "digits":
+            raise ValueError("task.data: the digits task brings its own data (scikit-learn's "
+                             "digits); remove task.data")
         if self.data and not Path(self.data).is_file():
             raise ValueError(f"task.data: {self.data!r} is not a file")
         return self

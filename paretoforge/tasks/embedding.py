@@ -364,13 +364,17 @@ def load_embedding_task(
     n_train: int | None = None,
     max_length: int = 64,
     seed: int = 0,
+    path: str | os.PathLike[str] | None = None,
+    text_column: str = "text",
 ) -> TaskData:
     """Sentences for distilling (train) and scoring (held-out) an encoder's embeddings.
 
-    The :func:`pydoc_sentences` are shuffled by ``seed``; the first ``n_heldout`` are held
-    out, the rest (or the first ``n_train`` of the rest) are for importance and distillation,
-    so the two sets never share a sentence. Texts are tokenized with the checkpoint's
-    tokenizer to ``max_length`` tokens.
+    The texts are the user's (``path``: a ``.txt`` file with one text per line, or the
+    ``text_column`` of a ``.csv`` / ``.tsv`` / ``.jsonl`` file; duplicates dropped) or, without
+    ``path``, the :func:`pydoc_sentences`. They are shuffled by ``seed``; the first
+    ``n_heldout`` are held out, the rest (or the first ``n_train`` of the rest) are for
+    importance and distillation, so the two sets never share a text. Texts are tokenized with
+    the checkpoint's tokenizer to ``max_length`` tokens.
 
     Labels do not exist: ``y_*`` are ``-1`` and ``num_classes`` is 0; quality is
     :func:`embedding_fidelity` against the unpruned model, pooled as
@@ -383,7 +387,14 @@ def load_embedding_task(
 
     from paretoforge.tasks.text import load_tokenizer, tokenize
 
-    sentences = pydoc_sentences()
+    if path is not None:
+        from paretoforge.tasks.text import read_texts
+
+        sentences = read_texts(path, text_column=text_column)
+        source = f"texts of {str(path)!r}"
+    else:
+        sentences = pydoc_sentences()
+        source = "pydoc_data.topics sentences"
     for name, value, low in (("n_heldout", n_heldout, 1), ("max_length", max_length, 2),
                              ("seed", seed, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
@@ -392,8 +403,8 @@ def load_embedding_task(
             )
     if n_heldout >= len(sentences):
         raise SpecError(
-            f"embedding-fidelity: n_heldout={n_heldout} leaves no training sentences; there are "
-            f"{len(sentences)}. Use fewer."
+            f"embedding-fidelity: n_heldout={n_heldout} leaves no training texts; there are "
+            f"{len(sentences)} distinct ones ({source}). Use fewer, or more texts."
         )
     order = list(range(len(sentences)))
     random.Random(int(seed)).shuffle(order)
@@ -420,12 +431,14 @@ def load_embedding_task(
         input_name="input_ids",
         metric="embedding_cosine",
         preprocessing=(
-            f"pydoc_data.topics sentences, {type(tokenizer).__name__} from {str(checkpoint)!r}, "
+            f"{source}, {type(tokenizer).__name__} from {str(checkpoint)!r}, "
             f"padding='max_length', truncation, max_length={max_length}; pooling "
             f"{pooling.mode}{' + L2 normalize' if pooling.normalize else ''}"
         ),
         split={
-            "method": "random.Random(seed).shuffle of pydoc_sentences(); first n_heldout held out",
+            "method": f"random.Random(seed).shuffle of the {source} (distinct, in file "
+                      "order); first n_heldout held out",
+            "texts": str(path) if path is not None else "pydoc_data.topics",
             "seed": int(seed),
             "n_train": len(train_idx),
             "n_heldout": len(heldout_idx),

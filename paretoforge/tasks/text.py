@@ -35,6 +35,7 @@ __all__ = [
     "load_text_classification_task",
     "load_tokenizer",
     "read_examples",
+    "read_texts",
     "tokenize",
 ]
 
@@ -43,9 +44,11 @@ SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
 
 
 def read_examples(
-    path: str | os.PathLike[str], *, text_column: str = "text", label_column: str = "label"
+    path: str | os.PathLike[str], *, text_column: str = "text",
+    label_column: str | None = "label",
 ) -> tuple[list[str], list[Any]]:
-    """Texts and raw labels of a ``.csv``, ``.tsv`` (with a header row) or ``.jsonl`` file.
+    """Texts and raw labels of a ``.csv``, ``.tsv`` (with a header row) or ``.jsonl`` file
+    (``label_column=None``: texts only, the labels list is empty).
 
     Raises:
         SpecError: The file is missing or of another type, lacks a column, or has an empty or
@@ -84,7 +87,7 @@ def read_examples(
                 delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
                 reader = csv.DictReader(f, delimiter=delimiter)
                 header = reader.fieldnames or []
-                missing = [c for c in (text_column, label_column) if c not in header]
+                missing = [c for c in (text_column, label_column) if c and c not in header]
                 if missing:
                     raise SpecError(
                         f"{str(path)!r} has no column(s) {missing}; its header is {header}. "
@@ -98,22 +101,55 @@ def read_examples(
         raise SpecError(f"Text data file {str(path)!r} has no examples.")
     texts, labels = [], []
     for line_no, row in rows:
-        missing = [c for c in (text_column, label_column) if c not in row]
+        missing = [c for c in (text_column, label_column) if c and c not in row]
         if missing:
             raise SpecError(
                 f"{str(path)!r} line {line_no}: no field(s) {missing} (has {sorted(row)}). "
                 "Rename the fields or set text_column / label_column."
             )
-        text, label = row[text_column], row[label_column]
+        text = row[text_column]
         if not isinstance(text, str) or not text.strip():
             raise SpecError(
                 f"{str(path)!r} line {line_no}: {text_column!r} must be non-empty text."
             )
+        texts.append(text)
+        if label_column is None:
+            continue
+        label = row[label_column]
         if label is None or (isinstance(label, str) and not label.strip()):
             raise SpecError(f"{str(path)!r} line {line_no}: {label_column!r} is empty.")
-        texts.append(text)
         labels.append(label.strip() if isinstance(label, str) else label)
     return texts, labels
+
+
+def read_texts(path: str | os.PathLike[str], *, text_column: str = "text") -> list[str]:
+    """Distinct texts of a ``.txt`` file (one per non-empty line) or of the ``text_column`` of a
+    ``.csv`` / ``.tsv`` / ``.jsonl`` file, in file order.
+
+    Raises:
+        SpecError: The file is missing, of another type, not UTF-8, lacks the column, or holds
+            no text; the message names the file (and the line).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".txt", *SUFFIXES):
+        raise SpecError(
+            f"Text file {str(path)!r} has suffix {path.suffix!r}; supported: .txt (one text per "
+            f"line), {', '.join(SUFFIXES)} (a {text_column!r} column)."
+        )
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise SpecError(f"Text file {str(path)!r} does not exist; check the path.")
+        try:
+            texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{str(path)!r} is not UTF-8 text: {exc}.") from None
+    else:
+        texts, _ = read_examples(path, text_column=text_column, label_column=None)
+        texts = [t.strip() for t in texts]
+    texts = list(dict.fromkeys(t for t in texts if t))
+    if not texts:
+        raise SpecError(f"Text file {str(path)!r} holds no text.")
+    return texts
 
 
 def _as_int(value: Any) -> int | None:

@@ -86,3 +86,10 @@ def test_json_schema_documents_every_field() -> None:
     for name, model in schema["$defs"].items():
         for field, prop in model.get("properties", {}).items():
             assert prop.get("description"), f"{name}.{field} has no description"
+
+
+def test_digits_refuses_task_data(tmp_path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,0\n")
+    with pytest.raises(SpecError, match="digits task brings its own data"):
+        Spec.from_dict({"task": {"name": "digits", "data": str(data)}})

@@ -77,8 +77,34 @@ def test_task_splits_sentences_disjointly(tokenizer_dir):
                       n_train=100, max_length=24)  # fmt: skip
     assert len(small.y_train) == 100
     np.testing.assert_array_equal(small.x_heldout["input_ids"], task.x_heldout["input_ids"])
-    with pytest.raises(SpecError, match="n_heldout=99999 leaves no training sentences"):
+    with pytest.raises(SpecError, match="n_heldout=99999 leaves no training texts"):
         load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=99999)
+
+
+def test_task_on_the_users_texts(tokenizer_dir, tmp_path):
+    """Fidelity measured (and distilled) on the user's own domain: .txt and .jsonl texts."""
+    texts = [f"the movie was {w} and the plot {v}" for w in ("good", "bad", "great", "boring")
+             for v in ("fun", "not fun", "very good", "terrible", "boring")]
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(texts + ["", texts[0]]) + "\n")  # a blank line, a duplicate
+    task = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), path=str(txt),
+                     n_heldout=5, max_length=16)
+    assert task.split["n_heldout"] == 5 and task.split["n_train"] == 15  # 20 distinct texts
+    assert task.split["texts"] == str(txt)
+    assert "texts of" in task.preprocessing
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"sentence": t}) for t in texts) + "\n")
+    same = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), path=str(jsonl),
+                     text_column="sentence", n_heldout=5, max_length=16)
+    assert (same.x_heldout["input_ids"] == task.x_heldout["input_ids"]).all()
+    with pytest.raises(SpecError, match=r"no field\(s\) \['text'\]"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), path=str(jsonl))
+    with pytest.raises(SpecError, match="leaves no training texts"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), path=str(txt),
+                  n_heldout=20)
+    with pytest.raises(SpecError, match="supported: .txt"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir),
+                  path=str(tmp_path / "texts.md"))
 
 
 def test_contrastive_importance_scores_a_bare_encoder():
