@@ -8,7 +8,8 @@ structure, exactly or nearly so:
 * MACs per token are a constant (embeddings, classifier) plus a cost per kept attention head
   and per kept FFN neuron: linear in ``L*h`` and ``L*n`` (L layers, h heads, n neurons per
   layer), and the same at every precision;
-* weight bytes are the matmul weights at the precision's width (4 bytes fp32, 1 byte int8) plus
+* weight bytes are the matmul weights at the precision's width (4 bytes fp32, 2 fp16, 1 int8,
+  0.625 int4: half a byte plus a float32 scale per block of 32) plus
   the rest (biases, norms, embeddings), linear in ``L``, ``L*h`` and ``L*n``;
 * the dispatched node count grows by a fixed number of nodes per kept layer, a different one
   per precision (quantized matmuls bring their own nodes); heads and neurons shrink tensors,
@@ -37,7 +38,8 @@ from paretoforge.evaluators.predictor import features_from
 __all__ = ["BYTES_PER_WEIGHT", "ConfigFeatureEstimator"]
 
 # Stored bytes of one matmul weight at each candidate precision.
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-static": 1.0}
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-static": 1.0,
+                    "int4": 0.5 + 4.0 / 32}
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -144,11 +146,15 @@ class ConfigFeatureEstimator:
                                       [("one", "L", "int8", "int8L"), ("one", "L"), ("one",)])
         assert macs is not None and other is not None and nodes is not None  # ("one",) always
         int8 = q["int8"]
+        fp16 = 1.0 if precision == "fp16" else 0.0
+        int4 = 1.0 if precision == "int4" else 0.0
         macs = max(macs, 0.0)
         return {
             "macs_per_token": macs,
-            "macs_fp32": macs * (1 - int8),
+            "macs_fp32": macs * (1 - int8 - fp16 - int4),
             "macs_int8": macs * int8,
+            "macs_fp16": macs * fp16,
+            "macs_int4": macs * int4,
             "heads": q["Lh"],
             "layers": q["L"],
             "nodes": max(nodes, 0.0),

@@ -5,7 +5,8 @@ served by a predictor fitted on measurements taken on that hardware earlier (or 
 same search), and its numbers are labelled predicted.
 
 The model is an additive cost model with non-negative coefficients: a call costs a fixed
-overhead, plus so much per multiply-accumulate of the linear layers (one rate per precision),
+overhead, plus so much per multiply-accumulate of the linear layers (one rate per precision:
+fp32, fp16, int8 and 4-bit weights),
 per attention head, per layer and per node the runtime dispatches. Every term is a physical
 cost, so the fit cannot make one negative to explain noise, and it extrapolates to smaller or
 larger candidates in a sane direction. It is fitted by least squares on *relative* error
@@ -37,8 +38,10 @@ PREDICTORS_FORMAT = "paretoforge-predictors/1"
 
 # Physically meaningful features of a candidate; every one is a cost that can only add time.
 FEATURES: tuple[str, ...] = (
-    "macs_fp32",  # multiply-accumulates per token of fp32 (or fp16) linear layers
+    "macs_fp32",  # multiply-accumulates per token of fp32 linear layers
     "macs_int8",  # the same for int8 linear layers (a different rate per MAC)
+    "macs_fp16",  # the same for fp16 models (tensor cores on GPUs; casts on CPUs)
+    "macs_int4",  # the same for 4-bit weight-only layers (MatMulNBits: dequantize + product)
     "heads",  # attention heads summed over kept layers (scores, softmax, context)
     "layers",  # kept layers (norms, residuals, per-layer fixed costs)
     "nodes",  # graph nodes dispatched per call (per-op overhead)
@@ -51,6 +54,8 @@ def _precision(config: Mapping[str, Any] | None, graph: Mapping[str, Any]) -> st
     if config and config.get("precision"):
         return str(config["precision"])
     quant = graph.get("quant_op_counts") or {}
+    if quant.get("MatMulNBits"):
+        return "int4"
     if any(quant.values()):
         return "int8-static" if quant.get("QuantizeLinear") else "int8"
     if "float16" in (graph.get("initializer_dtype_bytes") or {}):
@@ -110,6 +115,8 @@ def features_from(
         macs = float(graph.get("initializer_bytes", 0)) / 4
     precision = _precision(cfg, graph)
     int8 = 1.0 if precision.startswith("int8") else 0.0  # int8 (dynamic) and int8-static
+    fp16 = 1.0 if precision == "fp16" else 0.0
+    int4 = 1.0 if precision == "int4" else 0.0
     # The optimised graph is what is dispatched, when the manifest has it.
     placement = source.get("placement")
     nodes = float(graph["node_count"])
@@ -123,8 +130,10 @@ def features_from(
         nodes = float(rep.get("nodes_after", nodes))
     return {
         "macs_per_token": macs,
-        "macs_fp32": macs * (1 - int8),
+        "macs_fp32": macs * (1 - int8 - fp16 - int4),
         "macs_int8": macs * int8,
+        "macs_fp16": macs * fp16,
+        "macs_int4": macs * int4,
         "heads": heads,
         "layers": layers,
         "nodes": nodes,

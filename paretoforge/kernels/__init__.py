@@ -5,7 +5,7 @@ Cheap to import: torch, onnx and onnxruntime are imported inside the functions t
 Example:
     >>> from paretoforge.kernels import PRECISIONS
     >>> PRECISIONS
-    ('fp32', 'int8')
+    ('fp32', 'int8', 'int8-static', 'fp16', 'int4')
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from paretoforge.kernels.ort import (
     providers_for,
     session_options_for,
 )
-from paretoforge.kernels.quantize import PRECISIONS, apply_precision, quantize_dynamic_int8
+from paretoforge.kernels.quantize import (
+    PRECISIONS,
+    apply_precision,
+    convert_fp16,
+    quantize_dynamic_int8,
+    quantize_int4,
+)
 from paretoforge.kernels.runtime import Runtime, load_runtime, placement_report
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "Runtime",
     "apply_precision",
     "available_cores",
+    "convert_fp16",
     "create_session",
     "default_output_fn",
     "export_onnx",
@@ -34,5 +41,6 @@ __all__ = [
     "placement_report",
     "providers_for",
     "quantize_dynamic_int8",
+    "quantize_int4",
     "session_options_for",
 ]

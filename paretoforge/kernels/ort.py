@@ -30,6 +30,7 @@ _QUANT_OPS = (
     "ConvInteger",
     "QLinearMatMul",
     "QLinearConv",
+    "MatMulNBits",  # weight-only int4 (or int8) matmul: ONNX Runtime contrib op
 )
 
 
@@ -165,8 +166,9 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "initializer_dtype_bytes", "inputs", "outputs"}``. ``initializer_bytes`` is the weights
         alone; on small models the file is mostly graph structure, so it is the better measure
         of what quantization saved. ``matmul_weight_elems`` sums the weights of matmul and conv
-        nodes (followed through DequantizeLinear in QDQ models): the multiply-accumulates per
-        token of the linear layers, a FLOPs proxy that is the same for every precision.
+        nodes (followed through DequantizeLinear in QDQ models; ``K * N`` of a MatMulNBits):
+        the multiply-accumulates per token of the linear layers, a FLOPs proxy that is the same
+        for every precision.
         ``activation_matmuls`` counts matmuls of two activations (attention scores and
         context, two per kept layer).
     """
@@ -184,6 +186,10 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     weight_elems = 0  # multiply-accumulates per token of the weight matmuls (linear layers)
     activation_matmuls = 0  # activation x activation products: attention scores and context
     for n in graph.node:
+        if n.op_type == "MatMulNBits":  # packed low-bit weight: its K x N from the attributes
+            attrs = {a.name: a.i for a in n.attribute}
+            weight_elems += int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+            continue
         if n.op_type not in _WEIGHT_OPS or len(n.input) < 2:
             continue
         if n.input[1] in init_elems:

@@ -1,6 +1,6 @@
 """Post-training quantization of exported ONNX models, and precision as a build step.
 
-Two int8 schemes:
+Precisions beside fp32 (the exported graph): two int8 schemes, fp16 and weight-only int4.
 
 * ``int8`` (dynamic): int8 weights, activations quantized per call from their observed range;
   needs no data. As a build step (:func:`apply_precision`) weights get one scale per output
@@ -10,6 +10,12 @@ Two int8 schemes:
 * ``int8-static`` (QDQ): int8 weights and activations, with activation ranges fixed ahead of
   time by running the fp32 model on calibration inputs from the task's training split
   (:class:`ArrayCalibrationReader`); ranges from min/max, entropy or a percentile.
+* ``fp16``: weights and activations in float16 (ONNX Runtime's transformers float16
+  converter), graph inputs and outputs kept as exported (int64 ids, float32 logits). Meant for
+  GPUs; ONNX Runtime's CPU provider runs it too, slowly (:func:`convert_fp16`).
+* ``int4``: weight-only 4-bit quantization of the linear layers' weights to ``MatMulNBits``
+  (blocks of 32 along the input axis, one symmetric scale per block), activations fp32; meant
+  for decoders, valid for any model with constant matmul weights (:func:`quantize_int4`).
 """
 
 from __future__ import annotations
@@ -35,13 +41,19 @@ __all__ = [
     "PRECISIONS",
     "ArrayCalibrationReader",
     "apply_precision",
+    "convert_fp16",
     "quantize_dynamic_int8",
+    "quantize_int4",
     "quantize_static_int8",
 ]
 
 # Precisions a candidate can be built in. fp32 is the exported graph as is; int8 is dynamic
-# quantization (needs no data); int8-static is QDQ with activation ranges calibrated on inputs.
-PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-static")
+# quantization (needs no data); int8-static is QDQ with activation ranges calibrated on inputs;
+# fp16 is the float16 graph; int4 is 4-bit weight-only MatMulNBits (activations fp32).
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-static", "fp16", "int4")
+
+#: Block size (input-axis weights sharing one scale) of the ``int4`` precision.
+INT4_BLOCK_SIZE = 32
 
 #: Ways to turn calibration activations into int8 ranges (ONNX Runtime calibrators).
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
@@ -318,6 +330,193 @@ def quantize_static_int8(
     return dst
 
 
+def _save_checked(model: Any, tmp: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(tmp))
+    onnx.checker.check_model(str(tmp))
+
+
+def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Convert ``src`` to float16 and write it atomically to ``dst``.
+
+    ONNX Runtime's transformers converter (``onnxruntime.transformers.float16``) turns float
+    initializers and float tensors into float16, leaving the ops it lists as unsafe in float32
+    behind Cast nodes. Graph inputs and outputs keep their exported types (``keep_io_types``),
+    so the model is fed and read exactly like the fp32 one. Fast on GPUs; ONNX Runtime's CPU
+    provider runs it too, mostly through casts back to float32, so there it is slower than
+    fp32 (the search measures it like any candidate).
+
+    Args:
+        src: fp32 ONNX model.
+        dst: Where to write the fp16 model.
+
+    Returns:
+        ``dst`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        BuildError: the conversion failed; the message carries the cause.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise BuildError(f"Cannot convert {str(src)!r}: no such file; export the model first")
+    with _tmp_beside(dst) as tmp:
+        try:
+            with warnings.catch_warnings(), _quiet_logging():
+                warnings.simplefilter("ignore")
+                model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+                # The converter appends the Casts of kept float32 inputs at the end of the
+                # node list; the checker wants the graph in topological order.
+                OnnxModel(model).topological_sort()
+            _save_checked(model, tmp)
+        except Exception as err:
+            raise BuildError(
+                f"fp16 conversion of {str(src)!r} failed: {type(err).__name__}: {err}"
+            ) from err
+        _commit(tmp, dst)
+    return dst
+
+
+def _gemm_to_matmul(model: Any) -> int:
+    """Rewrite each ``Gemm`` with a constant weight as ``MatMul`` (+ ``Add`` of the bias), in
+    place, so the 4-bit quantizer (which handles MatMul only) reaches it; returns how many.
+
+    Exported linear layers on 2-D inputs (GPT-2's Conv1D projections, classifier heads) are
+    Gemm. ``alpha`` and ``beta`` are folded into the new weight and bias; ``transB`` into the
+    weight. A Gemm with ``transA`` or a non-constant weight is left alone.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type != "Gemm"
+            or node.domain not in ("", "ai.onnx")
+            or attrs.get("transA", 0)
+            or len(node.input) < 2
+            or node.input[1] not in inits
+        ):
+            nodes.append(node)
+            continue
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and beta != 1.0 and bias not in inits:
+            nodes.append(node)  # a computed bias scaled by beta: rare, left as Gemm
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        if alpha != 1.0:
+            w = w * np.asarray(alpha, dtype=w.dtype)
+        base = node.name or node.output[0]
+        w_name = f"{node.input[1]}__matmul{rewritten}"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        mm_out = f"{node.output[0]}__matmul" if bias is not None else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
+                                      name=f"{base}__matmul"))
+        if bias is not None:
+            if beta != 1.0:
+                b = numpy_helper.to_array(inits[bias])
+                bias = f"{bias}__bias{rewritten}"
+                graph.initializer.append(
+                    numpy_helper.from_array(b * np.asarray(beta, dtype=b.dtype), bias))
+            nodes.append(helper.make_node("Add", [mm_out, bias], [node.output[0]],
+                                          name=f"{base}__bias"))
+        rewritten += 1
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    return rewritten
+
+
+def _nbits_quantizer_class() -> Any:
+    """ONNX Runtime's ``MatMulNBitsQuantizer``, imported without the side effect its module
+    has of calling ``logging.basicConfig(level=INFO)`` (which would make every library's INFO
+    logs print for the rest of the process)."""
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard is not None:
+        root.addHandler(guard)  # basicConfig does nothing when root has a handler
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
+    return MatMulNBitsQuantizer
+
+
+def quantize_int4(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    block_size: int = INT4_BLOCK_SIZE,
+) -> Path:
+    """Quantize the constant matmul weights of ``src`` to 4 bits; write it atomically to ``dst``.
+
+    Weight-only: each MatMul whose weight is an initializer becomes ONNX Runtime's
+    ``MatMulNBits`` contrib op (``onnxruntime.quantization.matmul_nbits_quantizer``, round to
+    nearest), holding the weight as 4-bit integers in blocks of ``block_size`` along the input
+    axis, one symmetric scale per block; activations stay float32. Gemm layers with a constant
+    weight are rewritten as MatMul (+ Add) first so that they are quantized too. ONNX Runtime
+    runs ``MatMulNBits`` on CPU (and CUDA); ``accuracy_level`` is left unset, i.e. the weights
+    are dequantized to float32 for the product (the most accurate mode).
+
+    Args:
+        src: fp32 ONNX model.
+        dst: Where to write the int4 model.
+        block_size: Weights sharing one scale (a power of two >= 16).
+
+    Returns:
+        ``dst`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        BuildError: quantization failed, or the model has no weight to quantize.
+    """
+    import onnx
+
+    MatMulNBitsQuantizer = _nbits_quantizer_class()  # noqa: N806
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise BuildError(f"Cannot quantize {str(src)!r}: no such file; export the model first")
+    with _tmp_beside(dst) as tmp:
+        try:
+            model = onnx.load(str(src))
+            _gemm_to_matmul(model)
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(io.StringIO()),
+                _quiet_logging(),
+            ):
+                warnings.simplefilter("ignore")
+                quantizer = MatMulNBitsQuantizer(
+                    model, bits=4, block_size=block_size, is_symmetric=True
+                )
+                quantizer.process()
+            out = quantizer.model.model
+            n = sum(1 for node in out.graph.node if node.op_type == "MatMulNBits")
+            if n == 0:
+                raise ValueError("no MatMul with a constant weight to quantize")
+            _save_checked(out, tmp)
+        except Exception as err:
+            raise BuildError(
+                f"int4 weight-only quantization of {str(src)!r} failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        _commit(tmp, dst)
+    return dst
+
+
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     root = logging.getLogger()
@@ -345,6 +544,10 @@ def apply_precision(
         dst: Destination file.
         precision: One of :data:`PRECISIONS`. ``fp32`` hard-links (or copies) the source;
             files are only ever replaced by rename, never edited, so sharing an inode is safe.
+            ``int8``: dynamic int8 (:func:`quantize_dynamic_int8`); ``int8-static``: QDQ int8
+            with calibrated activations (:func:`quantize_static_int8`); ``fp16``: the float16
+            graph, inputs and outputs as exported (:func:`convert_fp16`); ``int4``: 4-bit
+            weight-only ``MatMulNBits``, blocks of 32, symmetric (:func:`quantize_int4`).
         calibration: Calibration inputs, required by ``int8-static`` (input name -> array from
             the training split); ignored otherwise.
         calibration_method: ``int8-static`` only: one of :data:`CALIBRATION_METHODS`.
@@ -361,10 +564,10 @@ def apply_precision(
         BuildError: the conversion failed.
 
     Example:
-        >>> apply_precision("model.onnx", "model.int8.onnx", "int4")  # doctest: +ELLIPSIS
+        >>> apply_precision("model.onnx", "model.int2.onnx", "int2")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        paretoforge.exceptions.SpecError: Unknown precision 'int4'. Available: fp32, int8, ...
+        paretoforge.exceptions.SpecError: Unknown precision 'int2'. Available: fp32, int8, ...
     """
     if precision not in PRECISIONS:
         raise SpecError(f"Unknown precision {precision!r}. Available: {', '.join(PRECISIONS)}.")
@@ -372,6 +575,10 @@ def apply_precision(
     if precision == "int8":
         return quantize_dynamic_int8(src, dst,
                                      per_channel=True if per_channel is None else per_channel)
+    if precision == "fp16":
+        return convert_fp16(src, dst)
+    if precision == "int4":
+        return quantize_int4(src, dst)
     if precision == "int8-static":
         if calibration is None:
             raise BuildError(

@@ -113,7 +113,7 @@ def load_spec_task(spec: Spec) -> Any:
     """The spec's task data (a :class:`~paretoforge.tasks.TaskData`), split as the spec says.
 
     A built-in recipe's task takes the split from ``task.split``; with a checkpoint
-    (``model.path``) the checkpoint's tokenizer preprocesses the text.
+    (``model.path``) the checkpoint's tokenizer or image processor preprocesses the data.
     """
     from paretoforge.spec import resolve_model_path
     from paretoforge.tasks import load_task
@@ -124,7 +124,7 @@ def load_spec_task(spec: Spec) -> Any:
     ckpt = resolve_model_path(spec.model.path)
     params = dict(spec.task.params)
     params.setdefault("seed", spec.task.split.seed)
-    if spec.task.name == "text-classification":
+    if spec.task.name in ("text-classification", "image-classification"):
         params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
     if spec.task.data:
         params["path"] = spec.task.data

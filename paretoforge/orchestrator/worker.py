@@ -209,7 +209,7 @@ class Worker:
                 "outputs": [{"name": out_name, "shape": ["batch", width], "dtype": "float32",
                              **({"pooling": p.pooling} if embedding else {})}],
                 "preprocessing": p.task.preprocessing + (
-                    f"; tokenizer files in this directory: "
+                    f"; the checkpoint's tokenizer / preprocessing files, in this directory: "
                     f"{[f for f in files if f not in ARTIFACT_FILES]}" if p.checkpoint_dir
                     else ""),
                 "base_model": p.base_info,

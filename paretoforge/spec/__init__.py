@@ -183,10 +183,18 @@ class Spec(_Strict):
             raise ValueError(f"task.name: {TASKS.unknown_message(self.task.name)}")
         if self.task.name in CHECKPOINT_TASKS and self.model.path is None:
             raise ValueError(f"task.name: {self.task.name!r} needs a checkpoint (model.path) "
-                             "whose tokenizer and encoder it uses")
+                             "whose preprocessing and weights it uses")
         if self.model.path is not None and self.task.name not in CHECKPOINT_TASKS:
             raise ValueError(f"task.name: a model.path checkpoint runs the tasks "
                              f"{', '.join(CHECKPOINT_TASKS)}, not {self.task.name!r}")
+        if self.model.path is not None:
+            kind = _checkpoint_model_type(self.model.path)
+            vision = kind in ("vit", "deit")
+            if vision != (self.task.name == "image-classification"):
+                want = "image-classification" if vision else "a text task (" + ", ".join(
+                    t for t in CHECKPOINT_TASKS if t != "image-classification") + ")"
+                raise ValueError(f"task.name: model.path is a {kind!r} checkpoint, which runs "
+                                 f"{want}, not {self.task.name!r}")
         if self.recovery.pooled_weight and self.task.name != "embedding-fidelity":
             raise ValueError(f"recovery.pooled_weight: the pooled-embedding loss needs the "
                              f"embedding-fidelity task, not {self.task.name!r}; remove it")
@@ -387,3 +395,12 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         if model is None:
             return []
     return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _checkpoint_model_type(path: str) -> str | None:
+    """The ``model_type`` in a checkpoint's config.json (already checked by ModelSpec)."""
+    try:
+        config = json.loads((resolve_model_path(path) / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None

@@ -17,12 +17,18 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 # Metric names a candidate reports; latency metrics carry the profile: ``latency_p50_ms@cpu-1t``.
 QUALITY_METRICS = ("accuracy", "embedding_cosine")
 PLAIN_METRICS = ("accuracy", "embedding_cosine", "onnx_bytes", "params")
-# model_type of the checkpoints `model.path` may name (encoders the text tasks can drive).
-PATH_FAMILIES = ("bert", "distilbert", "roberta")
+# model_type of the checkpoints `model.path` may name (encoders the text tasks can drive,
+# vision transformers the image task can).
+PATH_FAMILIES = ("bert", "distilbert", "roberta", "vit", "deit")
 # Task -> its quality metric; tasks that need a checkpoint (their tokenizer) list it too.
 TASK_METRICS = {"digits": "accuracy", "text-classification": "accuracy",
-                "embedding-fidelity": "embedding_cosine"}
-CHECKPOINT_TASKS = ("text-classification", "embedding-fidelity")
+                "embedding-fidelity": "embedding_cosine", "image-classification": "accuracy"}
+CHECKPOINT_TASKS = ("text-classification", "embedding-fidelity", "image-classification")
+# Tasks whose data must be given (task.data), with what it is; image data may be a folder.
+_DATA_NEEDED = {
+    "text-classification": "a .csv, .tsv or .jsonl file with text and label columns",
+    "image-classification": "a .npz file (arrays x and y) or a folder of class subfolders",
+}
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -97,14 +103,18 @@ class TaskSpec(_Strict):
         "digits",
         description="Task name: `digits` (scikit-learn's bundled 8x8 digits), "
         "`text-classification` (your CSV / JSONL in `data`, tokenized with the checkpoint's "
-        "tokenizer) or `embedding-fidelity` (sentence embeddings of the checkpoint on "
-        "pydoc_data.topics sentences, scored by cosine to the unpruned model's).",
+        "tokenizer), `embedding-fidelity` (sentence embeddings of the checkpoint on "
+        "pydoc_data.topics sentences, scored by cosine to the unpruned model's) or "
+        "`image-classification` (your .npz or image folder in `data`, preprocessed as the "
+        "checkpoint's preprocessor_config.json).",
     )
     data: str | None = Field(
         None,
         description="Path to the task data: text-classification, a .csv/.tsv/.jsonl with text "
         "and label; embedding-fidelity, your texts (.txt one per line, or a .csv/.tsv/.jsonl "
-        "text column; default: pydoc_data.topics sentences); digits brings its own.",
+        "text column; default: pydoc_data.topics sentences); image-classification, a .npz "
+        "(x images, y labels) or a folder with one subfolder of images per class; digits "
+        "brings its own.",
     )
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
     metric: Literal["accuracy", "embedding_cosine"] = Field(
@@ -132,13 +142,16 @@ class TaskSpec(_Strict):
         if own is not None and self.metric != own:
             raise ValueError(f"task.metric: task {self.name!r} is scored by {own!r}, "
                              f"not {self.metric!r}")
-        if self.name == "text-classification" and not self.data:
-            raise ValueError("task.data: text-classification needs the path of a .csv, .tsv "
-                             "or .jsonl file with text and label columns")
+        if self.name in _DATA_NEEDED and not self.data:
+            raise ValueError(f"task.data: {self.name} needs the path of "
+                             f"{_DATA_NEEDED[self.name]}")
         if self.data and self.name == "digits":
             raise ValueError("task.data: the digits task brings its own data (scikit-learn's "
                              "digits); remove task.data")
-        if self.data and not Path(self.data).is_file():
+        if self.data and self.name == "image-classification":
+            if not (Path(self.data).is_file() or Path(self.data).is_dir()):
+                raise ValueError(f"task.data: {self.data!r} is neither a file nor a folder")
+        elif self.data and not Path(self.data).is_file():
             raise ValueError(f"task.data: {self.data!r} is not a file")
         return self
 

@@ -85,7 +85,7 @@ def test_apply_precision_int8_is_per_channel_by_default(wide_onnx: Path, tmp_pat
 
 
 def test_apply_precision(wide_onnx: Path, tmp_path: Path) -> None:
-    assert PRECISIONS == ("fp32", "int8", "int8-static")
+    assert PRECISIONS == ("fp32", "int8", "int8-static", "fp16", "int4")
     fp32 = apply_precision(wide_onnx, tmp_path / "a.onnx", "fp32")
     assert fp32.read_bytes() == wide_onnx.read_bytes()
     apply_precision(wide_onnx, fp32, "fp32")  # replacing an existing file works
@@ -95,8 +95,8 @@ def test_apply_precision(wide_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_precision_lists_options(wide_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=r"'int4'\. Available: fp32, int8, int8-static"):
-        apply_precision(wide_onnx, tmp_path / "x.onnx", "int4")
+    with pytest.raises(SpecError, match=r"'int2'\. Available: fp32, int8, int8-static, fp16"):
+        apply_precision(wide_onnx, tmp_path / "x.onnx", "int2")
 
 
 def test_quantize_failures_are_build_errors(tmp_path: Path) -> None:

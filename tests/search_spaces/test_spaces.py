@@ -77,8 +77,8 @@ def test_a_space_declared_without_a_preset() -> None:
         SearchSpace.from_preset(None, {k: v for k, v in dims.items() if k != "precision"})
     with pytest.raises(SpecError, match="must declare every dimension"):
         SearchSpace.from_preset(None, {})
-    with pytest.raises(SpecError, match="bad choice 'int4'"):
-        SearchSpace.from_preset(None, {**dims, "precision": ["fp32", "int4"]})
+    with pytest.raises(SpecError, match="bad choice 'int2'"):
+        SearchSpace.from_preset(None, {**dims, "precision": ["fp32", "int2"]})
 
 
 def test_encoder_prune_fits_the_checkpoint() -> None:

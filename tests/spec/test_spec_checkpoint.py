@@ -55,7 +55,7 @@ def test_minilm_example_is_valid() -> None:
          ["task.data", "text-classification"]),
         ({"space": {"preset": None}}, ["must declare every dimension"]),
         ({"space": {"preset": None, "dimensions": {"layers_kept": [1]}}}, ["missing"]),
-        ({"space": {"dimensions": {"precision": ["int4"]}}}, ["bad choice 'int4'"]),
+        ({"space": {"dimensions": {"precision": ["int2"]}}}, ["bad choice 'int2'"]),
         ({"recovery": {"hidden_weight": -1}}, ["recovery.hidden_weight"]),
     ],
 )
@@ -85,3 +85,22 @@ def test_user_declared_space_and_text_fields_validate(tmp_path: Path) -> None:
     bad["space"]["dimensions"]["heads_kept"] = [6, 16]
     with pytest.raises(SpecError, match="exceed the base model's 12"):
         check_before_start(Spec.from_dict(bad))
+
+
+@pytest.mark.parametrize(("model_type", "task", "expect"), [
+    ("vit", {"name": "embedding-fidelity"}, "runs image-classification"),
+    ("bert", {"name": "image-classification", "data": "DATA"}, "runs a text task"),
+])
+def test_checkpoint_family_must_fit_the_task(tmp_path, model_type, task, expect) -> None:
+    """A vision checkpoint with a text task (or the reverse) is refused at spec time."""
+    import json
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (ckpt / "model.safetensors").write_bytes(b"")  # only its presence is checked here
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"")
+    task = {k: (str(data) if v == "DATA" else v) for k, v in task.items()}
+    with pytest.raises(SpecError, match=expect):
+        Spec.from_dict({"model": {"path": str(ckpt)}, "task": task})
