@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import BuildError
+from paretoforge.kernels._quiet import quiet
 
 if TYPE_CHECKING:
     import torch
@@ -45,24 +42,6 @@ def _wrapper(model: torch.nn.Module, names: Sequence[str], output_fn: Callable[[
             return output_fn(out)
 
     return _KeywordCall()
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # The tracer warns about every Python-level shape computation (TracerWarning) and the
-    # exporter about opset/constant folding; none of it is actionable for a candidate, and a
-    # real failure still surfaces as an exception.
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, lvl in zip(loggers, levels, strict=True):
-                lg.setLevel(lvl)
 
 
 def export_onnx(
@@ -132,7 +111,7 @@ def export_onnx(
     try:
         model.eval()
         try:
-            with _quiet(), torch.no_grad():
+            with quiet("torch.onnx", "torch._dynamo", "torch.export"), torch.no_grad():
                 torch.onnx.export(
                     wrapper,
                     tensors,

@@ -21,17 +21,16 @@ Precisions beside fp32 (the exported graph): two int8 schemes, fp16 and weight-o
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import BuildError, SpecError
+from paretoforge.kernels._quiet import quiet
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,12 +112,7 @@ def quantize_dynamic_int8(
     with _tmp_beside(dst) as tmp:
         try:
             # The quantizer logs per-node notes at INFO/WARNING; failures still raise.
-            with (
-                warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
-                _quiet_logging(),
-            ):
-                warnings.simplefilter("ignore")
+            with quiet():
                 quantize_dynamic(
                     str(src),
                     str(tmp),
@@ -301,12 +295,7 @@ def quantize_static_int8(
         extra["CalibPercentile"] = float(percentile)
     with _tmp_beside(dst) as tmp:
         try:
-            with (
-                warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
-                _quiet_logging(),
-            ):
-                warnings.simplefilter("ignore")
+            with quiet():
                 # The calibrator's augmented model copy goes to its own temporary directory.
                 ort_quantize_static(
                     str(src),
@@ -366,8 +355,7 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
         raise BuildError(f"Cannot convert {str(src)!r}: no such file; export the model first")
     with _tmp_beside(dst) as tmp:
         try:
-            with warnings.catch_warnings(), _quiet_logging():
-                warnings.simplefilter("ignore")
+            with quiet():
                 model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
                 # The converter appends the Casts of kept float32 inputs at the end of the
                 # node list; the checker wants the graph in topological order.
@@ -493,12 +481,7 @@ def quantize_int4(
         try:
             model = onnx.load(str(src))
             _gemm_to_matmul(model)
-            with (
-                warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
-                _quiet_logging(),
-            ):
-                warnings.simplefilter("ignore")
+            with quiet():
                 quantizer = MatMulNBitsQuantizer(
                     model, bits=4, block_size=block_size, is_symmetric=True
                 )
@@ -515,17 +498,6 @@ def quantize_int4(
             ) from err
         _commit(tmp, dst)
     return dst
-
-
-@contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def apply_precision(
