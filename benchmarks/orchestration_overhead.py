@@ -138,7 +138,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=128 * 1024**2,
              logging_level=logging.WARNING, log_to_driver=False)
     results: dict[str, Any] = {"machine": machine("ray", "optuna"),
                                "load_avg_1m_before": round(load_before, 2)}

@@ -88,7 +88,8 @@ def real_part(trials: int, worker_counts: list[int], root: Path,
     rows = []
     for workers in worker_counts:
         spec = _quickstart_spec(trials, workers, profiles)
-        ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=256 * 1024**2,
+        ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                 object_store_memory=256 * 1024**2,
                  logging_level=logging.WARNING, log_to_driver=False)
         try:
             run_dir = root / f"real-w{workers}-{'-'.join(spec.profiles)}"

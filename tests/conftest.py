@@ -27,7 +27,8 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=128 * 1024**2,
                  logging_level=logging.WARNING, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -99,7 +99,8 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
         return True
     need = spec.cluster.workers * spec.cluster.cpus_per_worker
     num_cpus = max(int(-(-need // 1)), 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=spec.cluster.dashboard,
+    # address="local": a new cluster of our own, never one another process started here
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=spec.cluster.dashboard,
              dashboard_host="127.0.0.1", object_store_memory=256 * 1024**2, **common)
     return True
 

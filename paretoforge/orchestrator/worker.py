@@ -154,12 +154,18 @@ class Worker:
                 else:
                     exported, out_name = model, "logits"
                 export_onnx(exported, example, tmp / "model_fp32.onnx", output_names=(out_name,))
+                source = tmp / "model_fp32.onnx"
+                fusions: dict[str, int] = {}
+                if cfg.fusion:
+                    fusions = self._fuse(cfg, model, source, tmp / "model_fused.onnx")
+                    source = tmp / "model_fused.onnx"
                 calibration = None
                 if cfg.precision == "int8-static":  # activations calibrated on training inputs
                     calibration = {k: v[:_CALIBRATION_EXAMPLES] for k, v in train.items()}
-                apply_precision(tmp / "model_fp32.onnx", tmp / "model.onnx", cfg.precision,
+                apply_precision(source, tmp / "model.onnx", cfg.precision,
                                 calibration=calibration)
                 (tmp / "model_fp32.onnx").unlink()
+                (tmp / "model_fused.onnx").unlink(missing_ok=True)
                 timings["export_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
@@ -202,6 +208,8 @@ class Worker:
                 "placement": placement,
                 "quality_batch_size": _QUALITY_BATCH,
                 "graph": graph_summary(tmp / "model.onnx"),
+                # ONNX Runtime fusions applied before the precision step: {fused op: count}
+                "fusions": fusions,
                 "task": {"name": p.task.name, "metric": p.task.metric,
                          "heldout_split": p.task.split, "n_heldout": int(len(p.task.y_heldout))},
                 "inputs": [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
@@ -256,6 +264,22 @@ class Worker:
         model = p.recover(model, self._base, self.spec.recovery, seed=self.spec.search.seed)
         timings["recovery_s"] = time.perf_counter() - t0
         return model, plan_json
+
+    def _fuse(self, cfg: CandidateConfig, model: Any, src: Path, dst: Path) -> dict[str, int]:
+        """ONNX Runtime's transformer fusions on the exported graph; the fusions applied."""
+        from paretoforge.kernels.fusion import fuse
+
+        if cfg.precision == "int8-static":
+            # the static quantizer finds no valid activation scale for some fused-node inputs
+            raise BuildError(
+                f"candidate {cfg.key}: fusion is not supported with precision int8-static "
+                "(static QDQ quantization of a fused graph fails); use fusion with fp32, int8, "
+                "fp16 or int4, or leave int8-static unfused"
+            )
+        # every kept layer keeps heads_kept heads of the base model's head size
+        head_size = int(model.config.hidden_size) // int(self.prepared.num_heads)
+        return fuse(src, dst, str(model.config.model_type), num_heads=cfg.heads_kept,
+                    hidden_size=cfg.heads_kept * head_size)
 
     def _measure(self, onnx_path: Path, profile_name: str,
                  inputs: dict[str, Any]) -> dict[str, Any]:

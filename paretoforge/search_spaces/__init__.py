@@ -47,9 +47,21 @@ class CandidateConfig(BaseModel):
         "(activations calibrated on the training split), fp16 (float16 graph, for GPUs; runs "
         "on CPU too) or int4 (4-bit weight-only MatMulNBits, blocks of 32, fp32 activations)."
     )
+    fusion: bool = Field(
+        default=False,
+        description="Run ONNX Runtime's transformer graph fusions (Attention, "
+        "SkipLayerNormalization, Gelu, ...) on the exported graph before the precision step. "
+        "Optional dimension: absent means False.",
+    )
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Sorted, compact JSON of the config; optional dimensions at their default
+        (``fusion`` False) are left out, so keys of configs from before them are unchanged."""
+        data = self.model_dump(mode="json")
+        for name in _OPTIONAL_DIMENSIONS:
+            if data[name] == CandidateConfig.model_fields[name].default:
+                del data[name]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def key(self) -> str:
@@ -62,6 +74,10 @@ class CandidateConfig(BaseModel):
             and self.heads_kept == num_heads
             and self.ffn_kept == 1.0
         )
+
+
+#: Dimensions a space may leave out (the config's default then applies to every candidate).
+_OPTIONAL_DIMENSIONS: tuple[str, ...] = ("fusion",)
 
 
 class SpacePreset(BaseModel):
@@ -113,7 +129,8 @@ class SearchSpace:
     """The dimensions of one search, each a tuple of choices.
 
     Args:
-        dimensions: Every dimension of :class:`CandidateConfig` with its choices.
+        dimensions: Every dimension of :class:`CandidateConfig` with its choices; the
+            optional ones (``fusion``) may be left out, their default then applies.
         fit_to_model: Dimensions (``layers_kept``, ``heads_kept``) whose choices
             :meth:`check_model` fits to the base model instead of rejecting.
     """
@@ -122,7 +139,7 @@ class SearchSpace:
                  fit_to_model: tuple[str, ...] = ()) -> None:
         fields = set(CandidateConfig.model_fields)
         unknown = sorted(set(dimensions) - fields)
-        missing = sorted(fields - set(dimensions))
+        missing = sorted(fields - set(dimensions) - set(_OPTIONAL_DIMENSIONS))
         if unknown or missing:
             raise SpecError(
                 f"space.dimensions: unknown {unknown} / missing {missing}; "
@@ -159,13 +176,14 @@ class SearchSpace:
             if not overrides:
                 raise SpecError(
                     "space: without a preset, space.dimensions must declare every dimension "
-                    f"({', '.join(CandidateConfig.model_fields)}), each with a list of choices"
+                    f"({', '.join(_required_dimensions())}; optionally "
+                    f"{', '.join(_OPTIONAL_DIMENSIONS)}), each with a list of choices"
                 )
             return cls({k: tuple(v) for k, v in overrides.items()})
         preset = SPACES.get(name)
         dims = dict(preset.dimensions)
         for k, v in (overrides or {}).items():
-            if k not in dims:
+            if k not in dims and k not in _OPTIONAL_DIMENSIONS:
                 raise SpecError(
                     f"space.dimensions: unknown dimension {k!r} for preset {name!r}; "
                     f"its dimensions are {sorted(dims)}"
@@ -180,13 +198,16 @@ class SearchSpace:
         return CandidateConfig(**params)
 
     def base_params(self, num_layers: int, num_heads: int) -> dict[str, Any]:
-        """Params of the unpruned fp32 base model, enqueued as trial 0."""
-        return {
+        """Params of the unpruned fp32 base model (unfused), enqueued as trial 0."""
+        params: dict[str, Any] = {
             "layers_kept": num_layers,
             "heads_kept": num_heads,
             "ffn_kept": 1.0,
             "precision": "fp32",
         }
+        if "fusion" in self.dimensions:
+            params["fusion"] = False
+        return params
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         """Raise SpecError unless every choice fits a base model of this shape.
@@ -218,6 +239,10 @@ class SearchSpace:
         for v in self.dimensions.values():
             n *= len(v)
         return n
+
+
+def _required_dimensions() -> list[str]:
+    return [k for k in CandidateConfig.model_fields if k not in _OPTIONAL_DIMENSIONS]
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:

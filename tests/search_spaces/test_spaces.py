@@ -92,3 +92,29 @@ def test_encoder_prune_fits_the_checkpoint() -> None:
     # a choice the user gives explicitly is checked, not fitted
     with pytest.raises(SpecError, match="exceed the base model's 6"):
         SearchSpace.from_preset("encoder-prune", {"layers_kept": [3, 6, 12]}).check_model(6, 12)
+
+
+def test_fusion_is_an_optional_dimension() -> None:
+    kw = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "fp32"}
+    # keys of configs without fusion are those from before the dimension existed
+    assert CandidateConfig(**kw).key == "674c21b8a85dc102"
+    assert CandidateConfig(**kw, fusion=False).key == "674c21b8a85dc102"
+    assert CandidateConfig(**kw, fusion=True).key != "674c21b8a85dc102"
+    assert "fusion" not in SearchSpace.from_preset("vit-prune").dimensions
+    space = SearchSpace.from_preset("vit-prune", {"fusion": [False, True]})
+    assert space.dimensions["fusion"] == (False, True)
+    assert space.base_params(4, 4)["fusion"] is False
+    space.check_model(4, 4)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        t = study.ask()
+        seen.add(space.suggest(t).fusion)
+        study.tell(t, [0.0, 0.0])
+    assert seen == {False, True}
+    declared = SearchSpace.from_preset(None, {**{k: [v] for k, v in kw.items()},
+                                              "fusion": [True, False]})
+    assert declared.size() == 2
+    with pytest.raises(SpecError, match="must include the base model's value False"):
+        SearchSpace.from_preset("vit-prune", {"fusion": [True]}).check_model(4, 4)
