@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from paretoforge.evaluators.predictor import features_from
+from paretoforge.evaluators.predictor import features_from, macs_by_precision
 
 __all__ = ["BYTES_PER_WEIGHT", "ConfigFeatureEstimator"]
 
@@ -146,15 +146,10 @@ class ConfigFeatureEstimator:
                                       [("one", "L", "int8", "int8L"), ("one", "L"), ("one",)])
         assert macs is not None and other is not None and nodes is not None  # ("one",) always
         int8 = q["int8"]
-        fp16 = 1.0 if precision == "fp16" else 0.0
-        int4 = 1.0 if precision == "int4" else 0.0
         macs = max(macs, 0.0)
         return {
             "macs_per_token": macs,
-            "macs_fp32": macs * (1 - int8 - fp16 - int4),
-            "macs_int8": macs * int8,
-            "macs_fp16": macs * fp16,
-            "macs_int4": macs * int4,
+            **macs_by_precision(macs, precision),
             "heads": q["Lh"],
             "layers": q["L"],
             "nodes": max(nodes, 0.0),

@@ -63,6 +63,20 @@ def _precision(config: Mapping[str, Any] | None, graph: Mapping[str, Any]) -> st
     return "fp32"
 
 
+def macs_by_precision(macs: float, precision: str) -> dict[str, float]:
+    """``macs`` under the feature of its precision (``macs_fp32``, ``macs_int8`` -- dynamic
+    and static --, ``macs_fp16``, ``macs_int4``), the others 0: each has its own rate.
+
+    Example:
+        >>> macs_by_precision(10.0, "int8-static")["macs_int8"]
+        10.0
+    """
+    kind = "int8" if precision.startswith("int8") else precision
+    out = {f"macs_{k}": 0.0 for k in ("fp32", "int8", "fp16", "int4")}
+    out[f"macs_{kind}" if f"macs_{kind}" in out else "macs_fp32"] = macs
+    return out
+
+
 def features_from(
     source: Mapping[str, Any],
     config: Mapping[str, Any] | Any | None = None,
@@ -115,8 +129,6 @@ def features_from(
         macs = float(graph.get("initializer_bytes", 0)) / 4
     precision = _precision(cfg, graph)
     int8 = 1.0 if precision.startswith("int8") else 0.0  # int8 (dynamic) and int8-static
-    fp16 = 1.0 if precision == "fp16" else 0.0
-    int4 = 1.0 if precision == "int4" else 0.0
     # The optimised graph is what is dispatched, when the manifest has it.
     placement = source.get("placement")
     nodes = float(graph["node_count"])
@@ -130,10 +142,7 @@ def features_from(
         nodes = float(rep.get("nodes_after", nodes))
     return {
         "macs_per_token": macs,
-        "macs_fp32": macs * (1 - int8 - fp16 - int4),
-        "macs_int8": macs * int8,
-        "macs_fp16": macs * fp16,
-        "macs_int4": macs * int4,
+        **macs_by_precision(macs, precision),
         "heads": heads,
         "layers": layers,
         "nodes": nodes,
