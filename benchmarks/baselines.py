@@ -108,7 +108,7 @@ def main() -> int:
     import paretoforge
     from paretoforge.kernels.quantize import apply_precision
     from paretoforge.models.surgery import PrunePlan, identity_plan, prune
-    from paretoforge.orchestrator.prepare import prepare
+    from paretoforge.pipeline.prepare import prepare
 
     torch.set_num_threads(1)
     core = [sorted(os.sched_getaffinity(0))[-1]]

@@ -73,7 +73,7 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
 
 def _bundle(n_train: int | None, cache: dict[Any, Any]) -> Any:
     """What a search prepares (task, base model, importance, reference embeddings)."""
-    from paretoforge.orchestrator.prepare import prepare
+    from paretoforge.pipeline.prepare import prepare
     from paretoforge.spec import Spec
 
     if n_train not in cache:

@@ -65,7 +65,7 @@ def measure_all(n: int | None, seed: int, core: int) -> list[dict[str, Any]]:
     from paretoforge.models.importance import compute_importance
     from paretoforge.models.surgery import plan_from_importance, prune
     from paretoforge.models.vit import DEFAULT_DIGITS_RECIPE, get_base_model
-    from paretoforge.orchestrator.prepare import cache_dir
+    from paretoforge.pipeline.prepare import cache_dir
     from paretoforge.search_spaces import SearchSpace
     from paretoforge.tasks import load_task
 

@@ -109,8 +109,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from paretoforge.orchestrator.prepare import load_spec_task
     from paretoforge.orchestrator.results import export_trial, load_run
+    from paretoforge.pipeline.prepare import load_spec_task
     from paretoforge.spec import Spec
 
     run = load_run(args.run)

@@ -57,7 +57,7 @@ def check_before_start(spec: Spec) -> SearchSpace:
 
     space = SearchSpace.from_preset(spec.space.preset, spec.space.dimensions)
     if spec.model.path is not None:
-        from paretoforge.orchestrator.prepare import checkpoint_shape
+        from paretoforge.pipeline.prepare import checkpoint_shape
 
         space.check_model(*checkpoint_shape(spec.model.path))
     else:
@@ -183,7 +183,6 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
                 worker_cls: type | None, worker_kwargs: dict[str, Any]) -> SearchSummary:
     import ray
 
-    from paretoforge.orchestrator.artifacts import remove_partial
     from paretoforge.orchestrator.bench import start_benches, stop_benches
     from paretoforge.orchestrator.loop import SearchLoop
     from paretoforge.orchestrator.pool import WorkerPool
@@ -191,6 +190,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.samplers import make_sampler
     from paretoforge.orchestrator.storage import open_storage, open_study
     from paretoforge.orchestrator.worker import Worker, package_versions
+    from paretoforge.pipeline.artifacts import remove_partial
 
     log = progress.log
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
@@ -210,7 +210,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         for name, refs in benches.items():
             log(f"profile {name}: measured on {len(refs)} node(s) with Ray resource "
                 f"{refs[0].resource!r}")
-        from paretoforge.orchestrator.prepare import prepare_cached
+        from paretoforge.pipeline.prepare import prepare_cached
 
         prepared = prepare_cached(spec, log=log)
         atomic_write_json(run_dir / "run.json", {

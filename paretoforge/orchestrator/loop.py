@@ -41,16 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge.exceptions import MeasurementError
-from paretoforge.orchestrator.artifacts import (
+from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
+from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
+from paretoforge.orchestrator.prediction import SearchPredictors
+from paretoforge.orchestrator.progress import Progress
+from paretoforge.pipeline.artifacts import (
     artifact_path,
     remove_partial,
     result_from_manifest,
     verify_artifact,
 )
-from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
-from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
-from paretoforge.orchestrator.prediction import SearchPredictors
-from paretoforge.orchestrator.progress import Progress
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 

@@ -44,7 +44,8 @@ from paretoforge.evaluators.predictor import (
     load_predictor,
 )
 from paretoforge.exceptions import MeasurementError, SpecError
-from paretoforge.spec import QUALITY_METRICS, Spec, parse_metric
+from paretoforge.spec import Spec, parse_metric
+from paretoforge.tasks import task_metrics
 
 __all__ = ["PREDICTED_METRIC", "Screen", "SearchPredictors", "predictor_lines",
            "read_predictors"]
@@ -273,7 +274,7 @@ class SearchPredictors:
 
         latency = []
         for o in self.spec.objectives:
-            if o.metric in QUALITY_METRICS and o.direction == "maximize":
+            if o.metric in task_metrics() and o.direction == "maximize":
                 continue
             if o.direction == "minimize" and predict(o.metric):
                 latency.append(o.metric)

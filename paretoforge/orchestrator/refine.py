@@ -59,9 +59,9 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
     Raises:
         SpecError: a trial is not a completed trial of the run, or the budget is not larger.
     """
-    from paretoforge.orchestrator.prepare import prepare_cached
     from paretoforge.orchestrator.results import load_run
     from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline.prepare import prepare_cached
     from paretoforge.search_spaces import CandidateConfig
     from paretoforge.spec import Spec
 

@@ -333,7 +333,7 @@ class Checkpoint:
 
     def verify(self) -> bool:
         """True when every file matches the sha256 in the manifest."""
-        from paretoforge.orchestrator.artifacts import verify_artifact
+        from paretoforge.pipeline.artifacts import verify_artifact
 
         return verify_artifact(self.dir) is not None
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, sha256_file
 from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
-from paretoforge.orchestrator.artifacts import artifact_path, result_from_manifest, verify_artifact
 from paretoforge.orchestrator.bench import BenchRef, current_node_id
 from paretoforge.orchestrator.gate import GateClient, LocalGate
-from paretoforge.orchestrator.prepare import Prepared
+from paretoforge.pipeline.artifacts import artifact_path, result_from_manifest, verify_artifact
+from paretoforge.pipeline.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
 from paretoforge.spec import Spec
 

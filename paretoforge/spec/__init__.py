@@ -25,10 +25,8 @@ from paretoforge.exceptions import SpecError, UnknownComponentError
 from paretoforge.hw_profiles._profile import HardwareProfile
 from paretoforge.spec._sections import (
     _NAME_RE,
-    CHECKPOINT_TASKS,
-    PATH_FAMILIES,
-    QUALITY_METRICS,
     SAMPLERS,
+    SIZE_METRICS,
     ClusterSpec,
     ConstraintSpec,
     ModelSpec,
@@ -41,14 +39,17 @@ from paretoforge.spec._sections import (
     SplitSpec,
     TaskSpec,
     _Strict,
+    checkpoint_families,
     parse_metric,
+    plain_metrics,
     resolve_model_path,
 )
 
 __all__ = [
-    "PATH_FAMILIES",
-    "QUALITY_METRICS",
     "SAMPLERS",
+    "SIZE_METRICS",
+    "checkpoint_families",
+    "plain_metrics",
     "ClusterSpec",
     "ConstraintSpec",
     "ModelSpec",
@@ -181,28 +182,36 @@ class Spec(_Strict):
             raise ValueError(f"model.recipe: {RECIPES.unknown_message(self.model.recipe)}")
         if self.task.name not in TASKS:
             raise ValueError(f"task.name: {TASKS.unknown_message(self.task.name)}")
-        if self.task.name in CHECKPOINT_TASKS and self.model.path is None:
+        task = TASKS.get(self.task.name)
+        if self.model.path is None and "recipe" not in task.sources:
             raise ValueError(f"task.name: {self.task.name!r} needs a checkpoint (model.path) "
                              "whose preprocessing and weights it uses")
-        if self.model.path is not None and self.task.name not in CHECKPOINT_TASKS:
+        if self.model.path is not None and "checkpoint" not in task.sources:
+            takes = [t for t in TASKS if "checkpoint" in TASKS.get(t).sources]
             raise ValueError(f"task.name: a model.path checkpoint runs the tasks "
-                             f"{', '.join(CHECKPOINT_TASKS)}, not {self.task.name!r}")
+                             f"{', '.join(takes)}, not {self.task.name!r}")
         if self.model.path is not None:
             kind = _checkpoint_model_type(self.model.path)
-            vision = kind in ("vit", "deit")
-            if vision != (self.task.name == "image-classification"):
-                want = "image-classification" if vision else "a text task (" + ", ".join(
-                    t for t in CHECKPOINT_TASKS if t != "image-classification") + ")"
+            if kind is not None and not task.accepts_family(kind):
+                takes = [t for t in TASKS if TASKS.get(t).accepts_family(kind)]
+                kinds = sorted({TASKS.get(t).modality for t in takes})
+                runs = (takes[0] if len(takes) == 1 else
+                        f"a {' or '.join(kinds)} task ({', '.join(takes)})" if takes else
+                        "no registered task")
                 raise ValueError(f"task.name: model.path is a {kind!r} checkpoint, which runs "
-                                 f"{want}, not {self.task.name!r}")
-        if self.recovery.pooled_weight and self.task.name != "embedding-fidelity":
-            raise ValueError(f"recovery.pooled_weight: the pooled-embedding loss needs the "
-                             f"embedding-fidelity task, not {self.task.name!r}; remove it")
+                                 f"{runs}, not {self.task.name!r} (which takes "
+                                 f"{', '.join(task.families)})")
+        if self.recovery.pooled_weight and "pooled" not in task.distill_losses:
+            raise ValueError(f"recovery.pooled_weight: the pooled-embedding loss needs a task "
+                             f"that exports a pooled embedding, not {self.task.name!r}; "
+                             "remove it")
         if self.space.preset is not None and self.space.preset not in SPACES:
             raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
         metrics = [o.metric for o in self.objectives]
+        from paretoforge.tasks import task_metrics
+
         wrong = [m for m in metrics + [c.metric for c in self.constraints]
-                 if m in QUALITY_METRICS and m != self.task.quality_metric]
+                 if m in task_metrics() and m not in task.metrics]
         if wrong:
             raise ValueError(f"objectives: task {self.task.name!r} is scored by "
                              f"{self.task.quality_metric!r}, not {wrong[0]!r}")

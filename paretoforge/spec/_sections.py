@@ -14,21 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from paretoforge.exceptions import SpecError
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
-# Metric names a candidate reports; latency metrics carry the profile: ``latency_p50_ms@cpu-1t``.
-QUALITY_METRICS = ("accuracy", "embedding_cosine")
-PLAIN_METRICS = ("accuracy", "embedding_cosine", "onnx_bytes", "params")
-# model_type of the checkpoints `model.path` may name (encoders the text tasks can drive,
-# vision transformers the image task can).
-PATH_FAMILIES = ("bert", "distilbert", "roberta", "vit", "deit")
-# Task -> its quality metric; tasks that need a checkpoint (their tokenizer) list it too.
-TASK_METRICS = {"digits": "accuracy", "text-classification": "accuracy",
-                "embedding-fidelity": "embedding_cosine", "image-classification": "accuracy"}
-CHECKPOINT_TASKS = ("text-classification", "embedding-fidelity", "image-classification")
-# Tasks whose data must be given (task.data), with what it is; image data may be a folder.
-_DATA_NEEDED = {
-    "text-classification": "a .csv, .tsv or .jsonl file with text and label columns",
-    "image-classification": "a .npz file (arrays x and y) or a folder of class subfolders",
-}
+# Metric names a candidate reports besides its tasks' own (from the Task contract); latency
+# metrics carry the profile: ``latency_p50_ms@cpu-1t``.
+SIZE_METRICS = ("onnx_bytes", "params")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -48,7 +36,8 @@ class ModelSpec(_Strict):
     path: str | None = Field(
         None,
         description="Local Hugging Face checkpoint directory (config.json + *.safetensors) of a "
-        f"supported family ({', '.join(PATH_FAMILIES)}); 'pkg:MODULE/SUBDIR' names a directory "
+        "family a task accepts (e.g. bert, distilbert, roberta, vit, deit); 'pkg:MODULE/SUBDIR' "
+        "names a directory "
         "inside an installed Python package. Mutually exclusive with `recipe`.",
     )
     architecture: str | None = Field(
@@ -117,10 +106,11 @@ class TaskSpec(_Strict):
         "brings its own.",
     )
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
-    metric: Literal["accuracy", "embedding_cosine"] = Field(
-        "accuracy",
-        description="Quality metric on held-out data: accuracy (classification) or "
-        "embedding_cosine (embedding-fidelity); default: the task's own.",
+    metric: str | None = Field(
+        None,
+        description="Quality metric on held-out data: one of the task's metrics (accuracy for "
+        "the classification tasks, embedding_cosine for embedding-fidelity); default: the "
+        "task's own.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -128,27 +118,25 @@ class TaskSpec(_Strict):
         "n_train: 1500} for embedding-fidelity.",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_metric(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and "metric" not in data and isinstance(data.get("name"), str)
-                and data["name"] in TASK_METRICS):
-            data = {**data, "metric": TASK_METRICS[data["name"]]}
-        return data
-
     @model_validator(mode="after")
-    def _task_metric(self) -> TaskSpec:
-        own = TASK_METRICS.get(self.name)
-        if own is not None and self.metric != own:
-            raise ValueError(f"task.metric: task {self.name!r} is scored by {own!r}, "
-                             f"not {self.metric!r}")
-        if self.name in _DATA_NEEDED and not self.data:
-            raise ValueError(f"task.data: {self.name} needs the path of "
-                             f"{_DATA_NEEDED[self.name]}")
-        if self.data and self.name == "digits":
-            raise ValueError("task.data: the digits task brings its own data (scikit-learn's "
-                             "digits); remove task.data")
-        if self.data and self.name == "image-classification":
+    def _task_rules(self) -> TaskSpec:
+        """The rules the task itself states (Task contract); an unknown name is left to Spec."""
+        from paretoforge.tasks import TASKS
+
+        if self.name not in TASKS:
+            return self
+        task = TASKS.get(self.name)
+        if self.metric is None:
+            object.__setattr__(self, "metric", task.quality_metric)
+        elif self.metric not in task.metrics:
+            raise ValueError(f"task.metric: task {self.name!r} is scored by "
+                             f"{' or '.join(map(repr, task.metrics))}, not {self.metric!r}")
+        if task.data is None and self.data:
+            raise ValueError(f"task.data: the {self.name} task brings its own data; remove "
+                             "task.data")
+        if task.data_required and not self.data:
+            raise ValueError(f"task.data: {self.name} needs the path of {task.data}")
+        if self.data and task.data_may_be_dir:
             if not (Path(self.data).is_file() or Path(self.data).is_dir()):
                 raise ValueError(f"task.data: {self.data!r} is neither a file nor a folder")
         elif self.data and not Path(self.data).is_file():
@@ -158,7 +146,7 @@ class TaskSpec(_Strict):
     @property
     def quality_metric(self) -> str:
         """The metric candidates are scored by."""
-        return self.metric
+        return str(self.metric)
 
 
 class SpaceSpec(_Strict):
@@ -412,10 +400,25 @@ def check_checkpoint(path: str) -> Path:
         where = str(d / "config.json")
         raise ValueError(f"model.path: {where!r} is not valid JSON: {e}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in PATH_FAMILIES:
+    families = checkpoint_families()
+    if model_type not in families:
         raise ValueError(f"model.path: {shown} has model_type {model_type!r}, which is not "
-                         f"supported; supported: {', '.join(PATH_FAMILIES)}")
+                         f"supported; supported: {', '.join(families)}")
     return d
+
+
+def checkpoint_families() -> list[str]:
+    """The ``model_type`` of every checkpoint some registered task accepts."""
+    from paretoforge.tasks import TASKS
+
+    return sorted({f for name in TASKS for f in TASKS.get(name).families})
+
+
+def plain_metrics() -> tuple[str, ...]:
+    """Metric names without a profile: every registered task's metrics, then the sizes."""
+    from paretoforge.tasks import task_metrics
+
+    return tuple(task_metrics()) + SIZE_METRICS
 
 
 def parse_metric(name: str) -> tuple[str, str | None]:
@@ -432,7 +435,8 @@ def parse_metric(name: str) -> tuple[str, str | None]:
                 f"metric {name!r} needs the profile it is measured on, e.g. '{base}@cpu-1t'"
             )
         return base, profile
-    if base in PLAIN_METRICS and not sep:
+    plain = plain_metrics()
+    if base in plain and not sep:
         return base, None
-    known = ", ".join(PLAIN_METRICS + tuple(f"{m}@PROFILE" for m in LATENCY_METRICS))
+    known = ", ".join(plain + tuple(f"{m}@PROFILE" for m in LATENCY_METRICS))
     raise ValueError(f"unknown metric {name!r}; known: {known}")

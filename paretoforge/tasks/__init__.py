@@ -1,20 +1,33 @@
-"""Tasks: data, held-out split and metric that candidates are trained and scored on.
+"""Tasks: the data candidates are trained and scored on, its split, metrics and export head.
 
-Importing this package is cheap: loaders import numpy / scikit-learn only when called.
+Every task implements the :class:`Task` contract and is registered in :data:`TASKS`; adding
+one is one file with a :class:`Task` subclass and :func:`register_task`. Importing this package
+is cheap: loaders import numpy / scikit-learn / transformers only when called.
 
 Example:
     >>> from paretoforge.tasks import TASKS, load_task
     >>> "digits" in TASKS
     True
+    >>> TASKS.get("embedding-fidelity").quality_metric
+    'embedding_cosine'
     >>> task = load_task("digits")
 """
 
 from __future__ import annotations
 
-from paretoforge.tasks import digits as _digits  # noqa: F401  (registers "digits")
-from paretoforge.tasks import embedding as _embedding  # noqa: F401  ("embedding-fidelity")
-from paretoforge.tasks import image as _image  # noqa: F401  ("image-classification")
-from paretoforge.tasks import text as _text  # noqa: F401  ("text-classification")
-from paretoforge.tasks._base import TASKS, TaskData, load_task
+from paretoforge.tasks import digits as _digits  # noqa: E402,F401,I001  (registers "digits")
+from paretoforge.tasks import embedding as _embedding  # noqa: E402,F401  ("embedding-fidelity")
+from paretoforge.tasks import image as _image  # noqa: E402,F401  ("image-classification")
+from paretoforge.tasks import text as _text  # noqa: E402,F401  ("text-classification")
+from paretoforge.tasks._base import TaskData, classification_accuracy
+from paretoforge.tasks._contract import (
+    TASKS,
+    ExportHead,
+    Task,
+    load_task,
+    register_task,
+    task_metrics,
+)
 
-__all__ = ["TASKS", "TaskData", "load_task"]
+__all__ = ["TASKS", "ExportHead", "Task", "TaskData", "classification_accuracy", "load_task",
+           "register_task", "task_metrics"]

@@ -6,20 +6,17 @@ the CLI does to list tasks) stays instant.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["TASKS", "TaskData", "load_task"]
+__all__ = ["TaskData", "check_split_params", "classification_accuracy"]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value, compare by identity
@@ -92,42 +89,6 @@ class TaskData:
         }
 
 
-TASKS: Registry[Callable[..., TaskData]] = Registry("task")
-
-
-def load_task(name: str, **params: Any) -> TaskData:
-    """Load a registered task by name, with the task's own parameters.
-
-    Args:
-        name: Registered task name (see ``TASKS.names()``).
-        **params: Keyword parameters of that task's loader, e.g. ``heldout_fraction``.
-
-    Returns:
-        The task's data.
-
-    Raises:
-        UnknownComponentError: ``name`` is not a registered task.
-        SpecError: A parameter is unknown to the task, or has a bad value.
-
-    Example:
-        >>> load_task("digits", seed=1).split["seed"]
-        1
-    """
-    loader = TASKS.get(name)
-    accepted = [
-        p.name
-        for p in inspect.signature(loader).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise SpecError(
-            f"Unknown parameter(s) {', '.join(map(repr, unknown))} for task {name!r}. "
-            f"Valid parameters: {', '.join(accepted) or '(none)'}."
-        )
-    return loader(**params)
-
-
 def check_split_params(task: str, heldout_fraction: Any, seed: Any) -> None:
     """Raise SpecError unless ``0 < heldout_fraction < 1`` and ``seed`` is an integer >= 0."""
     if (
@@ -142,3 +103,8 @@ def check_split_params(task: str, heldout_fraction: Any, seed: Any) -> None:
         )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise SpecError(f"{task}: seed must be an integer >= 0, got {seed!r}.")
+
+
+def classification_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows of ``logits`` ``(N, C)`` whose arg-max is the label ``(N,)``."""
+    return float((logits.argmax(-1) == labels).mean())

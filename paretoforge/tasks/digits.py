@@ -6,10 +6,15 @@ numpy and scikit-learn are imported inside the loader so that registering the ta
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any
 
-from paretoforge.tasks._base import TASKS, TaskData, check_split_params
+from paretoforge.tasks._base import TaskData, check_split_params, classification_accuracy
+from paretoforge.tasks._contract import Task, register_task
 
-__all__ = ["load_digits_task"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["DigitsTask", "load_digits_task"]
 
 PREPROCESSING = (
     "sklearn.datasets.load_digits images (8x8, values 0..16) divided by 16.0, as float32, "
@@ -17,7 +22,6 @@ PREPROCESSING = (
 )
 
 
-@TASKS.register("digits")
 def load_digits_task(heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
     """Load the digits task with a stratified train / held-out split.
 
@@ -81,3 +85,20 @@ def load_digits_task(heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
         preprocessing=PREPROCESSING,
         split=split,
     )
+
+
+@register_task
+class DigitsTask(Task):
+    """Classify scikit-learn's bundled 8x8 digits; the base model is a built-in recipe."""
+
+    name = "digits"
+    metrics = {"accuracy": "maximize"}
+    modality = "vision"
+    sources = ("recipe",)
+
+    def load(self, heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
+        return load_digits_task(heldout_fraction=heldout_fraction, seed=seed)
+
+    def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
+        return classification_accuracy(outputs, data.y_heldout)
+

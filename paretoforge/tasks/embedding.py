@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TASKS, TaskData
+from paretoforge.tasks._base import TaskData
+from paretoforge.tasks._contract import ExportHead, Task, register_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "EmbeddingFidelityTask",
+    "PooledEncoder",
     "POOLING_MODES",
     "Pooling",
     "contrastive_loss",
@@ -357,7 +360,6 @@ def contrastive_loss(pooling: Pooling, temperature: float = 0.05) -> Callable[..
 # -- the task ------------------------------------------------------------------------------
 
 
-@TASKS.register("embedding-fidelity")
 def load_embedding_task(
     checkpoint: str,
     n_heldout: int = 500,
@@ -447,3 +449,71 @@ def load_embedding_task(
             "pooling": pooling.to_dict(),
         },
     )
+
+
+def PooledEncoder(model: nn.Module, pooling: Pooling) -> nn.Module:  # noqa: N802 (a class)
+    """``model`` (an encoder) whose output is the pooled sentence embedding, for ONNX export:
+    ``forward(input_ids, attention_mask, ...) -> pooling(last_hidden_state, attention_mask)``
+    (L2-normalised when the checkpoint's pooling says so)."""
+    import torch
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model
+            self.pooling = pooling
+
+        def forward(self, **inputs: Any) -> Any:
+            return self.pooling(_hidden(self.encoder(**inputs)), inputs["attention_mask"])
+
+    return _Pooled()
+
+
+@register_task
+class EmbeddingFidelityTask(Task):
+    """Keep an encoder's sentence embeddings: quality is the mean cosine of a candidate's
+    pooled embeddings to the unpruned model's on held-out texts (no labels)."""
+
+    name = "embedding-fidelity"
+    metrics = {"embedding_cosine": "maximize"}
+    families = ("bert", "distilbert", "roberta")
+    data = "your texts: a .txt file with one text per line, or a .csv/.tsv/.jsonl text column"
+    split_params = ()  # n_heldout / n_train in task.params
+    distill_losses = ("logits", "pooled")
+
+    def load(self, checkpoint: str, n_heldout: int = 500, n_train: int | None = None,
+             max_length: int = 64, seed: int = 0, path: str | os.PathLike[str] | None = None,
+             text_column: str = "text") -> TaskData:
+        return load_embedding_task(checkpoint, n_heldout=n_heldout, n_train=n_train,
+                                   max_length=max_length, seed=seed, path=path,
+                                   text_column=text_column)
+
+    @staticmethod
+    def pooling(data: TaskData) -> Pooling:
+        return Pooling(**data.split["pooling"])
+
+    def prepare_state(self, base: nn.Module, data: TaskData) -> dict[str, Any]:
+        """The pooling and the unpruned model's held-out embeddings (the reference)."""
+        pool = self.pooling(data)
+        return {"pooling": pool.to_dict(),
+                "reference": sentence_embeddings(base, data.feeds("heldout"), pool).numpy()}
+
+    def importance_loss(self, state: Any) -> Callable[..., Any]:
+        return contrastive_loss(Pooling(**state["pooling"]))
+
+    def describe_base(self, base: nn.Module, data: TaskData) -> str:
+        return "unpruned embeddings are the reference (cosine 1.0)"
+
+    def export_head(self, model: nn.Module, state: Any, data: TaskData) -> ExportHead:
+        return ExportHead(module=PooledEncoder(model, Pooling(**state["pooling"])),
+                          output_name="sentence_embedding",
+                          output_shape=[int(model.config.hidden_size)],
+                          extra={"pooling": dict(state["pooling"])})
+
+    def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
+        return mean_cosine(outputs, state["reference"])
+
+    def distill_options(self, data: TaskData, state: Any, recovery: Any) -> dict[str, Any]:
+        weight = getattr(recovery, "pooled_weight", None)
+        return {"labels": None, "pooling": Pooling(**state["pooling"]),
+                "pooled_weight": 1.0 if weight is None else weight}

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TASKS, TaskData, check_split_params
+from paretoforge.tasks._base import TaskData, check_split_params, classification_accuracy
+from paretoforge.tasks._contract import Task, register_task
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["ImageProcessing", "load_image_classification_task", "read_images"]
+__all__ = [
+    "ImageClassificationTask","ImageProcessing", "load_image_classification_task", "read_images"]
 
 TASK = "image-classification"
 # PIL resample codes as Hugging Face image processors store them (PIL.Image.Resampling values).
@@ -303,7 +305,6 @@ def _read_folder(
     return images, np.asarray(labels, np.int64), names
 
 
-@TASKS.register(TASK)
 def load_image_classification_task(
     path: str,
     checkpoint: str,
@@ -377,3 +378,24 @@ def load_image_classification_task(
         preprocessing=f"{proc.describe()}; from {str(checkpoint)!r}",
         split=split,
     )
+
+
+@register_task
+class ImageClassificationTask(Task):
+    """Classify the user's images with a ViT / DeiT classifier checkpoint."""
+
+    name = TASK
+    metrics = {"accuracy": "maximize"}
+    modality = "vision"
+    families = ("vit", "deit")
+    data = "a .npz file (arrays x and y) or a folder of class subfolders"
+    data_required = True
+    data_may_be_dir = True
+
+    def load(self, path: str, checkpoint: str, heldout_path: str | None = None,
+             heldout_fraction: float = 0.2, seed: int = 0) -> TaskData:
+        return load_image_classification_task(path, checkpoint, heldout_path=heldout_path,
+                                              heldout_fraction=heldout_fraction, seed=seed)
+
+    def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
+        return classification_accuracy(outputs, data.y_heldout)

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TASKS, TaskData, check_split_params
+from paretoforge.tasks._base import TaskData, check_split_params, classification_accuracy
+from paretoforge.tasks._contract import Task, register_task
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "TextClassificationTask",
     "SUFFIXES",
     "encode_labels",
     "load_text_classification_task",
@@ -249,7 +251,6 @@ def _check_params(heldout_fraction: float, seed: int, max_length: int) -> None:
         )
 
 
-@TASKS.register("text-classification")
 def load_text_classification_task(
     path: str,
     checkpoint: str,
@@ -339,3 +340,26 @@ def load_text_classification_task(
         ),
         split=split,
     )
+
+
+@register_task
+class TextClassificationTask(Task):
+    """Classify the user's texts with a fine-tuned (or freshly headed) encoder checkpoint."""
+
+    name = "text-classification"
+    metrics = {"accuracy": "maximize"}
+    families = ("bert", "distilbert", "roberta")
+    data = "a .csv, .tsv or .jsonl file with text and label columns"
+    data_required = True
+
+    def load(self, path: str, checkpoint: str, heldout_path: str | None = None,
+             heldout_fraction: float = 0.2, seed: int = 0, max_length: int = 128,
+             num_labels: int | None = None, text_column: str = "text",
+             label_column: str = "label") -> TaskData:
+        return load_text_classification_task(
+            path, checkpoint, heldout_path=heldout_path, heldout_fraction=heldout_fraction,
+            seed=seed, max_length=max_length, num_labels=num_labels, text_column=text_column,
+            label_column=label_column)
+
+    def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
+        return classification_accuracy(outputs, data.y_heldout)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from paretoforge.exceptions import SpecError
-from paretoforge.orchestrator.artifacts import verify_artifact
 from paretoforge.orchestrator.refine import refine_front
 from paretoforge.orchestrator.results import load_run
+from paretoforge.pipeline.artifacts import verify_artifact
 
 
 def test_refine_rebuilds_a_pruned_member_with_more_epochs(tiny_run) -> None:

@@ -162,8 +162,8 @@ def test_journal_survives_without_per_write_fsync(tmp_path: Path, tiny_spec) -> 
 
 
 def test_verify_artifact_catches_a_changed_file(tmp_path: Path, tiny_spec) -> None:
-    from paretoforge.orchestrator.artifacts import remove_partial, verify_artifact
     from paretoforge.orchestrator.fakes import FakeWorker
+    from paretoforge.pipeline.artifacts import remove_partial, verify_artifact
     from paretoforge.search_spaces import CandidateConfig
 
     cfg = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "int8"}
