@@ -28,7 +28,6 @@ from paretoforge.spec._sections import (
     CHECKPOINT_TASKS,
     PATH_FAMILIES,
     QUALITY_METRICS,
-    SAMPLERS,
     ClusterSpec,
     ConstraintSpec,
     ModelSpec,
@@ -48,7 +47,6 @@ from paretoforge.spec._sections import (
 __all__ = [
     "PATH_FAMILIES",
     "QUALITY_METRICS",
-    "SAMPLERS",
     "ClusterSpec",
     "ConstraintSpec",
     "ModelSpec",

@@ -94,7 +94,7 @@ def test_every_sampler_proposes_valid_configs(sampler: str, make_spec) -> None:
 
     from paretoforge.orchestrator.fakes import fake_metrics
     from paretoforge.orchestrator.loop import constraint_values
-    from paretoforge.orchestrator.samplers import make_sampler
+    from paretoforge.samplers import make_sampler
     from paretoforge.search_spaces import SearchSpace
 
     spec = make_spec({"sampler": sampler, "trials": 8, "population_size": 4},
