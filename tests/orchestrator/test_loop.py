@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from paretoforge.names import TrialAttr
+from paretoforge.names import StopReason, TrialAttr
 from paretoforge.orchestrator.driver import run_search
 from paretoforge.orchestrator.fakes import FakeWorker
 from paretoforge.orchestrator.progress import Progress
@@ -215,6 +215,8 @@ def test_max_failures_stops_the_search(ray_cluster, tmp_path: Path, spec_of) -> 
     summary = _run(spec_of(trials=6, max_failures=2), tmp_path / "r", fail_when=every)
     assert summary.completed == 0 and summary.failed >= 2
     assert "max_failures" in (summary.stopped or "")
+    assert summary.stop_reason is StopReason.MAX_FAILURES
+    assert summary.stats["stop_reason"] == "max_failures"
     assert not _by_state(tmp_path / "r").get("RUNNING")
 
 
@@ -272,3 +274,33 @@ def test_workers_that_cannot_start_end_the_search_cleanly(ray_cluster, tmp_path:
     with pytest.raises(PlacementError, match="no worker could start"):
         _run(spec_of(trials=2), tmp_path / "r", fail_init=True)
     assert not _by_state(tmp_path / "r").get("RUNNING")
+
+
+def test_a_time_budget_stops_the_search(ray_cluster, tmp_path: Path, spec_of) -> None:
+    summary = _run(spec_of(trials=50, timeout_s=1.0), tmp_path / "r", sleep_s=1.0)
+    assert summary.completed < 50
+    assert summary.stop_reason is StopReason.TIME_BUDGET
+    assert "search.timeout_s" in (summary.stopped or "")
+    assert not _by_state(tmp_path / "r").get("RUNNING")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_plots_label_the_objectives(ray_cluster, tmp_path: Path, spec_of) -> None:
+    import matplotlib
+    import optuna
+
+    from paretoforge.orchestrator.storage import JOURNAL
+
+    matplotlib.use("Agg")
+    spec = spec_of(trials=4)
+    _run(spec, tmp_path / "r")
+    names = [o.metric for o in spec.objectives]
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "r" / JOURNAL)))
+    study = optuna.load_study(study_name=spec.name, storage=journal)  # as optuna-dashboard does
+    assert study.metric_names == names == ["accuracy", "latency_p50_ms@cpu-1t"]
+    ax = optuna.visualization.matplotlib.plot_pareto_front(study)
+    assert [ax.get_xlabel(), ax.get_ylabel()] == names
+    matplotlib.pyplot.close("all")
+    _run(spec.with_overrides(**{"search.trials": 6}), tmp_path / "r")  # resumed: names kept
+    assert optuna.load_study(study_name=spec.name, storage=journal).metric_names == names
