@@ -35,12 +35,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from paretoforge.names import TrialAttr
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, wait_quiet  # noqa: E402
+
+from paretoforge.names import TrialAttr  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "orchestration_overhead.json"
 

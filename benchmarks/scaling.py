@@ -42,13 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from paretoforge.names import TrialAttr
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine, wait_quiet, write_result  # noqa: E402
+
+from paretoforge.names import TrialAttr  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "scaling.json"
 
