@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, wait_quiet  # noqa: E402
 
+from paretoforge.names import TrialAttr  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results" / "orchestration_overhead.json"
 
 SPEC: dict[str, Any] = {
@@ -104,8 +106,8 @@ def utilisation(trials: int, sleep_s: float, root: Path) -> dict[str, Any]:
 
     run_dir = root / "utilisation"
     summary = _search(_spec(trials=trials, sampler="nsga2"), run_dir, sleep_s=sleep_s)
-    done = [t for t in load_run(run_dir).trials() if "cached_from" not in t.user_attrs]
-    busy = sum(t.user_attrs["timings"]["total_s"] for t in done)
+    done = [t for t in load_run(run_dir).trials() if TrialAttr.CACHED_FROM not in t.user_attrs]
+    busy = sum(t.user_attrs[TrialAttr.TIMINGS]["total_s"] for t in done)
     start = min(t.datetime_start for t in done)
     end = max(t.datetime_complete for t in done)
     window = (end - start).total_seconds()

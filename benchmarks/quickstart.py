@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paretoforge.names import TrialAttr
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,7 @@ def main() -> int:
 
     run = paretoforge.load_run(run_dir)
     base = run.base_trial()
-    bm = base.user_attrs["metrics"]
+    bm = base.user_attrs[TrialAttr.METRICS]
     front = run.front()
     lat = "latency_p50_ms@cpu-1t"
     good = [m for m in front if m.metrics["accuracy"] >= bm["accuracy"] - 0.01

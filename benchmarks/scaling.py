@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine, wait_quiet, write_result  # noqa: E402
 
+from paretoforge.names import TrialAttr  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results" / "scaling.json"
 
 
@@ -70,8 +72,8 @@ def _window(run_dir: Path) -> tuple[list[Any], float, float]:
     from paretoforge.orchestrator.results import load_run
 
     done = [t for t in load_run(run_dir).trials()
-            if t.state.name == "COMPLETE" and "cached_from" not in t.user_attrs]
-    busy = sum(float(t.user_attrs.get("timings", {}).get("total_s", 0.0)) for t in done)
+            if t.state.name == "COMPLETE" and TrialAttr.CACHED_FROM not in t.user_attrs]
+    busy = sum(float(t.user_attrs.get(TrialAttr.TIMINGS, {}).get("total_s", 0.0)) for t in done)
     start = min(t.datetime_start for t in done)
     end = max(t.datetime_complete for t in done)
     return done, busy, (end - start).total_seconds()
@@ -165,14 +167,14 @@ def simulated_part(nodes: int, workers: int, trials: int, sleep_s: float,
     # taken its first trial. Busy time is each trial's evaluation interval clipped to it.
     first = {}
     for t in done:
-        w = t.user_attrs.get("worker")
+        w = t.user_attrs.get(TrialAttr.WORKER)
         first[w] = min(first.get(w, t.datetime_start), t.datetime_start)
     all_up = max(first.values())
     end = max(t.datetime_complete for t in done)
     steady = (end - all_up).total_seconds()
     clipped = 0.0
     for t in done:
-        dur = float(t.user_attrs.get("timings", {}).get("total_s", 0.0))
+        dur = float(t.user_attrs.get(TrialAttr.TIMINGS, {}).get("total_s", 0.0))
         t_end = (t.datetime_complete - all_up).total_seconds()
         clipped += max(0.0, min(t_end, steady) - max(t_end - dur, 0.0))
     in_steady = sum(t.datetime_complete > all_up for t in done)

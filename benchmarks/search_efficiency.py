@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from paretoforge.names import TrialAttr
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks/data/quickstart_exhaustive.json"
 OUT = ROOT / "benchmarks/results/search_efficiency.json"
@@ -61,9 +63,10 @@ def build() -> None:
     run = load_run(run_dir)
     table = {}
     for t in run.trials():
-        cfg = t.user_attrs["config"]
+        cfg = t.user_attrs[TrialAttr.CONFIG]
         key = json.dumps(cfg, sort_keys=True)
-        table[key] = {"config": cfg, **{m: t.user_attrs["metrics"][m] for m, _ in OBJECTIVES}}
+        metrics = t.user_attrs[TrialAttr.METRICS]
+        table[key] = {"config": cfg, **{m: metrics[m] for m, _ in OBJECTIVES}}
     missing = [c for c in configs if json.dumps(c, sort_keys=True) not in table]
     if missing:
         raise SystemExit(f"{len(missing)} configs were not evaluated: {missing[:3]}")
@@ -82,7 +85,7 @@ def replay() -> dict:
 
     from paretoforge.orchestrator.hypervolume import hypervolume, worst_point
     from paretoforge.orchestrator.results import non_dominated
-    from paretoforge.orchestrator.samplers import make_sampler
+    from paretoforge.samplers import make_sampler
     from paretoforge.search_spaces import SearchSpace
     from paretoforge.spec import SearchConfig
 

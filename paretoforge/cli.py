@@ -17,6 +17,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from paretoforge.exceptions import ParetoforgeError
+from paretoforge.names import StopReason, TrialAttr
+from paretoforge.samplers import SAMPLERS
 
 app = typer.Typer(
     add_completion=False,
@@ -62,7 +64,7 @@ def search(
     workers: Annotated[int | None, typer.Option("--workers", help="Worker actors.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Search seed.")] = None,
     sampler: Annotated[str | None, typer.Option(
-        "--sampler", help="nsga2, nsga3, tpe, gp or random.")] = None,
+        "--sampler", help="Optuna sampler: " + ", ".join(SAMPLERS.names()) + ".")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -117,11 +119,11 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
                  load_run(run_dir).predictor_errors())
     typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR; "
                f"plots and tables: paretoforge report {run_dir}")
-    if summary.stopped and "max_failures" in summary.stopped:
+    if summary.stop_reason is StopReason.MAX_FAILURES:
         # Not a finished search: scripts and CI must see it (exit 1; 2 is for bad input).
-        first = next((str(t.user_attrs.get("fail_reason", "")).splitlines()[0]
+        first = next((str(t.user_attrs.get(TrialAttr.FAIL_REASON, "")).splitlines()[0]
                       for t in load_run(run_dir).trials(states=("FAIL",))
-                      if t.user_attrs.get("fail_reason")), "")
+                      if t.user_attrs.get(TrialAttr.FAIL_REASON)), "")
         typer.echo(f"error: the search stopped after {summary.failed} failed trials; first "
                    f"reason: {first[:300]}", err=True)
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from paretoforge.exceptions import PlacementError
+from paretoforge.names import PRECISIONS
 
 __all__ = ["HardwareProfile"]
 
@@ -106,7 +107,8 @@ class HardwareProfile(BaseModel):
     precisions: tuple[str, ...] = Field(
         default=("fp32", "int8"),
         min_length=1,
-        description="Numeric precisions this target can run, e.g. fp32, int8.",
+        description="Numeric precisions this target can run, each one of "
+        + ", ".join(PRECISIONS) + ".",
     )
     resource: str | None = Field(
         default=None,
@@ -127,7 +129,11 @@ class HardwareProfile(BaseModel):
 
     @field_validator("precisions")
     @classmethod
-    def _unique_precisions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_unique_precisions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [p for p in v if p not in PRECISIONS]
+        if unknown:
+            raise ValueError(f"precisions: unknown precision {unknown[0]!r}; the precisions are "
+                             f"{', '.join(PRECISIONS)}")
         if len(set(v)) != len(v):
             raise ValueError(f"precisions {list(v)} repeat a value; list each precision once")
         return v

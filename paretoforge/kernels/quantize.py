@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import BuildError, SpecError
 from paretoforge.kernels._quiet import quiet
+from paretoforge.names import PRECISIONS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,10 +47,10 @@ __all__ = [
     "quantize_static_int8",
 ]
 
-# Precisions a candidate can be built in. fp32 is the exported graph as is; int8 is dynamic
-# quantization (needs no data); int8-static is QDQ with activation ranges calibrated on inputs;
-# fp16 is the float16 graph; int4 is 4-bit weight-only MatMulNBits (activations fp32).
-PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-static", "fp16", "int4")
+# Precisions a candidate can be built in (the one list, paretoforge.names.PRECISIONS). fp32 is
+# the exported graph as is; int8 is dynamic quantization (needs no data); int8-static is QDQ with
+# activation ranges calibrated on inputs; fp16 is the float16 graph; int4 is 4-bit weight-only
+# MatMulNBits (activations fp32).
 
 #: Block size (input-axis weights sharing one scale) of the ``int4`` precision.
 INT4_BLOCK_SIZE = 32

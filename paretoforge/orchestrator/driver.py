@@ -29,6 +29,7 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, atomic_write_text
 from paretoforge.exceptions import ParetoforgeError, PlacementError, SpecError
+from paretoforge.names import StopReason
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.search_spaces import SearchSpace
 from paretoforge.spec import Spec
@@ -47,7 +48,8 @@ class SearchSummary:
     front: list[Any]
     wall_s: float
     loop_s: float = 0.0
-    stopped: str | None = None
+    stopped: str | None = None  # why it stopped early, in words
+    stop_reason: StopReason | None = None  # the same, to branch on
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,7 +68,7 @@ def check_before_start(spec: Spec) -> SearchSpace:
         except ParetoforgeError as e:
             raise SpecError(f"model: {e}") from None
         space.check_model(recipe.num_layers, recipe.num_heads)
-    from paretoforge.orchestrator.samplers import check_seed_configs
+    from paretoforge.samplers import check_seed_configs
 
     check_seed_configs(spec.search.seed_configs, space.dimensions)
     return space
@@ -187,9 +189,9 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.loop import SearchLoop
     from paretoforge.orchestrator.pool import WorkerPool
     from paretoforge.orchestrator.results import load_run
-    from paretoforge.orchestrator.samplers import make_sampler
     from paretoforge.orchestrator.storage import open_storage, open_study
     from paretoforge.orchestrator.worker import Worker, package_versions
+    from paretoforge.samplers import make_sampler
     from paretoforge.pipeline.artifacts import remove_partial
 
     log = progress.log
@@ -242,7 +244,8 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         return SearchSummary(run_dir=run_dir, completed=loop.completed, failed=loop.failed,
                              cached=loop.cached, front=front,
                              wall_s=time.perf_counter() - t_start, loop_s=stats.wall_s,
-                             stopped=stats.stopped, stats=stats.to_json())
+                             stopped=stats.stopped, stop_reason=stats.stop_reason,
+                             stats=stats.to_json())
     finally:
         if backend is not None:
             backend.sync()

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paretoforge.exceptions import MeasurementError
+from paretoforge.exceptions import BuildError, MeasurementError
+from paretoforge.names import FailKind, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
 from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
 from paretoforge.orchestrator.prediction import SearchPredictors
@@ -56,8 +57,9 @@ from paretoforge.spec import Spec
 
 __all__ = ["LoopStats", "SearchLoop", "constraint_values"]
 
-_RESULT_ATTRS = ("metrics", "artifact_dir", "timings", "worker", "node_id")
-_PREDICTED_ATTR = "predicted_metrics"  # names of the metrics a predictor gave, not a measurement
+# The worker's result keys that become the trial's user attrs of the same name.
+_RESULT_ATTRS = (TrialAttr.METRICS, TrialAttr.ARTIFACT_DIR, TrialAttr.TIMINGS, TrialAttr.WORKER,
+                 TrialAttr.NODE_ID)
 
 
 def constraint_values(spec: Spec, metrics: dict[str, float]) -> list[float]:
@@ -99,7 +101,8 @@ class LoopStats:
     submit_s: float = 0.0
     wait_s: float = 0.0
     first_ready_s: float | None = None  # from the loop's start to the first worker's ping
-    stopped: str | None = None
+    stopped: str | None = None  # why the search stopped early, in words
+    stop_reason: StopReason | None = None  # the same, to branch on
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -194,11 +197,14 @@ class SearchLoop:
         return (len(self.in_flight) + len(self.retry) + len(self.revived)
                 + sum(len(v) for v in self.waiting.values()))
 
-    def _stop_reason(self) -> str | None:
+    def _stop_reason(self) -> tuple[StopReason, str] | None:
+        """Why no new trial may start (the reason and its words), or None."""
         if self._deadline is not None and time.monotonic() > self._deadline:
-            return f"time budget reached (search.timeout_s={self.spec.search.timeout_s:g})"
+            return (StopReason.TIME_BUDGET,
+                    f"time budget reached (search.timeout_s={self.spec.search.timeout_s:g})")
         if self.session_failures >= self.spec.search.max_failures and self.session_failures:
-            return f"{self.session_failures} failed trials (search.max_failures)"
+            return (StopReason.MAX_FAILURES,
+                    f"{self.session_failures} failed trials (search.max_failures)")
         return None
 
     def _wait_timeout(self) -> float:
@@ -226,22 +232,23 @@ class SearchLoop:
         for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
             if t.state == TrialState.COMPLETE:
                 self.completed += 1
-                self.cached += "cached_from" in t.user_attrs
+                self.cached += TrialAttr.CACHED_FROM in t.user_attrs
                 self._note_done(t)
-                if "cached_from" not in t.user_attrs:
+                if TrialAttr.CACHED_FROM not in t.user_attrs:
                     built.append(t)
             elif t.state == TrialState.RUNNING:
                 running.append(t)
-            elif t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") != "interrupted":
+            elif (t.state == TrialState.FAIL
+                  and t.user_attrs.get(TrialAttr.FAIL_KIND) != FailKind.INTERRUPTED):
                 self.failed += 1
-                if t.user_attrs.get("fail_kind") == "build" and t.user_attrs.get("key"):
-                    reason = str(t.user_attrs.get("fail_reason", "")).strip().splitlines()
-                    self.build_failed.setdefault(t.user_attrs["key"],
-                                                 (t.number, reason[0] if reason else ""))
+                key = t.user_attrs.get(TrialAttr.KEY)
+                if t.user_attrs.get(TrialAttr.FAIL_KIND) == FailKind.BUILD and key:
+                    reason = str(t.user_attrs.get(TrialAttr.FAIL_REASON, "")).strip().splitlines()
+                    self.build_failed.setdefault(key, (t.number, reason[0] if reason else ""))
         # The predictors learn the built candidates again, in the order they completed.
         for t in sorted(built, key=lambda t: (t.datetime_complete is None, t.datetime_complete,
                                                t.number)):
-            manifest = self._manifest(t.user_attrs.get("artifact_dir"))
+            manifest = self._manifest(t.user_attrs.get(TrialAttr.ARTIFACT_DIR))
             if manifest is not None:
                 self.predictors.observe(manifest)
         for frozen in running:
@@ -250,9 +257,9 @@ class SearchLoop:
             self.stats.recovered += 1
             if self.completed + len(self.revived) >= self.target:
                 self._fail(trial, "left RUNNING by a stopped driver and not needed: the search "
-                           "already has its trials", kind="interrupted")
+                           "already has its trials", kind=FailKind.INTERRUPTED)
                 continue
-            key = frozen.user_attrs.get("key")
+            key = frozen.user_attrs.get(TrialAttr.KEY)
             manifest = (verify_artifact(artifact_path(self.run_dir, key), key=key)
                         if key and key not in self.cache else None)
             if key in self.cache:
@@ -266,25 +273,27 @@ class SearchLoop:
             self.progress.log(f"resume: {len(running)} trial(s) were left RUNNING; "
                               f"{len(self.revived)} will be re-run")
         if not self.study.trials:
-            self.study.enqueue_trial(self.base_params, user_attrs={"is_base": True})
+            self.study.enqueue_trial(self.base_params, user_attrs={TrialAttr.IS_BASE: True})
             for i, seed in enumerate(self.spec.search.seed_configs):
-                self.study.enqueue_trial(seed, user_attrs={"seed_config": i})
+                self.study.enqueue_trial(seed, user_attrs={TrialAttr.SEED_CONFIG: i})
 
     # -- filling workers ------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        reason = self._stop_reason()
+        stop = self._stop_reason()
+        reason = stop[1] if stop else None
         if reason and (self.retry or self.revived):
             for job in list(self.retry):
                 self._fail(job.trial, f"search stopped ({reason}) before its retry",
-                           kind="interrupted", errors=job.errors, attempts=job.attempt - 1)
+                           kind=FailKind.INTERRUPTED, errors=job.errors,
+                           attempts=job.attempt - 1)
             for trial in list(self.revived):
                 self._fail(trial, f"search stopped ({reason}) before it was re-run",
-                           kind="interrupted")
+                           kind=FailKind.INTERRUPTED)
             self.retry.clear()
             self.revived.clear()
-        if reason and self.stats.stopped is None and self.completed < self.target:
-            self.stats.stopped = reason
+        if stop and self.stats.stopped is None and self.completed < self.target:
+            self.stats.stop_reason, self.stats.stopped = stop
             self.progress.log(f"stopping: {reason}; waiting for {len(self.in_flight)} trial(s)")
         while self.pool.has_idle():
             job = self._next_job()
@@ -313,7 +322,8 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         ua = job.trial.user_attrs
-        if not self.spec.search.prescreen or ua.get("is_base") or "seed_config" in ua:
+        if (not self.spec.search.prescreen or ua.get(TrialAttr.IS_BASE)
+                or TrialAttr.SEED_CONFIG in ua):
             return False
         if self._skips_in_a_row >= self.spec.search.prescreen_max_consecutive:
             self.progress.log(f"pre-screen: {self._skips_in_a_row} candidates skipped in a row "
@@ -328,9 +338,9 @@ class SearchLoop:
             self.stats.ask_s += time.perf_counter() - t0
             return False
         trial = job.trial
-        trial.set_user_attr("prescreened", True)
-        trial.set_user_attr("prescreen_reason", screen.reason)
-        trial.set_user_attr("prescreen_predicted", screen.predicted)
+        trial.set_user_attr(TrialAttr.PRESCREENED, True)
+        trial.set_user_attr(TrialAttr.PRESCREEN_REASON, screen.reason)
+        trial.set_user_attr(TrialAttr.PRESCREEN_PREDICTED, screen.predicted)
         self.study.tell(trial, state=TrialState.PRUNED)
         self.stats.ask_s += time.perf_counter() - t0
         self.stats.prescreened += 1
@@ -345,18 +355,18 @@ class SearchLoop:
         """A job for ``trial``, or None when its config is done (told now) or in flight."""
         t0 = time.perf_counter()
         cfg = self.space.suggest(trial)
-        if trial.user_attrs.get("key") != cfg.key:
-            trial.set_user_attr("config", cfg.model_dump(mode="json"))
-            trial.set_user_attr("key", cfg.key)
+        if trial.user_attrs.get(TrialAttr.KEY) != cfg.key:
+            trial.set_user_attr(TrialAttr.CONFIG, cfg.model_dump(mode="json"))
+            trial.set_user_attr(TrialAttr.KEY, cfg.key)
         self.stats.ask_s += time.perf_counter() - t0
         if cfg.key in self.cache:
             self._tell_cached(trial, self.cache[cfg.key])
             return None
         if cfg.key in self.build_failed:  # a build error is the config's: never build it again
             number, reason = self.build_failed[cfg.key]
-            trial.set_user_attr("failed_like", number)
+            trial.set_user_attr(TrialAttr.FAILED_LIKE, number)
             self._fail(trial, f"same config as trial {number}, whose build failed: {reason}",
-                       kind="build")
+                       kind=FailKind.BUILD)
             return None
         if any(j.cfg.key == cfg.key for j in self.in_flight.values()) or any(
                 j.cfg.key == cfg.key for j in self.retry):
@@ -402,10 +412,9 @@ class SearchLoop:
                 self._worker_lost(job, e)
                 return
             self.pool.release(job.slot)
-            cause = getattr(e, "cause", None) or e
-            kind = {"BuildError": "build", "MeasurementError": "measurement"}.get(
-                type(cause).__name__, "error")
-            if kind == "build":
+            cause = _cause(e)
+            kind = _fail_kind(cause)
+            if kind is FailKind.BUILD:
                 self.build_failed[job.cfg.key] = (job.trial.number,
                                                   (str(cause).strip().splitlines() or [""])[0])
             self._fail(job.trial, f"{type(cause).__name__}: {cause}", kind=kind,
@@ -416,7 +425,8 @@ class SearchLoop:
             self._complete(job, res)
         except KeyError as e:  # the worker did not report an objective's metric
             self._fail(job.trial, f"the worker's result has no metric {e}; it reported "
-                       f"{sorted(res.get('metrics', {}))}", kind="error", attempts=job.attempt)
+                       f"{sorted(res.get(TrialAttr.METRICS, {}))}", kind=FailKind.ERROR,
+                       attempts=job.attempt)
 
     def _worker_lost(self, job: _Job, e: BaseException) -> None:
         info = self.pool.slots[job.slot].info
@@ -437,7 +447,7 @@ class SearchLoop:
             return
         self._fail(job.trial, f"worker lost on all {job.attempt} attempts "
                    f"(search.max_retries={self.spec.search.max_retries}); last: "
-                   f"{type(e).__name__}: {first}", kind="worker_lost", errors=job.errors,
+                   f"{type(e).__name__}: {first}", kind=FailKind.WORKER_LOST, errors=job.errors,
                    attempts=job.attempt)
 
     def _check_timeouts(self, now: float) -> None:
@@ -452,7 +462,7 @@ class SearchLoop:
             self.stats.timed_out += 1
             self._fail(job.trial, f"timeout: ran {now - job.submitted:.1f}s, over "
                        f"search.trial_timeout_s={limit:g}; its worker was replaced",
-                       kind="timeout", errors=job.errors, attempts=job.attempt)
+                       kind=FailKind.TIMEOUT, errors=job.errors, attempts=job.attempt)
 
     def _replace(self, index: int) -> None:
         old = self.pool.replace(index)
@@ -464,30 +474,30 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         t0 = time.perf_counter()
-        manifest = self._manifest(res.get("artifact_dir"))
+        manifest = self._manifest(res.get(TrialAttr.ARTIFACT_DIR))
         predicted: dict[str, float] = {}
         if self.predictors.predicted:
             try:
                 predicted = self.predictors.predicted_metrics(manifest or {})
             except MeasurementError as e:
-                self._fail(job.trial, f"MeasurementError: {e}", kind="measurement",
+                self._fail(job.trial, f"MeasurementError: {e}", kind=FailKind.MEASUREMENT,
                            errors=job.errors, attempts=job.attempt)
                 return
-        metrics = {**res["metrics"], **predicted}
+        metrics = {**res[TrialAttr.METRICS], **predicted}
         values = [float(metrics[o.metric]) for o in self.spec.objectives]
         trial = job.trial
         for k in _RESULT_ATTRS:
-            trial.set_user_attr(k, metrics if k == "metrics" else res.get(k))
-        if predicted:
-            trial.set_user_attr(_PREDICTED_ATTR, sorted(predicted))
+            trial.set_user_attr(k, metrics if k == TrialAttr.METRICS else res.get(k))
+        if predicted:  # names of the metrics a predictor gave, not a measurement
+            trial.set_user_attr(TrialAttr.PREDICTED_METRICS, sorted(predicted))
         if manifest is not None:
             self.predictors.observe(manifest)
             self._save_predictors()
-        trial.set_user_attr("attempts", job.attempt)
+        trial.set_user_attr(TrialAttr.ATTEMPTS, job.attempt)
         if job.errors:
-            trial.set_user_attr("attempt_errors", job.errors)
-        if res.get("reused_artifact"):
-            trial.set_user_attr("reused_artifact", True)
+            trial.set_user_attr(TrialAttr.ATTEMPT_ERRORS, job.errors)
+        if res.get(TrialAttr.REUSED_ARTIFACT):
+            trial.set_user_attr(TrialAttr.REUSED_ARTIFACT, True)
         self._set_constraints(trial, metrics)
         frozen = self.study.tell(trial, values, state=TrialState.COMPLETE)
         self.stats.tell_s += time.perf_counter() - t0
@@ -503,7 +513,7 @@ class SearchLoop:
         if not self.spec.constraints:
             return
         cons = constraint_values(self.spec, metrics)
-        trial.set_user_attr("constraints", cons)
+        trial.set_user_attr(TrialAttr.CONSTRAINTS, cons)
         for i, c in enumerate(cons):
             trial.set_constraint(f"c{i}", c)
 
@@ -511,38 +521,38 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         t0 = time.perf_counter()
-        for k in (*_RESULT_ATTRS, _PREDICTED_ATTR):
+        for k in (*_RESULT_ATTRS, TrialAttr.PREDICTED_METRICS):
             if k in src.user_attrs:
                 trial.set_user_attr(k, src.user_attrs[k])
-        trial.set_user_attr("cached_from", src.number)
-        self._set_constraints(trial, src.user_attrs["metrics"])
+        trial.set_user_attr(TrialAttr.CACHED_FROM, src.number)
+        self._set_constraints(trial, src.user_attrs[TrialAttr.METRICS])
         self.study.tell(trial, list(src.values), state=TrialState.COMPLETE)
         self.stats.tell_s += time.perf_counter() - t0
         self.completed += 1
         self.cached += 1
         self._refresh(f"trial {trial.number} cached (same config as trial {src.number})")
 
-    def _fail(self, trial: Any, reason: str, *, kind: str, errors: list[str] | None = None,
-              attempts: int | None = None) -> None:
+    def _fail(self, trial: Any, reason: str, *, kind: FailKind,
+              errors: list[str] | None = None, attempts: int | None = None) -> None:
         from optuna.trial import TrialState
 
-        first = reason.strip().splitlines()[0][:500] if reason.strip() else kind
-        trial.set_user_attr("fail_reason", reason[:4000])
-        trial.set_user_attr("fail_kind", kind)
+        first = reason.strip().splitlines()[0][:500] if reason.strip() else kind.value
+        trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:4000])
+        trial.set_user_attr(TrialAttr.FAIL_KIND, kind.value)  # a plain string in the study
         if attempts is not None:
-            trial.set_user_attr("attempts", attempts)
+            trial.set_user_attr(TrialAttr.ATTEMPTS, attempts)
         if errors:
-            trial.set_user_attr("attempt_errors", errors)
+            trial.set_user_attr(TrialAttr.ATTEMPT_ERRORS, errors)
         self.study.tell(trial, state=TrialState.FAIL)
-        if kind != "interrupted":
+        if kind.counts_as_failure:
             self.failed += 1
             self.session_failures += 1
-        self.progress.event("trial_failed", trial=trial.number, kind=kind)
-        key = trial.user_attrs.get("key")
+        self.progress.event("trial_failed", trial=trial.number, kind=kind.value)
+        key = trial.user_attrs.get(TrialAttr.KEY)
         for twin in self.waiting.pop(key, []) if key else []:
-            twin.set_user_attr("failed_like", trial.number)
+            twin.set_user_attr(TrialAttr.FAILED_LIKE, trial.number)
             self._fail(twin, f"same config as failed trial {trial.number}: {first}", kind=kind)
-        self._refresh(f"trial {trial.number} FAILED ({kind}): {first}")
+        self._refresh(f"trial {trial.number} FAILED ({kind.value}): {first}")
 
     # -- predictors -----------------------------------------------------------------------------
 
@@ -569,7 +579,7 @@ class SearchLoop:
 
     def _note_done(self, t: Any) -> None:
         """Count a completed trial into the running front, worst point and hypervolume."""
-        key = t.user_attrs.get("key")
+        key = t.user_attrs.get(TrialAttr.KEY)
         if key is not None:
             self.cache.setdefault(key, t)
         values = [float(v) for v in t.values]
@@ -578,7 +588,7 @@ class SearchLoop:
         else:
             self._worst = [min(w, v) if d == "maximize" else max(w, v)
                            for w, v, d in zip(self._worst, values, self.directions, strict=True)]
-        feasible = all(c <= 0 for c in (t.user_attrs.get("constraints") or []))
+        feasible = all(c <= 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or []))
         if feasible:
             self._front.add(values)
         self._front_all.add(values)
@@ -615,6 +625,24 @@ class SearchLoop:
             left = max(0.0, self._deadline - now)
             eta = left if eta is None else min(eta, left)
         return eta
+
+
+def _cause(e: BaseException) -> BaseException:
+    """What the worker raised: a RayTaskError's ``cause``, else ``e`` itself."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(e, RayTaskError) and isinstance(e.cause, BaseException):
+        return e.cause
+    return e
+
+
+def _fail_kind(cause: BaseException) -> FailKind:
+    """The failure kind of an error a worker raised, by its type."""
+    if isinstance(cause, BuildError):
+        return FailKind.BUILD
+    if isinstance(cause, MeasurementError):
+        return FailKind.MEASUREMENT
+    return FailKind.ERROR
 
 
 def _short(cfg: CandidateConfig) -> str:

@@ -44,6 +44,7 @@ from paretoforge.evaluators.predictor import (
     load_predictor,
 )
 from paretoforge.exceptions import MeasurementError, SpecError
+from paretoforge.names import TrialAttr
 from paretoforge.spec import Spec, parse_metric
 from paretoforge.tasks import task_metrics
 
@@ -283,11 +284,11 @@ class SearchPredictors:
         if not latency:
             return None
         for t in done:
-            other = t.user_attrs.get("config") or {}
-            metrics = t.user_attrs.get("metrics") or {}
+            other = t.user_attrs.get(TrialAttr.CONFIG) or {}
+            metrics = t.user_attrs.get(TrialAttr.METRICS) or {}
             if not _at_least_as_large(other, cfg) or other == cfg:
                 continue
-            if any(c > 0 for c in (t.user_attrs.get("constraints") or [])):
+            if any(c > 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])):
                 continue
             if all(m in metrics and metrics[m] < predicted[m] * (1 - margins[m])
                    for m in latency):

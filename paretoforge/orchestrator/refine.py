@@ -30,6 +30,7 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json
 from paretoforge.exceptions import SpecError
+from paretoforge.names import TrialAttr
 
 __all__ = ["refine_front"]
 
@@ -82,8 +83,8 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
         if missing:
             raise SpecError(f"refine: trial {missing[0]} is not a completed trial of "
                             f"{run.dir}; completed: {sorted(done)[:20]}")
-        members = [(n, done[n].user_attrs["config"], done[n].user_attrs["metrics"])
-                   for n in trials]
+        members = [(n, done[n].user_attrs[TrialAttr.CONFIG],
+                    done[n].user_attrs[TrialAttr.METRICS]) for n in trials]
     else:
         members = [(m.trial, m.config, m.metrics) for m in run.front()]
 

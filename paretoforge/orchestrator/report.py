@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge._io import atomic_write_bytes, atomic_write_text
+from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import Run, load_run, non_dominated
 
 __all__ = ["render_figure", "render_html", "write_report"]
@@ -67,8 +68,8 @@ def render_figure(run: Run) -> bytes:
     feasible = {t.number for t in done if _feasible(t)}
     for ax, p in zip(flat, profiles, strict=False):
         lat = f"latency_p50_ms@{p}"
-        pts = [(t.user_attrs["metrics"][lat], t.user_attrs["metrics"][quality], t.number)
-               for t in done if lat in t.user_attrs.get("metrics", {})]
+        measured = [(t, t.user_attrs.get(TrialAttr.METRICS) or {}) for t in done]
+        pts = [(m[lat], m[quality], t.number) for t, m in measured if lat in m]
         if not pts:
             ax.text(0.5, 0.5, "no completed trial", ha="center", transform=ax.transAxes)
         else:
@@ -83,8 +84,8 @@ def render_figure(run: Run) -> bytes:
                            facecolors="none", edgecolors="#d97706", label="infeasible", zorder=3)
             ax.plot([x for x, _ in front], [y for _, y in front], "-o", c="#c0392b", ms=5,
                     label="front", zorder=4)
-            if base is not None and lat in base.user_attrs.get("metrics", {}):
-                bm = base.user_attrs["metrics"]
+            if base is not None and lat in base.user_attrs.get(TrialAttr.METRICS, {}):
+                bm = base.user_attrs[TrialAttr.METRICS]
                 ax.scatter([bm[lat]], [bm[quality]], marker="*", s=180, c="#1f6feb",
                            label="base model", zorder=5)
             ax.legend(loc="lower right", fontsize=8)
@@ -137,7 +138,7 @@ def _provenance(run: Run) -> str:
 
 
 def _feasible(t: Any) -> bool:
-    return all(c <= 0 for c in (t.user_attrs.get("constraints") or []))
+    return all(c <= 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or []))
 
 
 def _fmt(v: Any) -> str:

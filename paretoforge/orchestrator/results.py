@@ -29,6 +29,7 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
+from paretoforge.names import FailKind, TrialAttr
 from paretoforge.orchestrator.storage import open_study
 from paretoforge.spec import Spec
 
@@ -147,7 +148,7 @@ class Run:
         )
 
     def artifact_dir(self, trial: Any) -> Path:
-        rel = trial.user_attrs.get("artifact_dir")
+        rel = trial.user_attrs.get(TrialAttr.ARTIFACT_DIR)
         if not rel:
             raise ParetoforgeError(f"trial {trial.number} has no artifacts (state "
                                    f"{trial.state.name}); export a completed trial")
@@ -158,7 +159,7 @@ class Run:
 
     def base_trial(self) -> Any | None:
         for t in self.trials():
-            if t.user_attrs.get("is_base"):
+            if t.user_attrs.get(TrialAttr.IS_BASE):
                 return t
         return None
 
@@ -172,7 +173,7 @@ class Run:
         seen: set[str] = set()
         unique = []
         for t in sorted(self.trials(), key=lambda t: t.number):
-            key = t.user_attrs.get("key")
+            key = t.user_attrs.get(TrialAttr.KEY)
             if key in seen:
                 continue
             seen.add(key)
@@ -189,15 +190,15 @@ class Run:
 
     def _member(self, t: Any, base: Any | None,
                 errors: dict[str, dict[str, Any]] | None = None) -> FrontMember:
-        metrics = dict(t.user_attrs.get("metrics", {}))
-        predicted = list(t.user_attrs.get("predicted_metrics") or [])
+        metrics = dict(t.user_attrs.get(TrialAttr.METRICS, {}))
+        predicted = list(t.user_attrs.get(TrialAttr.PREDICTED_METRICS) or [])
         prediction_error = {}
         for m in predicted:
             entry = (errors or {}).get(m.partition("@")[2]) or {}
             prediction_error[m] = {"source": entry.get("source"), **(entry.get("held_out") or {})}
         relative: dict[str, float] = {}
         if base is not None:
-            bm = base.user_attrs.get("metrics", {})
+            bm = base.user_attrs.get(TrialAttr.METRICS, {})
             for k, v in metrics.items():
                 if k.startswith("latency_") and bm.get(k):
                     relative[f"speedup_{k}"] = bm[k] / v if v else float("inf")
@@ -210,14 +211,14 @@ class Run:
         artifacts = {name: str(art / name) for name in
                      ("model.onnx", "model.safetensors", "config.json", "manifest.json")}
         return FrontMember(
-            trial=t.number, config=dict(t.user_attrs.get("config", t.params)),
+            trial=t.number, config=dict(t.user_attrs.get(TrialAttr.CONFIG, t.params)),
             objectives=dict(zip(self.objective_names, t.values, strict=True)), metrics=metrics,
             artifacts=artifacts, relative=relative, constraint_violation=_violation(t),
             misses=self._misses(t), predicted=predicted, prediction_error=prediction_error,
         )
 
     def _misses(self, t: Any) -> dict[str, float]:
-        cons = list(t.user_attrs.get("constraints") or [])
+        cons = list(t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])
         names = []
         for c in self.spec.constraints:
             if c.min is not None:
@@ -251,25 +252,25 @@ class Run:
             row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
             for i, name in enumerate(self.objective_names):
                 row[name] = t.values[i] if complete and t.values else None
-            row.update(ua.get("config") or t.params)
-            reason = str(ua.get("fail_reason") or "")
+            row.update(ua.get(TrialAttr.CONFIG) or t.params)
+            reason = str(ua.get(TrialAttr.FAIL_REASON) or "")
             row.update({
-                "key": ua.get("key"),
+                "key": ua.get(TrialAttr.KEY),
                 "feasible": (_violation(t) <= 0) if complete else None,
                 "constraint_violation": _violation(t) if complete else None,
                 "on_front": t.number in front,
-                "cached_from": ua.get("cached_from"),
-                "reused_artifact": bool(ua.get("reused_artifact", False)),
-                "attempts": ua.get("attempts", 1 if complete and "cached_from" not in ua
-                                   else None),
-                "fail_kind": ua.get("fail_kind"),
+                "cached_from": ua.get(TrialAttr.CACHED_FROM),
+                "reused_artifact": bool(ua.get(TrialAttr.REUSED_ARTIFACT, False)),
+                "attempts": ua.get(TrialAttr.ATTEMPTS,
+                                   1 if complete and TrialAttr.CACHED_FROM not in ua else None),
+                "fail_kind": ua.get(TrialAttr.FAIL_KIND),
                 "fail_reason": reason.strip().splitlines()[0] if reason.strip() else None,
                 "duration_s": (t.duration.total_seconds() if t.duration is not None else None),
-                "worker": ua.get("worker"),
-                "node_id": ua.get("node_id"),
-                "is_base": bool(ua.get("is_base", False)),
-                "predicted_metrics": ", ".join(ua.get("predicted_metrics") or []) or None,
-                "prescreen_reason": ua.get("prescreen_reason"),
+                "worker": ua.get(TrialAttr.WORKER),
+                "node_id": ua.get(TrialAttr.NODE_ID),
+                "is_base": bool(ua.get(TrialAttr.IS_BASE, False)),
+                "predicted_metrics": ", ".join(ua.get(TrialAttr.PREDICTED_METRICS) or []) or None,
+                "prescreen_reason": ua.get(TrialAttr.PRESCREEN_REASON),
             })
             rows.append(row)
         return rows
@@ -299,13 +300,14 @@ class Run:
 
     def prescreened(self) -> list[Any]:
         """Trials skipped before they were built (``search.prescreen``), PRUNED in the study."""
-        return [t for t in self.trials(states=("PRUNED",)) if t.user_attrs.get("prescreened")]
+        return [t for t in self.trials(states=("PRUNED",))
+                if t.user_attrs.get(TrialAttr.PRESCREENED)]
 
     def failures(self) -> dict[str, int]:
         """Failed trials counted by kind (build, measurement, timeout, worker_lost, ...)."""
         out: dict[str, int] = {}
         for t in self.trials(states=("FAIL",)):
-            kind = str(t.user_attrs.get("fail_kind") or "error")
+            kind = str(t.user_attrs.get(TrialAttr.FAIL_KIND) or FailKind.ERROR.value)
             out[kind] = out.get(kind, 0) + 1
         return out
 
@@ -378,9 +380,9 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
             o.metric: {"value": v, "direction": o.direction}
             for o, v in zip(run.spec.objectives, t.values, strict=True)
         }
-        predicted = list(t.user_attrs.get("predicted_metrics") or [])
+        predicted = list(t.user_attrs.get(TrialAttr.PREDICTED_METRICS) or [])
         if predicted:
-            metrics = t.user_attrs.get("metrics") or {}
+            metrics = t.user_attrs.get(TrialAttr.METRICS) or {}
             errors = run.predictor_errors()
             manifest["metrics"] = {**manifest.get("metrics", {}),
                                    **{m: metrics[m] for m in predicted if m in metrics}}
@@ -393,7 +395,7 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
                     "stop_reason": "predicted"}
         base = run.base_trial()
         if base is not None:
-            manifest["base_trial_metrics"] = base.user_attrs.get("metrics", {})
+            manifest["base_trial_metrics"] = base.user_attrs.get(TrialAttr.METRICS, {})
         manifest["files"] = {name: sha256_file(tmp / name) for name in manifest["files"]}
         atomic_write_json(tmp / "manifest.json", manifest)
         if out.exists():
@@ -405,4 +407,4 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
 
 
 def _violation(t: Any) -> float:
-    return float(sum(max(0.0, c) for c in (t.user_attrs.get("constraints") or [])))
+    return float(sum(max(0.0, c) for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,22 @@ def open_storage(run_dir: Path, spec: Spec) -> tuple[Any, SyncingJournalBackend 
 
 def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool = True,
                storage: Any = None) -> Any:
-    """Open (or create) the run's Optuna study in its storage (journal file or spec.storage)."""
+    """Open (or create) the run's Optuna study in its storage (journal file or spec.storage).
+
+    A study opened with ``create`` carries its objectives' metric names
+    (``study.metric_names``, e.g. ``["accuracy", "latency_p50_ms@cpu-1t"]``), so Optuna's plots
+    and optuna-dashboard opened on the run's storage label the objectives.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:
         storage, _ = open_storage(run_dir, spec)
     directions = [o.direction for o in spec.objectives]
     try:
         if create:
-            return optuna.create_study(storage=storage, sampler=sampler, study_name=spec.name,
-                                       directions=directions, load_if_exists=True)
+            study = optuna.create_study(storage=storage, sampler=sampler, study_name=spec.name,
+                                        directions=directions, load_if_exists=True)
+            _name_metrics(study, [o.metric for o in spec.objectives])
+            return study
         return optuna.load_study(storage=storage, study_name=spec.name, sampler=sampler)
     except KeyError:
         raise SpecError(f"storage {_shown(spec)} holds no study named {spec.name!r}; check "
@@ -100,6 +108,20 @@ def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool =
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"storage {_shown(spec)}: {first}; use e.g. sqlite:///study.db, or "
                         "leave `storage` unset for a journal file in the run directory") from None
+
+
+def _name_metrics(study: Any, names: list[str]) -> None:
+    """Record the objectives' names in the study (once; a resumed study has them already)."""
+    if study.metric_names == names:
+        return
+    if len(study.directions) != len(names):
+        raise SpecError(f"study {study.study_name!r} in its storage has "
+                        f"{len(study.directions)} objectives, the spec {len(names)} ({names}); "
+                        "a run's objectives cannot change: start a new run (another `name` or "
+                        "run directory)")
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; used knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def _shown(spec: Spec) -> str:

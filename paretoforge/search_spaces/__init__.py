@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from paretoforge.exceptions import SpecError
+from paretoforge.names import Precision
 from paretoforge.registry import Registry
 
 __all__ = ["SPACES", "CandidateConfig", "SearchSpace", "SpacePreset"]
@@ -42,7 +43,7 @@ class CandidateConfig(BaseModel):
     layers_kept: int = Field(ge=1, description="Encoder layers kept (the most important ones).")
     heads_kept: int = Field(ge=1, description="Attention heads kept in every kept layer.")
     ffn_kept: float = Field(gt=0.0, le=1.0, description="Fraction of FFN neurons kept per layer.")
-    precision: Literal["fp32", "int8", "int8-static", "fp16", "int4"] = Field(
+    precision: Precision = Field(
         description="Weight precision of the ONNX model: fp32, int8 (dynamic), int8-static "
         "(activations calibrated on the training split), fp16 (float16 graph, for GPUs; runs "
         "on CPU too) or int4 (4-bit weight-only MatMulNBits, blocks of 32, fp32 activations)."

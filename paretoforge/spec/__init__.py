@@ -25,7 +25,6 @@ from paretoforge.exceptions import SpecError, UnknownComponentError
 from paretoforge.hw_profiles._profile import HardwareProfile
 from paretoforge.spec._sections import (
     _NAME_RE,
-    SAMPLERS,
     SIZE_METRICS,
     ClusterSpec,
     ConstraintSpec,
@@ -46,7 +45,6 @@ from paretoforge.spec._sections import (
 )
 
 __all__ = [
-    "SAMPLERS",
     "SIZE_METRICS",
     "checkpoint_families",
     "plain_metrics",

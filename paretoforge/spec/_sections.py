@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from paretoforge.exceptions import SpecError
+from paretoforge.samplers import SAMPLERS
 
-SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 # Metric names a candidate reports besides its tasks' own (from the Task contract); latency
 # metrics carry the profile: ``latency_p50_ms@cpu-1t``.
 SIZE_METRICS = ("onnx_bytes", "params")
@@ -241,9 +241,10 @@ class ConstraintSpec(_Strict):
 class SearchConfig(_Strict):
     """How the search runs: sampler, budget, seed, retries and timeouts."""
 
-    sampler: Literal["nsga2", "nsga3", "tpe", "gp", "random"] = Field(
+    sampler: str = Field(
         "gp",
-        description="Optuna sampler: gp (Gaussian process; the default, best hypervolume per "
+        description="Optuna sampler, one of " + ", ".join(SAMPLERS.names()) + " (registered in "
+        "paretoforge.samplers): gp (Gaussian process; the default, best hypervolume per "
         "evaluation in benchmarks/search_efficiency.py), nsga2 (NSGA-II), nsga3 (NSGA-III, for "
         "three or more objectives), tpe or random.",
     )
@@ -299,6 +300,14 @@ class SearchConfig(_Strict):
         description="After this many candidates skipped in a row, the next one is built anyway "
         "(samplers learn nothing from skipped trials and may keep proposing them).",
     )
+
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(SAMPLERS.unknown_message(v))
+        return v
 
 
 class ClusterSpec(_Strict):

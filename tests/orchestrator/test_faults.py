@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from paretoforge._io import sha256_file
+from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import load_run
 
 HERE = Path(__file__).parent
@@ -32,12 +33,13 @@ def _assert_intact(run_dir: Path, target: int) -> list:
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == target
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    built = [t.user_attrs["key"] for t in complete if "cached_from" not in t.user_attrs]
+    built = [t.user_attrs[TrialAttr.KEY] for t in complete
+             if TrialAttr.CACHED_FROM not in t.user_attrs]
     assert len(built) == len(set(built)), "a configuration completed twice"
     for t in complete:
         art = run.artifact_dir(t)
         manifest = json.loads((art / "manifest.json").read_text())
-        assert manifest["key"] == t.user_attrs["key"]
+        assert manifest["key"] == t.user_attrs[TrialAttr.KEY]
         for name, digest in manifest["files"].items():
             assert sha256_file(art / name) == digest
     assert not list((run_dir / "artifacts").glob(".*")), "no half-written artifact is left"
@@ -69,8 +71,8 @@ def test_worker_sigkilled_mid_trial(ray_cluster, tiny_spec, tmp_path: Path) -> N
     complete = _assert_intact(run_dir, 4)
     assert summary.completed == 4 and summary.failed == 0
     t = next(t for t in complete if t.number == killed["trial"])
-    assert t.user_attrs["attempts"] == 2
-    assert f"pid {killed['pid']}" in t.user_attrs["attempt_errors"][0]
+    assert t.user_attrs[TrialAttr.ATTEMPTS] == 2
+    assert f"pid {killed['pid']}" in t.user_attrs[TrialAttr.ATTEMPT_ERRORS][0]
 
 
 def test_node_removed_mid_search(tiny_spec, tmp_path: Path) -> None:
@@ -87,8 +89,8 @@ def test_node_removed_mid_search(tiny_spec, tmp_path: Path) -> None:
     complete = _assert_intact(run_dir, 4)
     assert result["completed"] == 4
     t = next(t for t in complete if t.number == result["removed"]["trial"])
-    assert t.user_attrs["attempts"] == 2, "the trial re-ran on the other node"
-    assert t.user_attrs["worker"] != result["removed"]["worker"]
+    assert t.user_attrs[TrialAttr.ATTEMPTS] == 2, "the trial re-ran on the other node"
+    assert t.user_attrs[TrialAttr.WORKER] != result["removed"]["worker"]
 
 
 def _cli(*args: str) -> list[str]:
@@ -138,7 +140,7 @@ def test_driver_sigkilled_then_resumed(tiny_spec, tmp_path: Path) -> None:
     for n in done_before:
         assert after[n].values == before[n].values
     for n in left_running:  # taken up again under its own number, not failed
-        assert n in after or load_run(run_dir).trial(n).user_attrs.get("fail_kind") == \
+        assert n in after or load_run(run_dir).trial(n).user_attrs.get(TrialAttr.FAIL_KIND) == \
             "interrupted"
 
 

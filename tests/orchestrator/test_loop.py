@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from paretoforge.names import StopReason, TrialAttr
 from paretoforge.orchestrator.driver import run_search
 from paretoforge.orchestrator.fakes import FakeWorker
 from paretoforge.orchestrator.progress import Progress
@@ -54,12 +55,14 @@ def _assert_exact(run_dir: Path, target: int) -> None:
     complete = states.get("COMPLETE", [])
     assert len(complete) == target
     assert not states.get("RUNNING"), "no trial is left running"
-    built = [t.user_attrs["key"] for t in complete if "cached_from" not in t.user_attrs]
+    built = [t.user_attrs[TrialAttr.KEY] for t in complete
+             if TrialAttr.CACHED_FROM not in t.user_attrs]
     assert len(built) == len(set(built)), "no configuration completed twice"
     for t in complete:
-        if "cached_from" in t.user_attrs:
-            src = load_run(run_dir).trial(t.user_attrs["cached_from"])
-            assert src.user_attrs["key"] == t.user_attrs["key"] and src.values == t.values
+        if TrialAttr.CACHED_FROM in t.user_attrs:
+            src = load_run(run_dir).trial(t.user_attrs[TrialAttr.CACHED_FROM])
+            assert src.user_attrs[TrialAttr.KEY] == t.user_attrs[TrialAttr.KEY]
+            assert src.values == t.values
 
 
 def test_build_failure_fails_once_with_reason(ray_cluster, tmp_path: Path, spec_of) -> None:
@@ -69,13 +72,13 @@ def test_build_failure_fails_once_with_reason(ray_cluster, tmp_path: Path, spec_
     failed = _by_state(tmp_path / "r")["FAIL"]
     assert summary.failed == len(failed) >= 2
     first = min(failed, key=lambda t: t.number)
-    assert first.params == SMALL and first.user_attrs["fail_kind"] == "build"
-    assert "fake shape error" in first.user_attrs["fail_reason"]
-    assert first.user_attrs["attempts"] == 1
+    assert first.params == SMALL and first.user_attrs[TrialAttr.FAIL_KIND] == "build"
+    assert "fake shape error" in first.user_attrs[TrialAttr.FAIL_REASON]
+    assert first.user_attrs[TrialAttr.ATTEMPTS] == 1
     # the same config again fails from the record, without another build
     built = [line.split()[1] for line in (tmp_path / "log").read_text().splitlines()]
     assert built.count(_key(SMALL)) == 1
-    assert all(t.user_attrs.get("failed_like") == first.number
+    assert all(t.user_attrs.get(TrialAttr.FAILED_LIKE) == first.number
                for t in failed if t.number != first.number)
 
 
@@ -85,8 +88,8 @@ def test_worker_killed_mid_trial_is_retried(ray_cluster, tmp_path: Path, spec_of
     _run(spec, tmp_path / "r", events, crash_when=[MID], crash_times=1)
     _assert_exact(tmp_path / "r", 4)
     t = next(t for t in _by_state(tmp_path / "r")["COMPLETE"] if t.params == MID)
-    assert t.user_attrs["attempts"] == 2
-    (err,) = t.user_attrs["attempt_errors"]
+    assert t.user_attrs[TrialAttr.ATTEMPTS] == 2
+    (err,) = t.user_attrs[TrialAttr.ATTEMPT_ERRORS]
     assert "attempt 1" in err and "worker lost" in err
     assert any(k == "worker_lost" and d["trial"] == t.number for k, d in events)
 
@@ -97,9 +100,10 @@ def test_worker_lost_on_every_attempt_fails_with_reasons(ray_cluster, tmp_path: 
     summary = _run(spec, tmp_path / "r", crash_when=[MID], crash_times=99)
     _assert_exact(tmp_path / "r", 3)
     (t,) = _by_state(tmp_path / "r")["FAIL"]
-    assert t.params == MID and t.user_attrs["fail_kind"] == "worker_lost"
-    assert t.user_attrs["attempts"] == 2 and len(t.user_attrs["attempt_errors"]) == 2
-    assert "max_retries=1" in t.user_attrs["fail_reason"]
+    assert t.params == MID and t.user_attrs[TrialAttr.FAIL_KIND] == "worker_lost"
+    assert t.user_attrs[TrialAttr.ATTEMPTS] == 2
+    assert len(t.user_attrs[TrialAttr.ATTEMPT_ERRORS]) == 2
+    assert "max_retries=1" in t.user_attrs[TrialAttr.FAIL_REASON]
     assert summary.failed == 1
 
 
@@ -109,8 +113,8 @@ def test_trial_timeout_kills_and_replaces_the_worker(ray_cluster, tmp_path: Path
     summary = _run(spec, tmp_path / "r", hang_when=[MID])
     _assert_exact(tmp_path / "r", 3)
     (t,) = _by_state(tmp_path / "r")["FAIL"]
-    assert t.params == MID and t.user_attrs["fail_kind"] == "timeout"
-    assert t.user_attrs["fail_reason"].startswith("timeout")
+    assert t.params == MID and t.user_attrs[TrialAttr.FAIL_KIND] == "timeout"
+    assert t.user_attrs[TrialAttr.FAIL_REASON].startswith("timeout")
     assert summary.stats["timed_out"] == 1
 
 
@@ -119,7 +123,7 @@ def test_seed_configs_follow_the_base(ray_cluster, tmp_path: Path, spec_of) -> N
     spec = spec_of(trials=4, seed_configs=[SMALL, partial])
     _run(spec, tmp_path / "r")
     run = load_run(tmp_path / "r")
-    assert run.trial(0).user_attrs.get("is_base")
+    assert run.trial(0).user_attrs.get(TrialAttr.IS_BASE)
     assert run.trial(1).params == SMALL
     assert {k: run.trial(2).params[k] for k in partial} == partial
 
@@ -155,7 +159,7 @@ def test_resume_takes_up_trials_left_running(ray_cluster, tmp_path: Path,
     log = tmp_path / "log"
     spec = spec_of(trials=3, seed_configs=[MID, SMALL])  # every config chosen: base + seeds
     _run(spec, run_dir, write_artifacts=True, log_path=str(log))
-    done_keys = {t.user_attrs["key"] for t in _by_state(run_dir)["COMPLETE"]}
+    done_keys = {t.user_attrs[TrialAttr.KEY] for t in _by_state(run_dir)["COMPLETE"]}
     assert {_key(MID), _key(SMALL)} <= done_keys
 
     # What a driver killed mid-search leaves: three trials RUNNING.
@@ -170,7 +174,7 @@ def test_resume_takes_up_trials_left_running(ray_cluster, tmp_path: Path,
         for k, v in params.items():
             trial.suggest_categorical(k, spec.space.dimensions[k])
             assert trial.params[k] == v
-        trial.set_user_attr("key", _key(params))
+        trial.set_user_attr(TrialAttr.KEY, _key(params))
         left[name] = trial.number
     # the "built" one had finished its artifact before the driver died
     FakeWorker(None, spec.model_dump(mode="json"), str(run_dir), write_artifacts=True).evaluate(
@@ -183,8 +187,8 @@ def test_resume_takes_up_trials_left_running(ray_cluster, tmp_path: Path,
     assert summary.completed == 7
     _assert_exact(run_dir, 7)
     run = load_run(run_dir)
-    assert run.trial(left["built"]).user_attrs.get("reused_artifact") is True
-    assert run.trial(left["twin"]).user_attrs.get("cached_from") is not None
+    assert run.trial(left["built"]).user_attrs.get(TrialAttr.REUSED_ARTIFACT) is True
+    assert run.trial(left["twin"]).user_attrs.get(TrialAttr.CACHED_FROM) is not None
     assert run.trial(left["fresh"]).state.name == "COMPLETE"
     evaluated = [int(line.split()[0]) for line in log.read_text().splitlines()]
     assert left["built"] not in evaluated and left["twin"] not in evaluated
@@ -203,7 +207,7 @@ def test_resume_with_fewer_trials_fails_the_extra_running(ray_cluster, tmp_path:
     summary = _run(spec, tmp_path / "r")
     assert summary.completed == 3 and summary.failed == 0
     t = load_run(tmp_path / "r").trial(trial.number)
-    assert t.state.name == "FAIL" and t.user_attrs["fail_kind"] == "interrupted"
+    assert t.state.name == "FAIL" and t.user_attrs[TrialAttr.FAIL_KIND] == "interrupted"
 
 
 def test_max_failures_stops_the_search(ray_cluster, tmp_path: Path, spec_of) -> None:
@@ -211,6 +215,8 @@ def test_max_failures_stops_the_search(ray_cluster, tmp_path: Path, spec_of) -> 
     summary = _run(spec_of(trials=6, max_failures=2), tmp_path / "r", fail_when=every)
     assert summary.completed == 0 and summary.failed >= 2
     assert "max_failures" in (summary.stopped or "")
+    assert summary.stop_reason is StopReason.MAX_FAILURES
+    assert summary.stats["stop_reason"] == "max_failures"
     assert not _by_state(tmp_path / "r").get("RUNNING")
 
 
@@ -245,7 +251,7 @@ def test_infeasible_front_is_best_effort_with_misses(ray_cluster, tmp_path: Path
         assert miss == pytest.approx(0.999 - m.metrics["accuracy"])
         assert m.constraint_violation == pytest.approx(miss)
     dirs = [o.direction for o in run.spec.objectives]
-    unique = {t.user_attrs["key"]: tuple(t.values) for t in run.trials()}
+    unique = {t.user_attrs[TrialAttr.KEY]: tuple(t.values) for t in run.trials()}
     pts = list(unique.values())
     assert {tuple(m.objectives.values()) for m in front} == {
         pts[i] for i in non_dominated(pts, dirs)}
@@ -257,7 +263,7 @@ def test_constraints_reach_the_sampler(ray_cluster, tmp_path: Path, make_spec) -
     spec = make_spec({"trials": 4}, constraints=[{"metric": "latency_p50_ms@cpu-1t", "max": 0.2}])
     _run(spec, tmp_path / "r")
     for t in load_run(tmp_path / "r").trials():
-        lat = t.user_attrs["metrics"]["latency_p50_ms@cpu-1t"]
+        lat = t.user_attrs[TrialAttr.METRICS]["latency_p50_ms@cpu-1t"]
         assert list(t.constraints.values()) == [pytest.approx(lat - 0.2)]
 
 
@@ -268,3 +274,33 @@ def test_workers_that_cannot_start_end_the_search_cleanly(ray_cluster, tmp_path:
     with pytest.raises(PlacementError, match="no worker could start"):
         _run(spec_of(trials=2), tmp_path / "r", fail_init=True)
     assert not _by_state(tmp_path / "r").get("RUNNING")
+
+
+def test_a_time_budget_stops_the_search(ray_cluster, tmp_path: Path, spec_of) -> None:
+    summary = _run(spec_of(trials=50, timeout_s=1.0), tmp_path / "r", sleep_s=1.0)
+    assert summary.completed < 50
+    assert summary.stop_reason is StopReason.TIME_BUDGET
+    assert "search.timeout_s" in (summary.stopped or "")
+    assert not _by_state(tmp_path / "r").get("RUNNING")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_plots_label_the_objectives(ray_cluster, tmp_path: Path, spec_of) -> None:
+    import matplotlib
+    import optuna
+
+    from paretoforge.orchestrator.storage import JOURNAL
+
+    matplotlib.use("Agg")
+    spec = spec_of(trials=4)
+    _run(spec, tmp_path / "r")
+    names = [o.metric for o in spec.objectives]
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "r" / JOURNAL)))
+    study = optuna.load_study(study_name=spec.name, storage=journal)  # as optuna-dashboard does
+    assert study.metric_names == names == ["accuracy", "latency_p50_ms@cpu-1t"]
+    ax = optuna.visualization.matplotlib.plot_pareto_front(study)
+    assert [ax.get_xlabel(), ax.get_ylabel()] == names
+    matplotlib.pyplot.close("all")
+    _run(spec.with_overrides(**{"search.trials": 6}), tmp_path / "r")  # resumed: names kept
+    assert optuna.load_study(study_name=spec.name, storage=journal).metric_names == names

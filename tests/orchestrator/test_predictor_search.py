@@ -23,6 +23,7 @@ from paretoforge.cli import app
 from paretoforge.evaluators.config_features import ConfigFeatureEstimator
 from paretoforge.evaluators.predictor import features_from, load_predictor
 from paretoforge.exceptions import SpecError
+from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.prediction import SearchPredictors
 from paretoforge.orchestrator.results import load_run
 from paretoforge.spec import Spec
@@ -103,8 +104,8 @@ def _spec(tmp_path: Path, **top: Any) -> Spec:
 def _done(number: int, config: dict[str, Any], latency: float) -> Any:
     """A completed trial as the study holds it (a real FrozenTrial)."""
     return optuna.trial.create_trial(
-        values=[0.9, latency], user_attrs={"config": config, "metrics": {
-            "accuracy": 0.9, "latency_p50_ms@cpu-1t": latency}, "constraints": []})
+        values=[0.9, latency], user_attrs={TrialAttr.CONFIG: config, TrialAttr.METRICS: {
+            "accuracy": 0.9, "latency_p50_ms@cpu-1t": latency}, TrialAttr.CONSTRAINTS: []})
 
 
 def test_prequential_errors_are_held_out_and_persisted(bench_rows, tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ def test_search_writes_predictors_with_a_prequential_error(prescreen_run) -> Non
     run_dir, _, summary, _ = prescreen_run
     saved = json.loads((run_dir / "predictors.json").read_text())
     entry = saved["profiles"]["cpu-1t"]
-    built = len({t.user_attrs["key"] for t in load_run(run_dir).trials()})
+    built = len({t.user_attrs[TrialAttr.KEY] for t in load_run(run_dir).trials()})
     assert entry["kind"] == "measured" and entry["n_samples"] == built
     assert entry["held_out"]["n"] == built - 3  # one error per candidate after the third
     assert math.isfinite(entry["held_out"]["mape"]) and entry["held_out"]["mape"] >= 0
@@ -302,10 +303,11 @@ def test_prescreen_prunes_and_still_completes_the_budget(prescreen_run) -> None:
     assert summary.stats["prescreened"] == len(skipped)
     assert len(run.trials(states=("PRUNED",))) == len(skipped)
     for t in skipped:
-        assert "violates the constraint <= 0.0001" in t.user_attrs["prescreen_reason"]
-        assert t.user_attrs["prescreen_predicted"]["latency_p50_ms@cpu-1t"] > 1e-4
-        assert "artifact_dir" not in t.user_attrs
-        assert not t.user_attrs.get("is_base") and "seed_config" not in t.user_attrs
+        assert "violates the constraint <= 0.0001" in t.user_attrs[TrialAttr.PRESCREEN_REASON]
+        assert t.user_attrs[TrialAttr.PRESCREEN_PREDICTED]["latency_p50_ms@cpu-1t"] > 1e-4
+        assert TrialAttr.ARTIFACT_DIR not in t.user_attrs
+        assert not t.user_attrs.get(TrialAttr.IS_BASE)
+        assert TrialAttr.SEED_CONFIG not in t.user_attrs
     assert [e["trial"] for k, e in events if k == "trial_prescreened"] == [
         t.number for t in skipped]
     rows = {r["trial"]: r for r in run.trials_table()}
@@ -349,12 +351,12 @@ def test_predicted_profile_is_labelled_and_never_measured(ray_cluster, tiny_run,
     metric = "latency_p50_ms@edge-arm"
     reference = load_predictor(source, "edge-arm", source_profile="cpu-1t", min_samples=3)
     for t in run.trials():
-        assert t.user_attrs["predicted_metrics"] == [metric]
+        assert t.user_attrs[TrialAttr.PREDICTED_METRICS] == [metric]
         manifest = json.loads((run.artifact_dir(t) / "manifest.json").read_text())
         assert "edge-arm" not in manifest["measurements"]  # no worker measured it
         assert "edge-arm" not in manifest["placement"]
         expected = reference.predict(features_from(manifest, profile="cpu-1t"))[0]
-        assert t.user_attrs["metrics"][metric] == pytest.approx(expected)
+        assert t.user_attrs[TrialAttr.METRICS][metric] == pytest.approx(expected)
         assert t.values[1] == pytest.approx(expected)
     entry = run.predictor_errors()["edge-arm"]
     assert entry["kind"] == "predicted" and entry["source"] == str(source.resolve())

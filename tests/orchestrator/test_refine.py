@@ -7,6 +7,7 @@ import json
 import pytest
 
 from paretoforge.exceptions import SpecError
+from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.refine import refine_front
 from paretoforge.orchestrator.results import load_run
 from paretoforge.pipeline.artifacts import verify_artifact
@@ -17,18 +18,19 @@ def test_refine_rebuilds_a_pruned_member_with_more_epochs(tiny_run) -> None:
     run = load_run(run_dir)
     before = (run_dir / "front.json").read_text()
     base = run.base_trial()
-    pruned = [t for t in run.trials() if t.user_attrs["key"] != base.user_attrs["key"]]
+    base_key = base.user_attrs[TrialAttr.KEY]
+    pruned = [t for t in run.trials() if t.user_attrs[TrialAttr.KEY] != base_key]
     target = pruned[0]
     rows = refine_front(run_dir, epochs=3, trials=[target.number, base.number],
                         log=lambda *_: None)
     # The unpruned base has nothing to recover: skipped, the pruned one rebuilt.
     assert [r["trial"] for r in rows] == [target.number]
     row = rows[0]
-    assert row["config"] == target.user_attrs["config"]
-    assert row["search"] == target.user_attrs["metrics"]
+    assert row["config"] == target.user_attrs[TrialAttr.CONFIG]
+    assert row["search"] == target.user_attrs[TrialAttr.METRICS]
     assert 0.0 <= row["refined"]["accuracy"] <= 1.0
     assert row["refined"]["latency_p50_ms@cpu-1t"] > 0
-    manifest = verify_artifact(row["artifact_dir"], key=target.user_attrs["key"])
+    manifest = verify_artifact(row["artifact_dir"], key=target.user_attrs[TrialAttr.KEY])
     assert manifest is not None  # a complete checkpoint with valid checksums
     assert str(run_dir / "refined" / "epochs3-lr") in row["artifact_dir"]
     summary = json.loads((run_dir / "refined" / "epochs3-lr0.001" / "refined.json").read_text())
@@ -36,7 +38,7 @@ def test_refine_rebuilds_a_pruned_member_with_more_epochs(tiny_run) -> None:
     assert summary["search_recovery"]["epochs"] == 1
     # The search's own record is untouched.
     assert (run_dir / "front.json").read_text() == before
-    assert load_run(run_dir).trial(target.number).user_attrs["metrics"] == row["search"]
+    assert load_run(run_dir).trial(target.number).user_attrs[TrialAttr.METRICS] == row["search"]
 
 
 def test_refine_refuses_bad_requests(tiny_run) -> None:
@@ -59,8 +61,8 @@ def test_refine_cli(tiny_run) -> None:
     res = CliRunner().invoke(app, ["refine", str(run_dir / "nope"), "--epochs", "4"])
     assert res.exit_code == 2, res.output
     run = load_run(run_dir)
-    base_key = run.base_trial().user_attrs["key"]
-    pruned = next(t for t in run.trials() if t.user_attrs["key"] != base_key)
+    base_key = run.base_trial().user_attrs[TrialAttr.KEY]
+    pruned = next(t for t in run.trials() if t.user_attrs[TrialAttr.KEY] != base_key)
     res = CliRunner().invoke(app, ["refine", str(run_dir), "--epochs", "2", "--trial",
                                    str(pruned.number)])
     assert res.exit_code == 0, res.output

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from paretoforge._io import sha256_file
 from paretoforge.cli import app
+from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import load_run, non_dominated
 
 
@@ -23,10 +24,11 @@ def test_exactly_the_requested_completed_trials(tiny_run) -> None:
     assert (run_dir / "study.journal").is_file()
     # trial 0 is the enqueued unpruned fp32 base
     t0 = run.trial(0)
-    assert t0.user_attrs.get("is_base")
+    assert t0.user_attrs.get(TrialAttr.IS_BASE)
     assert t0.params == {"layers_kept": 2, "heads_kept": 2, "ffn_kept": 1.0, "precision": "fp32"}
     # a config is built once: cached trials point at the artifact of an earlier trial
-    keys = [t.user_attrs["key"] for t in complete if "cached_from" not in t.user_attrs]
+    keys = [t.user_attrs[TrialAttr.KEY] for t in complete
+            if TrialAttr.CACHED_FROM not in t.user_attrs]
     assert len(keys) == len(set(keys))
 
 
@@ -49,7 +51,7 @@ def test_front_is_non_dominated_and_complete(tiny_run) -> None:
     front = run.front()
     assert front, "a finished search has a front"
     dirs = [o.direction for o in run.spec.objectives]
-    unique = {t.user_attrs["key"]: t for t in reversed(run.trials())}
+    unique = {t.user_attrs[TrialAttr.KEY]: t for t in reversed(run.trials())}
     all_points = [tuple(t.values) for t in unique.values()]
     on_front = {tuple(all_points[i]) for i in non_dominated(all_points, dirs)}
     assert {tuple(m.objectives.values()) for m in front} == on_front

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from paretoforge.exceptions import SpecError
+from paretoforge.names import TrialAttr
 from paretoforge.spec import Spec
 
 
@@ -57,7 +58,7 @@ def test_image_classification_search_of_a_local_vit(ray_cluster, tmp_path) -> No
     assert summary.completed == 4 and summary.failed == 0
     assert all(0.0 <= m.objectives["accuracy"] <= 1.0 for m in summary.front)
     base = load_run(tmp_path / "run").trial(0)
-    art = tmp_path / "run" / base.user_attrs["artifact_dir"]
+    art = tmp_path / "run" / base.user_attrs[TrialAttr.ARTIFACT_DIR]
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["task"]["name"] == "image-classification"
     assert [i["name"] for i in manifest["inputs"]] == ["pixel_values"]

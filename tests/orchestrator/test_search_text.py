@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from paretoforge.exceptions import SpecError
+from paretoforge.names import TrialAttr
 from paretoforge.spec import Spec
 
 _WORDS = ("the a of to and in is it for that with as on be this are by or not from an "
@@ -99,7 +100,7 @@ def test_embedding_fidelity_search_of_a_local_checkpoint(ray_cluster, tmp_path) 
     for t in run.trials():
         assert 0.0 < t.values[0] <= 1.0 + 1e-6
         assert t.params["heads_kept"] in (2,) and t.params["layers_kept"] in (1, 2)
-    art = tmp_path / "run" / base.user_attrs["artifact_dir"]
+    art = tmp_path / "run" / base.user_attrs[TrialAttr.ARTIFACT_DIR]
     manifest = json.loads((art / "manifest.json").read_text())
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["inputs"][0]["dtype"] == "int64"

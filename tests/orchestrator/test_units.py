@@ -12,6 +12,7 @@ import pytest
 
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume, worst_point
 from paretoforge.orchestrator.results import non_dominated
+from paretoforge.samplers import SAMPLERS
 
 DIRS2 = ["maximize", "minimize"]
 
@@ -88,13 +89,13 @@ def test_gate_releases_a_dead_holder(ray_cluster) -> None:
     assert ray.get(gate.state.remote()) == {"readers": 0, "writer": 0, "writers_waiting": 0}
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "nsga3", "tpe", "gp", "random"])
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_every_sampler_proposes_valid_configs(sampler: str, make_spec) -> None:
     import optuna
 
     from paretoforge.orchestrator.fakes import fake_metrics
     from paretoforge.orchestrator.loop import constraint_values
-    from paretoforge.orchestrator.samplers import make_sampler
+    from paretoforge.samplers import make_sampler
     from paretoforge.search_spaces import SearchSpace
 
     spec = make_spec({"sampler": sampler, "trials": 8, "population_size": 4},
@@ -180,3 +181,44 @@ def test_verify_artifact_catches_a_changed_file(tmp_path: Path, tiny_spec) -> No
     assert remove_partial(tmp_path, pid=123) == 1
     assert remove_partial(tmp_path) == 1
     assert json.loads((art / "manifest.json").read_text())["key"] == key
+
+
+def test_worker_errors_are_classified_by_type_not_by_name() -> None:
+    from ray.exceptions import ActorDiedError, NodeDiedError, RayTaskError
+
+    from paretoforge.exceptions import BuildError, MeasurementError
+    from paretoforge.names import FailKind
+    from paretoforge.orchestrator.loop import _cause, _fail_kind
+    from paretoforge.orchestrator.pool import is_worker_lost
+
+    class ExportFailed(BuildError):  # a subclass: its name is not "BuildError"
+        pass
+
+    class BuildErrorLookalike(Exception):  # the name, not the type
+        pass
+
+    assert _fail_kind(ExportFailed("x")) is FailKind.BUILD
+    assert _fail_kind(MeasurementError("x")) is FailKind.MEASUREMENT
+    assert _fail_kind(BuildErrorLookalike("BuildError: x")) is FailKind.ERROR
+    # What ray.get raises for an error inside the actor: a RayTaskError carrying the cause.
+    wrapped = RayTaskError("evaluate", "Traceback ...", ExportFailed("shape"))
+    for e in (wrapped, wrapped.as_instanceof_cause()):
+        assert isinstance(_cause(e), ExportFailed) and _fail_kind(_cause(e)) is FailKind.BUILD
+        assert not is_worker_lost(e)
+    assert is_worker_lost(ActorDiedError()) and is_worker_lost(NodeDiedError("node gone"))
+    assert not is_worker_lost(RuntimeError("ActorDiedError: the actor died"))
+
+
+def test_the_study_carries_the_objectives_names(tmp_path: Path, tiny_spec) -> None:
+    import optuna
+
+    from paretoforge.orchestrator.storage import JOURNAL, open_storage, open_study
+
+    names = [o.metric for o in tiny_spec.objectives]
+    study = open_study(tmp_path, tiny_spec)
+    assert study.metric_names == names
+    storage, _ = open_storage(tmp_path, tiny_spec)
+    assert open_study(tmp_path, tiny_spec, storage=storage).metric_names == names  # reopened
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL)))
+    assert optuna.load_study(study_name=tiny_spec.name, storage=journal).metric_names == names
