@@ -2,7 +2,7 @@
 
 Two measurements, both with the real driver (``run_search``), a real local Ray cluster, the
 real Optuna study in its journal file, and a stand-in worker
-(:class:`paretoforge.orchestrator.fakes.FakeWorker`) in place of model builds:
+(:class:`paretoforge.testing.FakeWorker`) in place of model builds:
 
 * ``overhead``: the worker returns at once, so the loop's wall time is all orchestration:
   ask + suggest, the Ray call and its result, the user attributes and tell, the progress
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -71,8 +70,8 @@ def _spec(**search: Any) -> Any:
 
 def _search(spec: Any, run_dir: Path, **worker_kwargs: Any) -> Any:
     from paretoforge.orchestrator.driver import run_search
-    from paretoforge.orchestrator.fakes import FakeWorker
     from paretoforge.orchestrator.progress import Progress
+    from paretoforge.testing import FakeWorker
 
     return run_search(spec, run_dir, progress=Progress(spec.search.trials, quiet=True),
                       worker_cls=FakeWorker, worker_kwargs=worker_kwargs)
@@ -136,19 +135,15 @@ def main() -> None:
 
     load_before = wait_quiet(args.wait_quiet, 0.5)
 
-    import ray
+    from paretoforge.testing import local_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=128 * 1024**2,
-             logging_level=logging.WARNING, log_to_driver=False)
     results: dict[str, Any] = {"machine": machine("ray", "optuna"),
                                "load_avg_1m_before": round(load_before, 2)}
-    with tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
+    with local_ray(num_cpus=2), tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
         root = Path(d)
         _search(_spec(trials=2), root / "warmup")  # base model, imports, worker processes
         results["overhead"] = [overhead(args.trials, s, root) for s in args.samplers]
         results["utilisation"] = utilisation(args.sleep_trials, args.sleep_s, root)
-    ray.shutdown()
     results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
