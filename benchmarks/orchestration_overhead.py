@@ -39,25 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, wait_quiet  # noqa: E402
 
+from paretoforge.testing import tiny_spec_dict  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results" / "orchestration_overhead.json"
 
-SPEC: dict[str, Any] = {
-    "name": "overhead",
-    "model": {"recipe": "vit-digits",
-              "overrides": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                            "intermediate_size": 64, "epochs": 3}},
-    "task": {"name": "digits"},
-    "space": {"preset": "vit-prune",
-              "dimensions": {"layers_kept": [1, 2], "heads_kept": [1, 2],
-                             "ffn_kept": [round(0.005 * i, 3) for i in range(1, 201)],
-                             "precision": ["fp32", "int8"]}},
-    "recovery": {"epochs": 1},
-    "objectives": [{"metric": "accuracy", "direction": "maximize"},
-                   {"metric": "latency_p50_ms@cpu-1t", "direction": "minimize"}],
-    "profiles": ["cpu-1t"],
-    "search": {"trials": 100, "population_size": 16, "seed": 0},
-    "cluster": {"workers": 2},
-}
+# the tests' tiny spec with 200 FFN widths (its base model, cached, is the tests' too)
+SPEC: dict[str, Any] = tiny_spec_dict({"trials": 100, "population_size": 16}, name="overhead")
+SPEC["space"]["dimensions"]["ffn_kept"] = [round(0.005 * i, 3) for i in range(1, 201)]
 
 
 def _spec(**search: Any) -> Any:

@@ -7,6 +7,7 @@ Only ``tests/`` and ``benchmarks/`` import this package; nothing else in paretof
   :class:`~paretoforge.orchestrator.protocol.CandidateWorker` protocol), making metrics up;
   its artifacts never pass for real ones (:func:`verify_fake_artifact` accepts them).
 * :func:`local_ray` and :func:`multi_node_cluster` start the Ray clusters tests run on.
+* :func:`tiny_spec` is the tiny search (2-layer ViT on digits) tests and benchmarks run.
 
 Example:
     >>> from paretoforge.testing import FakeWorker, local_ray
@@ -19,13 +20,17 @@ from __future__ import annotations
 
 from paretoforge.testing.cluster import LocalCluster, local_ray, multi_node_cluster
 from paretoforge.testing.fakes import FAKE_FORMAT, FakeWorker, fake_metrics, verify_fake_artifact
+from paretoforge.testing.specs import TINY_SPEC, tiny_spec, tiny_spec_dict
 
 __all__ = [
     "FAKE_FORMAT",
     "FakeWorker",
     "LocalCluster",
+    "TINY_SPEC",
     "fake_metrics",
     "local_ray",
     "multi_node_cluster",
+    "tiny_spec",
+    "tiny_spec_dict",
     "verify_fake_artifact",
 ]

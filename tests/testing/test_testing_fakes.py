@@ -18,7 +18,7 @@ from paretoforge.exceptions import ParetoforgeError
 from paretoforge.orchestrator.artifacts import ARTIFACT_FORMAT, verify_artifact
 from paretoforge.orchestrator.protocol import CandidateWorker
 from paretoforge.search_spaces import CandidateConfig
-from paretoforge.testing import FAKE_FORMAT, FakeWorker, verify_fake_artifact
+from paretoforge.testing import FAKE_FORMAT, FakeWorker, tiny_spec, verify_fake_artifact
 
 CFG = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "int8"}
 
@@ -47,8 +47,8 @@ def test_real_and_fake_workers_take_the_protocol_constructor() -> None:
                     == list(inspect.signature(getattr(CandidateWorker, method)).parameters))
 
 
-def test_fake_accepts_what_the_driver_passes_every_worker(tiny_spec, tmp_path: Path) -> None:
-    w = FakeWorker(None, tiny_spec.model_dump(mode="json"), str(tmp_path), index=1, gates={},
+def test_fake_accepts_what_the_driver_passes_every_worker(tmp_path: Path) -> None:
+    w = FakeWorker(None, tiny_spec().model_dump(mode="json"), str(tmp_path), index=1, gates={},
                    holder="w1.0", pin=True, benches={})
     info = w.ping()
     assert info["index"] == 1 and isinstance(info["pid"], int) and info["node_id"]
@@ -70,8 +70,8 @@ def _real_artifact(run_dir: Path, cfg: dict) -> tuple[Path, str]:
     return art, c.key
 
 
-def test_a_fake_artifact_never_verifies_as_real(tiny_spec, tmp_path: Path) -> None:
-    FakeWorker(None, tiny_spec.model_dump(mode="json"), str(tmp_path),
+def test_a_fake_artifact_never_verifies_as_real(tmp_path: Path) -> None:
+    FakeWorker(None, tiny_spec().model_dump(mode="json"), str(tmp_path),
                write_artifacts=True).evaluate(0, CFG)
     key = CandidateConfig(**CFG).key
     art = tmp_path / "artifacts" / key
@@ -88,13 +88,12 @@ def test_a_fake_artifact_never_verifies_as_real(tiny_spec, tmp_path: Path) -> No
     assert verify_fake_artifact(art) is None
 
 
-def test_a_fake_run_cannot_be_loaded_or_exported(ray_cluster, make_spec,
-                                                 tmp_path: Path) -> None:
+def test_a_fake_run_cannot_be_loaded_or_exported(ray_cluster, tmp_path: Path) -> None:
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.orchestrator.results import Checkpoint, export_trial, load_run
 
-    spec = make_spec({"trials": 2, "sampler": "random"})
+    spec = tiny_spec({"trials": 2, "sampler": "random"})
     run_dir = tmp_path / "r"
     summary = run_search(spec, run_dir, progress=Progress(2, live=False, quiet=True),
                          worker_cls=FakeWorker, worker_kwargs={"write_artifacts": True})
