@@ -2,7 +2,7 @@
 
 Two measurements, both with the real driver (``run_search``), a real local Ray cluster, the
 real Optuna study in its journal file, and a stand-in worker
-(:class:`paretoforge.orchestrator.fakes.FakeWorker`) in place of model builds:
+(:class:`paretoforge.testing.FakeWorker`) in place of model builds:
 
 * ``overhead``: the worker returns at once, so the loop's wall time is all orchestration:
   ask + suggest, the Ray call and its result, the user attributes and tell, the progress
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -41,26 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, wait_quiet  # noqa: E402
 
 from paretoforge.names import TrialAttr  # noqa: E402
+from paretoforge.testing import tiny_spec_dict  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "orchestration_overhead.json"
 
-SPEC: dict[str, Any] = {
-    "name": "overhead",
-    "model": {"recipe": "vit-digits",
-              "overrides": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                            "intermediate_size": 64, "epochs": 3}},
-    "task": {"name": "digits"},
-    "space": {"preset": "vit-prune",
-              "dimensions": {"layers_kept": [1, 2], "heads_kept": [1, 2],
-                             "ffn_kept": [round(0.005 * i, 3) for i in range(1, 201)],
-                             "precision": ["fp32", "int8"]}},
-    "recovery": {"epochs": 1},
-    "objectives": [{"metric": "accuracy", "direction": "maximize"},
-                   {"metric": "latency_p50_ms@cpu-1t", "direction": "minimize"}],
-    "profiles": ["cpu-1t"],
-    "search": {"trials": 100, "population_size": 16, "seed": 0},
-    "cluster": {"workers": 2},
-}
+# the tests' tiny spec with 200 FFN widths (its base model, cached, is the tests' too)
+SPEC: dict[str, Any] = tiny_spec_dict({"trials": 100, "population_size": 16}, name="overhead")
+SPEC["space"]["dimensions"]["ffn_kept"] = [round(0.005 * i, 3) for i in range(1, 201)]
 
 
 def _spec(**search: Any) -> Any:
@@ -73,8 +59,8 @@ def _spec(**search: Any) -> Any:
 
 def _search(spec: Any, run_dir: Path, **worker_kwargs: Any) -> Any:
     from paretoforge.orchestrator.driver import run_search
-    from paretoforge.orchestrator.fakes import FakeWorker
     from paretoforge.orchestrator.progress import Progress
+    from paretoforge.testing import FakeWorker
 
     return run_search(spec, run_dir, progress=Progress(spec.search.trials, quiet=True),
                       worker_cls=FakeWorker, worker_kwargs=worker_kwargs)
@@ -138,19 +124,15 @@ def main() -> None:
 
     load_before = wait_quiet(args.wait_quiet, 0.5)
 
-    import ray
+    from paretoforge.testing import local_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=128 * 1024**2,
-             logging_level=logging.WARNING, log_to_driver=False)
     results: dict[str, Any] = {"machine": machine("ray", "optuna"),
                                "load_avg_1m_before": round(load_before, 2)}
-    with tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
+    with local_ray(num_cpus=2), tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
         root = Path(d)
         _search(_spec(trials=2), root / "warmup")  # base model, imports, worker processes
         results["overhead"] = [overhead(args.trials, s, root) for s in args.samplers]
         results["utilisation"] = utilisation(args.sleep_trials, args.sleep_s, root)
-    ray.shutdown()
     results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

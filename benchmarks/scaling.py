@@ -14,7 +14,7 @@ journal:
 * ``simulated``: a ``ray.cluster_utils.Cluster`` of ``--nodes`` nodes with ``--sim-workers``
   logical CPUs in all (default 4 x 16 = 64; a CPU is a logical resource to Ray, so the 64 worker
   processes share this machine's cores), one
-  :class:`~paretoforge.orchestrator.fakes.FakeWorker` per CPU that sleeps ``--sleep-s`` per
+  :class:`~paretoforge.testing.FakeWorker` per CPU that sleeps ``--sleep-s`` per
   trial instead of building. With ``W`` workers and ``S`` seconds per trial the ideal
   throughput is ``W / S``; the achieved one over the steady window (first trial started to
   last trial ended) says whether the driver keeps 64 workers busy. The driver's own time per
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -82,24 +81,18 @@ def _window(run_dir: Path) -> tuple[list[Any], float, float]:
 def real_part(trials: int, worker_counts: list[int], root: Path,
               profiles: list[str] | None = None) -> list[dict[str, Any]]:
     """The quickstart search with each worker count; one local Ray cluster per count."""
-    import ray
-
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.progress import Progress
+    from paretoforge.testing import local_ray
 
     rows = []
     for workers in worker_counts:
         spec = _quickstart_spec(trials, workers, profiles)
-        ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                 object_store_memory=256 * 1024**2,
-                 logging_level=logging.WARNING, log_to_driver=False)
-        try:
+        with local_ray(num_cpus=workers, object_store_mb=256):
             run_dir = root / f"real-w{workers}-{'-'.join(spec.profiles)}"
             load0 = os.getloadavg()[0]
             summary = run_search(spec, run_dir, progress=Progress(trials, quiet=True))
             load1 = os.getloadavg()[0]
-        finally:
-            ray.shutdown()
         st = summary.stats
         done, busy, window = _window(run_dir)
         steady = st["wall_s"] - (st["first_ready_s"] or 0.0)
@@ -126,38 +119,23 @@ def real_part(trials: int, worker_counts: list[int], root: Path,
 def simulated_part(nodes: int, workers: int, trials: int, sleep_s: float,
                    root: Path) -> dict[str, Any]:
     """The driver with ``workers`` sleeping stand-in workers on a multi-node ``Cluster``."""
-    from paretoforge._ray_auth import ensure_ray_auth
-
-    ensure_ray_auth()
-    import ray
     from orchestration_overhead import SPEC  # the tiny model's space, 200 FFN widths
-    from ray.cluster_utils import Cluster
 
     from paretoforge.orchestrator.driver import run_search
-    from paretoforge.orchestrator.fakes import FakeWorker
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.spec import Spec
+    from paretoforge.testing import FakeWorker, multi_node_cluster
 
     d = json.loads(json.dumps(SPEC))
     d["search"].update(trials=trials, sampler="random", population_size=workers)
     d["cluster"]["workers"] = workers
     spec = Spec.from_dict(d)
     per_node = -(-workers // nodes)
-    store = 80 * 1024**2
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": store})
-    for _ in range(nodes):
-        cluster.add_node(num_cpus=per_node, object_store_memory=store)
-    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-    cluster.wait_for_nodes()
-    try:
+    with multi_node_cluster(nodes=[{"num_cpus": per_node}] * nodes):
         t0 = time.perf_counter()
         summary = run_search(spec, root / "simulated", progress=Progress(trials, quiet=True),
                              worker_cls=FakeWorker, worker_kwargs={"sleep_s": sleep_s})
         wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
     st = summary.stats
     done, busy, window = _window(root / "simulated")
     n = len(done)

@@ -22,13 +22,7 @@ os.environ.setdefault("PARETOFORGE_CACHE", tempfile.mkdtemp(prefix="pf-test-cach
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster for the whole session (2 CPUs, no dashboard)."""
-    import logging
+    from paretoforge.testing import local_ray
 
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=128 * 1024**2,
-                 logging_level=logging.WARNING, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with local_ray(num_cpus=2, object_store_mb=128) as ray:
+        yield ray

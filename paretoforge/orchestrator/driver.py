@@ -2,8 +2,9 @@
 
 :func:`run_search` is the whole search; :mod:`paretoforge.orchestrator.loop` is the
 ask-and-tell loop itself and :mod:`paretoforge.orchestrator.pool` the worker actors. The worker
-class is injectable (``worker_cls``): anything with the contract described in
-:mod:`paretoforge.orchestrator.fakes` runs under the same driver, Ray and storage.
+class is injectable (``worker_cls``): anything with the constructor and methods of
+:class:`~paretoforge.orchestrator.protocol.CandidateWorker` runs under the same driver, Ray and
+storage (:class:`paretoforge.testing.FakeWorker` does, for tests and benchmarks).
 
 One driver at a time per run directory: it holds an exclusive lock on ``<run>/.driver.lock``
 while it runs (the operating system drops it when the driver dies, however it dies).
@@ -22,7 +23,7 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from paretoforge._io import atomic_write_json, atomic_write_text
 from paretoforge.exceptions import ParetoforgeError, PlacementError, SpecError
 from paretoforge.names import StopReason
 from paretoforge.orchestrator.progress import Progress
+from paretoforge.orchestrator.protocol import CandidateWorker
 from paretoforge.search_spaces import SearchSpace
 from paretoforge.spec import Spec
 
@@ -146,8 +148,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
                progress: Progress | None = None, debug: bool = False,
-               worker_cls: type | None = None,
-               worker_kwargs: dict[str, Any] | None = None) -> SearchSummary:
+               worker_cls: type[CandidateWorker] | None = None,
+               worker_kwargs: dict[str, Any] | None = None,
+               verify: Callable[..., dict[str, Any] | None] | None = None) -> SearchSummary:
     """Run (or continue) the search described by ``spec`` into ``run_dir``.
 
     Args:
@@ -157,9 +160,14 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
         progress: Where progress goes (default: a live panel on a terminal, else lines).
         debug: Ray logs to the terminal.
         worker_cls: The worker class made a Ray actor per worker (default
-            :class:`~paretoforge.orchestrator.worker.Worker`); see
-            :mod:`paretoforge.orchestrator.fakes` for the contract.
-        worker_kwargs: Extra keyword arguments for ``worker_cls``.
+            :class:`~paretoforge.orchestrator.worker.Worker`); the contract is
+            :class:`~paretoforge.orchestrator.protocol.CandidateWorker`.
+        worker_kwargs: Extra keyword arguments for ``worker_cls``, past the protocol's.
+        verify: How a resumed search checks the artifact of a trial a stopped driver left
+            RUNNING before it reuses it instead of rebuilding: ``verify(directory, key=key)``
+            returns the manifest or None (default
+            :func:`~paretoforge.pipeline.artifacts.verify_artifact`, real artifacts only;
+            a fake search that resumes passes :func:`paretoforge.testing.verify_fake_artifact`).
 
     Returns:
         The run's counts (completed, cached, failed), its front, and the loop's timings.
@@ -177,12 +185,14 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
         _check_run_dir(spec, run_dir)  # again: another driver may have written it meanwhile
         atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
         return _run_locked(spec, run_dir, space, profiles, progress, t_start, address=address,
-                           debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {})
+                           debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {},
+                           verify=verify)
 
 
 def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[Any],
                 progress: Progress, t_start: float, *, address: str | None, debug: bool,
-                worker_cls: type | None, worker_kwargs: dict[str, Any]) -> SearchSummary:
+                worker_cls: type[CandidateWorker] | None, worker_kwargs: dict[str, Any],
+                verify: Callable[..., dict[str, Any] | None] | None) -> SearchSummary:
     import ray
 
     from paretoforge.orchestrator.bench import start_benches, stop_benches
@@ -191,8 +201,8 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.results import load_run
     from paretoforge.orchestrator.storage import open_storage, open_study
     from paretoforge.orchestrator.worker import Worker, package_versions
-    from paretoforge.samplers import make_sampler
     from paretoforge.pipeline.artifacts import remove_partial
+    from paretoforge.samplers import make_sampler
 
     log = progress.log
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
@@ -224,18 +234,16 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
-        # Workers get `benches` only when some profile has them (the fake workers' contract
-        # has no such argument, and they never measure resource-bound profiles).
-        extra = {"benches": benches} if benches else {}
 
         def new_worker(i: int, holder: str) -> Any:
             return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
-                                    holder=holder, **extra, **worker_kwargs)
+                                    holder=holder, benches=benches, **worker_kwargs)
 
         pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
         loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
                           base_params=space.base_params(prepared.num_layers, prepared.num_heads),
-                          sync=backend.sync if backend is not None else None)
+                          sync=backend.sync if backend is not None else None,
+                          verify=verify)
         with progress:
             stats = loop.run()
         run = load_run(run_dir)

@@ -120,7 +120,8 @@ class SearchLoop:
 
     def __init__(self, spec: Spec, study: Any, space: SearchSpace, pool: WorkerPool,
                  progress: Progress, *, run_dir: Path, base_params: dict[str, Any],
-                 sync: Callable[..., None] | None = None) -> None:
+                 sync: Callable[..., None] | None = None,
+                 verify: Callable[..., dict[str, Any] | None] | None = None) -> None:
         self.spec = spec
         self.study = study
         self.space = space
@@ -129,6 +130,8 @@ class SearchLoop:
         self.run_dir = Path(run_dir)
         self.base_params = base_params
         self.sync = sync
+        # how a RUNNING trial's finished artifact is checked before it is reused (see _recover)
+        self.verify = verify or verify_artifact
         self.target = spec.search.trials
         self.directions = [o.direction for o in spec.objectives]
         self.in_flight: dict[Any, _Job] = {}
@@ -260,7 +263,7 @@ class SearchLoop:
                            "already has its trials", kind=FailKind.INTERRUPTED)
                 continue
             key = frozen.user_attrs.get(TrialAttr.KEY)
-            manifest = (verify_artifact(artifact_path(self.run_dir, key), key=key)
+            manifest = (self.verify(artifact_path(self.run_dir, key), key=key)
                         if key and key not in self.cache else None)
             if key in self.cache:
                 self._tell_cached(trial, self.cache[key])

@@ -228,11 +228,18 @@ class Run:
         return {n: float(v) for n, v in zip(names, cons, strict=False) if v > 0}
 
     def checkpoint(self, trial: int | Any) -> Checkpoint:
-        """The artifacts of a trial (its number, a FrozenTrial or a :class:`FrontMember`)."""
+        """The artifacts of a trial (its number, a FrozenTrial or a :class:`FrontMember`).
+
+        Raises:
+            ParetoforgeError: The trial's manifest is not a real build's (a stand-in
+                worker's, :mod:`paretoforge.testing`).
+        """
         number = trial if isinstance(trial, int) else getattr(trial, "trial", None)
         if not isinstance(number, int):
             number = trial.number
-        return Checkpoint(self.artifact_dir(self.trial(number)))
+        directory = self.artifact_dir(self.trial(number))
+        _check_real_artifact(directory, _read_manifest(directory))
+        return Checkpoint(directory)
 
     def trials_table(self) -> list[dict[str, Any]]:
         """Every trial as a flat row: state, objectives, config, retries, failure reason.
@@ -359,6 +366,7 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
         raise ParetoforgeError(f"trial {number} is {t.state.name}; only completed trials export")
     src = run.artifact_dir(t)
     manifest = json.loads((src / "manifest.json").read_text())
+    _check_real_artifact(src, manifest)
     for name, digest in manifest["files"].items():
         if sha256_file(src / name) != digest:
             raise ParetoforgeError(f"{src / name}: checksum differs from its manifest; the "
@@ -404,6 +412,29 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _read_manifest(directory: Path) -> Any:
+    """The manifest's JSON, or None when it is missing or no JSON (loading then says so)."""
+    try:
+        return json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_real_artifact(directory: Path, manifest: Any) -> None:
+    """Refuse an artifact whose manifest is not of a real build's format (a fake's, say)."""
+    from paretoforge.pipeline.artifacts import ARTIFACT_FORMAT
+
+    if manifest is None:
+        return
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != ARTIFACT_FORMAT:
+        raise ParetoforgeError(
+            f"{str(directory)!r} is not a paretoforge build's artifact: its manifest's format "
+            f"is {fmt!r}, not {ARTIFACT_FORMAT!r} (a stand-in worker's, from "
+            "paretoforge.testing?); it cannot be loaded or exported"
+        )
 
 
 def _violation(t: Any) -> float:

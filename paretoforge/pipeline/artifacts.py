@@ -3,7 +3,8 @@
 A build writes a temporary directory and renames it into place, so a directory under its final
 name is complete unless a file was changed afterwards; :func:`verify_artifact` checks that, and a
 verified artifact can stand in for a rebuild (a retried trial, a trial a dead driver left
-RUNNING).
+RUNNING). Only a manifest of format :data:`ARTIFACT_FORMAT` verifies: what a stand-in worker
+(:mod:`paretoforge.testing`) wrote never passes for a real artifact.
 
 Example:
     >>> manifest = verify_artifact("runs/quickstart/artifacts/0123456789abcdef")  # doctest: +SKIP
@@ -21,7 +22,10 @@ from typing import Any
 
 from paretoforge._io import sha256_file
 
-__all__ = ["artifact_path", "remove_partial", "result_from_manifest", "verify_artifact"]
+__all__ = ["ARTIFACT_FORMAT", "artifact_path", "remove_partial", "result_from_manifest",
+           "verify_artifact"]
+
+ARTIFACT_FORMAT = "paretoforge-artifact/1"  # the manifest format a real build writes
 
 
 def artifact_path(run_dir: str | os.PathLike[str], key: str) -> Path:
@@ -33,7 +37,9 @@ def artifact_path(run_dir: str | os.PathLike[str], key: str) -> Path:
 
 def verify_artifact(directory: str | os.PathLike[str], *, key: str | None = None
                     ) -> dict[str, Any] | None:
-    """The manifest of a complete artifact whose every file matches its sha256, else None.
+    """The manifest of a complete real artifact whose every file matches its sha256, else None.
+
+    A manifest whose ``format`` is not :data:`ARTIFACT_FORMAT` (a fake's, say) is refused.
 
     Args:
         directory: The artifact directory.
@@ -45,6 +51,8 @@ def verify_artifact(directory: str | os.PathLike[str], *, key: str | None = None
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    if manifest.get("format") != ARTIFACT_FORMAT:
         return None
     if key is not None and manifest.get("key") != key:
         return None

@@ -10,55 +10,43 @@ removed. The script writes what happened to OUT_JSON.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from paretoforge._ray_auth import ensure_ray_auth  # noqa: E402  (re-exported for other scripts)
+from paretoforge.testing import multi_node_cluster  # noqa: E402
 
 
 def main(spec_json: str, run_dir: str, out_json: str) -> None:
-    ensure_ray_auth()
-    import ray
-    from ray.cluster_utils import Cluster
-
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.spec import Spec
 
     spec = Spec.from_dict(json.loads(spec_json))
-    store = 80 * 1024**2
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": store})
-    nodes = [cluster.add_node(num_cpus=1, object_store_memory=store) for _ in range(2)]
-    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-    cluster.wait_for_nodes()
     removed: dict = {}
     events: list = []
+    with multi_node_cluster(nodes=[{"num_cpus": 1}] * 2) as cluster:
 
-    def on_event(kind: str, data: dict) -> None:
-        events.append([kind, {k: v for k, v in data.items() if k != "node_id"}])
-        if kind != "trial_started" or removed or data["trial"] < 1:
-            return
-        tmp = Path(run_dir) / "artifacts" / f".{data['key']}.tmp-{data['pid']}"
-        deadline = time.monotonic() + 30
-        while not tmp.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        node = next(n for n in nodes if n.node_id == data["node_id"])
-        removed.update(trial=data["trial"], worker=data["worker"], mid_trial=tmp.exists())
-        cluster.remove_node(node, allow_graceful=False)
+        def on_event(kind: str, data: dict) -> None:
+            events.append([kind, {k: v for k, v in data.items() if k != "node_id"}])
+            if kind != "trial_started" or removed or data["trial"] < 1:
+                return
+            tmp = Path(run_dir) / "artifacts" / f".{data['key']}.tmp-{data['pid']}"
+            deadline = time.monotonic() + 30
+            while not tmp.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            node = cluster.node(data["node_id"])
+            removed.update(trial=data["trial"], worker=data["worker"], mid_trial=tmp.exists())
+            cluster.remove_node(node)
 
-    summary = run_search(spec, run_dir, progress=Progress(spec.search.trials, live=False,
-                                                          on_event=on_event))
-    Path(out_json).write_text(json.dumps({
-        "completed": summary.completed, "failed": summary.failed, "removed": removed,
-        "stats": summary.stats, "events": events,
-    }))
-    ray.shutdown()
-    cluster.shutdown()
+        summary = run_search(spec, run_dir, progress=Progress(spec.search.trials, live=False,
+                                                              on_event=on_event))
+        Path(out_json).write_text(json.dumps({
+            "completed": summary.completed, "failed": summary.failed, "removed": removed,
+            "stats": summary.stats, "events": events,
+        }))
 
 
 if __name__ == "__main__":

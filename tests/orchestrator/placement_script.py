@@ -11,48 +11,37 @@ OUT_JSON.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
-from paretoforge._ray_auth import ensure_ray_auth
+from paretoforge.testing import multi_node_cluster
 
 
 def main(spec_json: str, refused_json: str, run_dir: str, out_json: str) -> None:
-    ensure_ray_auth()
-    import ray
-    from ray.cluster_utils import Cluster
-
     from paretoforge.exceptions import PlacementError
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.spec import Spec
 
     spec = Spec.from_dict(json.loads(spec_json))
-    store = 80 * 1024**2
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"hw:alpha": 1}, "include_dashboard": False,
-        "object_store_memory": store})
-    beta = cluster.add_node(num_cpus=1, resources={"hw:beta": 1}, object_store_memory=store)
-    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-    cluster.wait_for_nodes()
-    out: dict = {"nodes": {"hw:alpha": cluster.head_node.node_id, "hw:beta": beta.node_id}}
-    try:
-        summary = run_search(spec, run_dir, progress=Progress(spec.search.trials, live=False,
-                                                              quiet=True))
-        out.update(completed=summary.completed, failed=summary.failed)
-        refused_dir = Path(run_dir).parent / "refused"
+    with multi_node_cluster(head={"num_cpus": 1, "resources": {"hw:alpha": 1}},
+                            nodes=[{"num_cpus": 1, "resources": {"hw:beta": 1}}]) as cluster:
+        out: dict = {"nodes": {"hw:alpha": cluster.head.node_id,
+                               "hw:beta": cluster.nodes[0].node_id}}
         try:
-            run_search(Spec.from_dict(json.loads(refused_json)), refused_dir,
-                       progress=Progress(1, live=False, quiet=True))
-            out["refused"] = None
-        except PlacementError as e:
-            out["refused"] = {"error": str(e),
-                              "artifacts": [p.name for p in refused_dir.glob("artifacts/*")]}
-    finally:
-        Path(out_json).write_text(json.dumps(out))
-        ray.shutdown()
-        cluster.shutdown()
+            summary = run_search(spec, run_dir, progress=Progress(spec.search.trials,
+                                                                  live=False, quiet=True))
+            out.update(completed=summary.completed, failed=summary.failed)
+            refused_dir = Path(run_dir).parent / "refused"
+            try:
+                run_search(Spec.from_dict(json.loads(refused_json)), refused_dir,
+                           progress=Progress(1, live=False, quiet=True))
+                out["refused"] = None
+            except PlacementError as e:
+                out["refused"] = {"error": str(e),
+                                  "artifacts": [p.name for p in refused_dir.glob("artifacts/*")]}
+        finally:
+            Path(out_json).write_text(json.dumps(out))
 
 
 if __name__ == "__main__":

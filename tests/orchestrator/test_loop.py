@@ -14,11 +14,11 @@ import pytest
 
 from paretoforge.names import StopReason, TrialAttr
 from paretoforge.orchestrator.driver import run_search
-from paretoforge.orchestrator.fakes import FakeWorker
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.orchestrator.results import load_run, non_dominated
 from paretoforge.search_spaces import CandidateConfig
 from paretoforge.spec import Spec
+from paretoforge.testing import FakeWorker, verify_fake_artifact
 
 SMALL = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "int8"}
 MID = {"layers_kept": 1, "heads_kept": 2, "ffn_kept": 0.5, "precision": "fp32"}
@@ -34,8 +34,9 @@ def _run(spec: Spec, run_dir: Path, events: list | None = None, **worker_kwargs:
     progress = Progress(spec.search.trials, live=False, quiet=True,
                         on_event=(lambda k, d: events.append((k, d))) if events is not None
                         else None)
+    # a resumed fake search reuses the fake artifacts a stopped driver left: opted in here
     return run_search(spec, run_dir, progress=progress, worker_cls=FakeWorker,
-                      worker_kwargs=worker_kwargs)
+                      worker_kwargs=worker_kwargs, verify=verify_fake_artifact)
 
 
 def _key(params: dict[str, Any]) -> str:

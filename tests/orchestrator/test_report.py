@@ -78,8 +78,8 @@ def test_report_is_self_contained(tiny_run, tmp_path: Path) -> None:
 
 def test_report_of_a_run_with_failures(ray_cluster, make_spec, tmp_path: Path) -> None:
     from paretoforge.orchestrator.driver import run_search
-    from paretoforge.orchestrator.fakes import FakeWorker
     from paretoforge.orchestrator.progress import Progress
+    from paretoforge.testing import FakeWorker
 
     spec = make_spec({"trials": 4, "sampler": "random", "seed_configs": [
         {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "int8"}]})

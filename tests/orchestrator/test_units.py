@@ -93,10 +93,10 @@ def test_gate_releases_a_dead_holder(ray_cluster) -> None:
 def test_every_sampler_proposes_valid_configs(sampler: str, make_spec) -> None:
     import optuna
 
-    from paretoforge.orchestrator.fakes import fake_metrics
     from paretoforge.orchestrator.loop import constraint_values
     from paretoforge.samplers import make_sampler
     from paretoforge.search_spaces import SearchSpace
+    from paretoforge.testing import fake_metrics
 
     spec = make_spec({"sampler": sampler, "trials": 8, "population_size": 4},
                      constraints=[{"metric": "accuracy", "min": 0.7}])
@@ -162,16 +162,20 @@ def test_journal_survives_without_per_write_fsync(tmp_path: Path, tiny_spec) -> 
     assert backend._pf_dirty is False
 
 
-def test_verify_artifact_catches_a_changed_file(tmp_path: Path, tiny_spec) -> None:
-    from paretoforge.orchestrator.fakes import FakeWorker
-    from paretoforge.pipeline.artifacts import remove_partial, verify_artifact
+def test_verify_artifact_catches_a_changed_file(tmp_path: Path) -> None:
+    from paretoforge._io import atomic_write_json, sha256_file
+    from paretoforge.pipeline.artifacts import ARTIFACT_FORMAT, remove_partial, verify_artifact
     from paretoforge.search_spaces import CandidateConfig
 
     cfg = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "int8"}
-    FakeWorker(None, tiny_spec.model_dump(mode="json"), str(tmp_path),
-               write_artifacts=True).evaluate(0, cfg)
+    # an artifact in a real build's format, written by hand (a fake's never verifies)
     key = CandidateConfig(**cfg).key
     art = tmp_path / "artifacts" / key
+    art.mkdir(parents=True)
+    (art / "model.onnx").write_bytes(CandidateConfig(**cfg).canonical_json().encode())
+    atomic_write_json(art / "manifest.json", {
+        "format": ARTIFACT_FORMAT, "config": cfg, "key": key, "metrics": {"accuracy": 0.5},
+        "files": {"model.onnx": sha256_file(art / "model.onnx")}})
     assert verify_artifact(art, key=key)["key"] == key
     assert verify_artifact(art, key="0" * 16) is None
     (art / "model.onnx").write_bytes(b"changed")

@@ -3,12 +3,15 @@
 ``run_search(spec, run_dir, worker_cls=FakeWorker, worker_kwargs={...})`` runs the real driver,
 Ray and Optuna around a worker that makes up deterministic metrics from the config, can sleep,
 fail a build, die (SIGKILL itself) or hang on chosen configs, and writes a small artifact with a
-checksummed manifest when asked. The worker contract the driver relies on:
+checksummed manifest when asked. :class:`FakeWorker` takes the constructor of
+:class:`~paretoforge.orchestrator.protocol.CandidateWorker` (the real worker's) plus its own
+keyword-only knobs, which ``worker_kwargs`` sets.
 
-* ``__init__(prepared, spec_json, run_dir, *, index, gates, holder, **kwargs)``
-* ``ping() -> {"pid", "node_id", "index", ...}``: answered once the actor is up
-* ``evaluate(trial_number, config) -> {"metrics", "artifact_dir", "timings", "worker",
-  "node_id"}``, raising :class:`~paretoforge.exceptions.BuildError` for a bad candidate
+A fake's manifest says ``"format": "paretoforge-fake/1"`` and ``"fake": true``, so
+:func:`~paretoforge.pipeline.artifacts.verify_artifact` refuses it: it can never pass for a
+real artifact (be reused by a resumed real search, loaded as a checkpoint or exported). A
+resumed fake search that is to reuse fake artifacts says so:
+``run_search(..., worker_cls=FakeWorker, verify=verify_fake_artifact)``.
 
 Example:
     >>> w = FakeWorker(None, spec.model_dump(mode="json"), "runs/x")  # doctest: +SKIP
@@ -19,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,7 +35,9 @@ from paretoforge.exceptions import BuildError
 from paretoforge.search_spaces import CandidateConfig
 from paretoforge.spec import Spec
 
-__all__ = ["FakeWorker", "fake_metrics"]
+__all__ = ["FAKE_FORMAT", "FakeWorker", "fake_metrics", "verify_fake_artifact"]
+
+FAKE_FORMAT = "paretoforge-fake/1"  # the manifest format of a fake's artifact
 
 
 def fake_metrics(cfg: CandidateConfig, profiles: list[str]) -> dict[str, float]:
@@ -57,6 +64,10 @@ def _matches(cfg: dict[str, Any], patterns: list[dict[str, Any]]) -> bool:
 class FakeWorker:
     """A worker whose evaluation is made up; behaviour per config is set by keyword arguments.
 
+    The positional and keyword arguments up to ``benches`` are
+    :class:`~paretoforge.orchestrator.protocol.CandidateWorker`'s; a fake never pins itself
+    (``pin``) nor measures (``benches``). The rest set its behaviour:
+
     Args:
         sleep_s: Seconds each evaluation takes (a busy-free sleep).
         fail_when: Configs (partial dicts) whose build raises BuildError.
@@ -70,7 +81,8 @@ class FakeWorker:
     """
 
     def __init__(self, prepared: Any, spec: dict[str, Any], run_dir: str, *, index: int = 0,
-                 gates: dict[str, Any] | None = None, holder: str = "", sleep_s: float = 0.0,
+                 gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True,
+                 benches: dict[str, list[Any]] | None = None, sleep_s: float = 0.0,
                  fail_when: list[dict[str, Any]] | None = None,
                  crash_when: list[dict[str, Any]] | None = None, crash_times: int = 1,
                  hang_when: list[dict[str, Any]] | None = None,
@@ -134,16 +146,45 @@ class FakeWorker:
         tmp.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(tmp / "model.onnx", cfg.canonical_json().encode())
         atomic_write_json(tmp / "manifest.json", {
-            "format": "paretoforge-artifact/1", "config": cfg.model_dump(mode="json"),
+            "format": FAKE_FORMAT, "config": cfg.model_dump(mode="json"),
             "key": cfg.key, "metrics": metrics, "fake": True,
             "built_on": {"worker": self.index, "node_id": self.node_id, "trial": trial_number},
             "files": {"model.onnx": sha256_file(tmp / "model.onnx")},
         })
         if final.exists():
-            import shutil
-
             shutil.rmtree(final)
         os.replace(tmp, final)
+
+
+def verify_fake_artifact(directory: str | os.PathLike[str], *, key: str | None = None
+                         ) -> dict[str, Any] | None:
+    """The manifest of a complete artifact that a :class:`FakeWorker` wrote, else None.
+
+    The checks of :func:`~paretoforge.pipeline.artifacts.verify_artifact` (every file
+    matches its sha256; the key, when given, matches) for fake manifests only: a test that
+    resumes a fake search passes it as ``run_search(..., verify=verify_fake_artifact)``; real
+    runs never do.
+    """
+    d = Path(directory)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(manifest, dict) or manifest.get("format") != FAKE_FORMAT
+            or manifest.get("fake") is not True):
+        return None
+    if key is not None and manifest.get("key") != key:
+        return None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files or not isinstance(manifest.get("metrics"), dict):
+        return None
+    try:
+        for name, digest in files.items():
+            if "/" in name or name.startswith(".") or sha256_file(d / name) != digest:
+                return None
+    except OSError:
+        return None
+    return manifest
 
 
 def _node_id() -> str:
