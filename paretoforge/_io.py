@@ -1,4 +1,14 @@
-"""Atomic file writes and checksums: nothing in a run directory is ever half-written."""
+"""Atomic file writes and checksums: nothing in a run directory is ever half-written.
+
+Example:
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "manifest.json"
+    >>> atomic_write_json(path, {"trial": 3})
+    >>> json.loads(path.read_text())
+    {'trial': 3}
+    >>> sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    True
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,14 @@
 
 A message says what went wrong, the bad value, the valid options and the fix, in one line, so
 that the CLI can print it as is and exit with code 2.
+
+Example:
+    >>> from paretoforge.registry import Registry
+    >>> try:
+    ...     Registry("profile").get("cpu1t")
+    ... except ParetoforgeError as e:  # UnknownComponentError is also a KeyError
+    ...     print(type(e).__name__, e)
+    UnknownComponentError Unknown profile 'cpu1t'. Available: (none).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> lis
     """Indices of the points no other point dominates (duplicates of a point all stay).
 
     Example:
-        >>> non_dominated([(1, 5), (2, 4), (0, 6), (1, 6)], ["maximize", "minimize"])
+        >>> non_dominated([(1, 5), (2, 6), (0, 6), (1, 6)], ["maximize", "minimize"])
         [0, 1]
     """
     sign = [-1.0 if d == "maximize" else 1.0 for d in directions]

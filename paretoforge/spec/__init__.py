@@ -232,6 +232,26 @@ class Spec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _profiles_run_precisions(self) -> Spec:
+        # A measured profile runs every candidate, so it must run every precision the space
+        # can suggest; a predicted one is served from another profile's measurements.
+        from paretoforge.hw_profiles import PROFILES
+        from paretoforge.search_spaces import SearchSpace
+
+        space = SearchSpace.from_preset(self.space.preset, self.space.dimensions)  # valid by now
+        choices = space.dimensions["precision"]
+        for name in self.measured_profiles:
+            profile = PROFILES.get(name)
+            missing = [c for c in choices if not profile.supports(c)]
+            if missing:
+                raise ValueError(
+                    f"profiles: profile {name!r} does not run precision {missing[0]!r} (it runs "
+                    f"{', '.join(profile.precisions)}); drop {missing[0]!r} from "
+                    f"space.dimensions.precision, or measure on a profile that lists it"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _prediction_checks(self) -> Spec:
         from paretoforge.hw_profiles import PROFILES
 

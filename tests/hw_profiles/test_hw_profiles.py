@@ -20,7 +20,7 @@ def test_builtins_exist_and_run_anywhere() -> None:
     assert cpu.intra_op_threads is None and one.intra_op_threads == 1
     assert cpu.resource is None and one.resource is None
     assert cpu.device == "cpu" and cpu.provider == "CPUExecutionProvider"
-    assert set(cpu.precisions) == {"fp32", "int8", "fp16", "int4"}  # all run on ORT CPU
+    assert set(cpu.precisions) == {"fp32", "int8", "int8-static", "fp16", "int4"}  # ORT CPU: all
 
 
 def test_threads_for() -> None:

@@ -11,8 +11,8 @@ GPT-2's ``Conv1D`` stores ``(in, out)`` and computes ``x @ W + b``. :func:`out_f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -125,6 +125,10 @@ class FamilyAdapter(ABC):
     head_sections: int = 1
     #: Whether the model is a causal (decoder-only) language model.
     causal: bool = False
+    #: Arguments of :attr:`config_class` for a tiny random model of the family (2 layers,
+    #: hidden 32, 4 heads, FFN 64): what :meth:`tiny_config` builds and the contract suite
+    #: (:mod:`paretoforge.testing.contracts`) prunes, exports and reloads. Every family fills it.
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {}
 
     # -- where things live ----------------------------------------------------------------
 
@@ -195,6 +199,30 @@ class FamilyAdapter(ABC):
         setattr(model.config, SHAPES_ATTR, layer_shapes(model, self))
 
     # -- building -------------------------------------------------------------------------
+
+    def tiny_config(self) -> Any:
+        """A config of a tiny random model of this family, from :attr:`tiny_config_args`.
+
+        Eager attention, so that the model exports to ONNX simply. Build it with
+        :meth:`build`; the contract suite runs on it.
+
+        Example:
+            >>> from paretoforge.models.adapters import ADAPTERS
+            >>> ADAPTERS.get("bert").tiny_config().num_hidden_layers
+            2
+
+        Raises:
+            BuildError: the adapter declares no :attr:`tiny_config_args`.
+        """
+        import transformers
+
+        if not self.tiny_config_args:
+            raise BuildError(
+                f"{type(self).__name__} declares no tiny_config_args; give it the "
+                f"{self.config_class or 'config'} arguments of a 2-layer, hidden-32 model."
+            )
+        config_cls = getattr(transformers, self.config_class)
+        return config_cls(**self.tiny_config_args, attn_implementation="eager")
 
     def check_supported(self, config: Any) -> None:
         """Raise :class:`BuildError` for config options this adapter cannot prune."""

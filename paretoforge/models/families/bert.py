@@ -8,6 +8,9 @@ transformers 5 derives the head count of ``BertSelfAttention`` from the projecti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 from torch import nn
 
 from paretoforge.models.families._base import FamilyAdapter
@@ -29,6 +32,10 @@ class BertAdapter(FamilyAdapter):
 
     config_class = "BertConfig"
     architectures = tuple(f"Bert{h}" for h in _HEADS) + ("BertForPreTraining", "BertLMHeadModel")
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "vocab_size": 99, "max_position_embeddings": 40,
+    }  # fmt: skip
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.encoder.layer
@@ -61,3 +68,6 @@ class RobertaAdapter(BertAdapter):
 
     config_class = "RobertaConfig"
     architectures = tuple(f"Roberta{h}" for h in _HEADS) + ("RobertaForCausalLM",)
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {
+        **BertAdapter.tiny_config_args, "pad_token_id": 1,  # positions start after padding_idx
+    }

@@ -6,6 +6,9 @@ cached and reset here, as is ``Transformer.n_layers``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 from torch import nn
 
 from paretoforge.models.families._base import FamilyAdapter
@@ -25,6 +28,10 @@ class DistilBertAdapter(FamilyAdapter):
         "DistilBertForQuestionAnswering",
         "DistilBertForMultipleChoice",
     )
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {
+        "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "vocab_size": 99,
+        "max_position_embeddings": 40,
+    }  # fmt: skip
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.transformer.layer

@@ -8,8 +8,8 @@ cached ``split_size``, which must become ``num_heads * head_dim``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -32,6 +32,11 @@ class GPT2Adapter(FamilyAdapter):
     )
     head_sections = 3
     causal = True
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {
+        "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 64, "vocab_size": 99,
+        "n_positions": 40, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+        "use_cache": False,
+    }  # fmt: skip
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.h

@@ -5,6 +5,9 @@ transformers 5 views q/k/v by ``head_dim``; ``num_attention_heads`` is cached an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 from torch import nn
 
 from paretoforge.exceptions import BuildError
@@ -19,6 +22,11 @@ class ViTAdapter(FamilyAdapter):
     config_class = "ViTConfig"
     architectures = ("ViTForImageClassification", "ViTModel", "ViTForMaskedImageModeling")
     input_names = ("pixel_values",)
+    tiny_config_args: ClassVar[Mapping[str, Any]] = {
+        "image_size": 8, "patch_size": 2, "num_channels": 1, "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "num_labels": 10,
+    }  # fmt: skip
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         layers = getattr(model.base_model, "layers", None)
