@@ -93,6 +93,13 @@ def _uniform_layers(n_layers: int, kept: int) -> tuple[int, ...]:
     return tuple(sorted({round((i + 1) * n_layers / kept) - 1 for i in range(kept)}))
 
 
+def _score(p: Any, path: Path) -> float:
+    """The task's quality of an ONNX file, as the pipeline's score stage gives it."""
+    from paretoforge.pipeline.stages import BuildContext, score
+
+    return score(BuildContext(p, recovery=None, seed=0), path)
+
+
 def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> dict[str, Any]:
     import torch
 
@@ -101,8 +108,7 @@ def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> di
     from paretoforge.models.distill import distill
     from paretoforge.models.importance import Importance
     from paretoforge.models.surgery import PrunePlan, plan_from_importance, prune
-    from paretoforge.orchestrator.worker import PooledEncoder
-    from paretoforge.tasks.embedding import Pooling
+    from paretoforge.tasks.embedding import PooledEncoder, Pooling
 
     p = _bundle(exp["n_train"], cache)
     base = p.load_base()
@@ -115,7 +121,7 @@ def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> di
                                     ffn_kept=exp["ffn"])  # fmt: skip
         plan = PrunePlan(layers=layers, heads=tuple(full.heads[i] for i in layers),
                          neurons=tuple(full.neurons[i] for i in layers))  # fmt: skip
-    pooling = Pooling(**p.pooling)
+    pooling = Pooling(**p.task_state["pooling"])
     t0 = time.perf_counter()
     model = prune(base, plan)
     if exp["epochs"] > 0:
@@ -134,7 +140,7 @@ def build_and_score(name: str, exp: dict[str, Any], cache: dict[Any, Any]) -> di
         dst = WORK / f"{name}.{prec}.onnx"
         cal = {k: v[:128] for k, v in train.items()} if kind == "int8-static" else None
         apply_precision(fp32, dst, kind, calibration=cal, per_channel=prec.endswith("-pc"))
-        results[prec] = {"cosine": round(p.score_onnx(dst, batch_size=1), 4),
+        results[prec] = {"cosine": round(_score(p, dst), 4),
                          "onnx_mb": round(dst.stat().st_size / 2**20, 2)}
         print(f"  {name} {prec}: cosine {results[prec]['cosine']:.4f}", flush=True)
     return {"settings": exp, "plan_layers": list(plan.layers), "n_train": len(p.task.y_train),
@@ -211,7 +217,7 @@ def measure_fusion(names: list[str], rounds: int, core: int) -> dict[str, Any]:
             for _ in range(rounds):
                 b = measure_latency(base, profile, samples, cores=[core]).p50_ms
                 ratios.append(measure_latency(f, profile, samples, cores=[core]).p50_ms / b)
-            out[f"{name}.{kind}"] = {"cosine": round(p.score_onnx(f), 4),
+            out[f"{name}.{kind}"] = {"cosine": round(_score(p, f), 4),
                                      "latency_ratio": round(statistics.median(ratios), 3)}
             print(f"  {name}.{kind}: {out[f'{name}.{kind}']}", flush=True)
     return out

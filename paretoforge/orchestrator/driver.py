@@ -200,7 +200,8 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.pool import WorkerPool
     from paretoforge.orchestrator.results import load_run
     from paretoforge.orchestrator.storage import open_storage, open_study
-    from paretoforge.orchestrator.worker import Worker, package_versions
+    from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline import package_versions
     from paretoforge.pipeline.artifacts import remove_partial
     from paretoforge.samplers import make_sampler
 

@@ -32,7 +32,6 @@ built anyway.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from paretoforge.pipeline.artifacts import (
     result_from_manifest,
     verify_artifact,
 )
+from paretoforge.pipeline.manifest import read_manifest
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 
@@ -268,7 +268,7 @@ class SearchLoop:
             if key in self.cache:
                 self._tell_cached(trial, self.cache[key])
             elif manifest is not None:
-                cfg = CandidateConfig.model_validate(manifest["config"])
+                cfg = CandidateConfig.model_validate(manifest.config)
                 self._complete(_Job(trial, cfg), result_from_manifest(manifest))
             else:
                 self.revived.append(trial)
@@ -560,17 +560,15 @@ class SearchLoop:
     # -- predictors -----------------------------------------------------------------------------
 
     def _manifest(self, artifact_dir: str | None) -> dict[str, Any] | None:
-        """The manifest of a built candidate, or None (stand-in workers may write none)."""
+        """A built candidate's manifest as the predictors read it (validated), or None
+        (stand-in workers write none that validates)."""
         if not artifact_dir:
             return None
         path = (self.run_dir / artifact_dir / "manifest.json").resolve()
         if self.run_dir.resolve() not in path.parents:  # read from the study: stay in the run
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        manifest = read_manifest(path)
+        return None if manifest is None else manifest.model_dump(mode="json")
 
     def _save_predictors(self) -> None:
         """Rewrite ``predictors.json`` when there is something to say (a predictor with data)."""

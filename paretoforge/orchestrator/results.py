@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paretoforge._io import atomic_write_json, sha256_file
+from paretoforge._io import sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
 from paretoforge.names import FailKind, TrialAttr
 from paretoforge.orchestrator.storage import open_study
+from paretoforge.pipeline.artifacts import files_match
+from paretoforge.pipeline.manifest import Manifest, load_manifest
 from paretoforge.spec import Spec
 
 __all__ = ["Checkpoint", "FrontMember", "Run", "export_trial", "load_run", "non_dominated",
@@ -238,7 +240,8 @@ class Run:
         if not isinstance(number, int):
             number = trial.number
         directory = self.artifact_dir(self.trial(number))
-        _check_real_artifact(directory, _read_manifest(directory))
+        if (directory / "manifest.json").exists():  # a fake's is refused; none: loading says
+            load_manifest(directory)
         return Checkpoint(directory)
 
     def trials_table(self) -> list[dict[str, Any]]:
@@ -337,8 +340,9 @@ class Checkpoint:
         return load_pretrained(self.dir)
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.dir / "manifest.json").read_text())
+    def manifest(self) -> Manifest:
+        """The artifact's typed :class:`~paretoforge.pipeline.manifest.Manifest`."""
+        return load_manifest(self.dir)
 
     def verify(self) -> bool:
         """True when every file matches the sha256 in the manifest."""
@@ -365,10 +369,9 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     if t.state.name != "COMPLETE":
         raise ParetoforgeError(f"trial {number} is {t.state.name}; only completed trials export")
     src = run.artifact_dir(t)
-    manifest = json.loads((src / "manifest.json").read_text())
-    _check_real_artifact(src, manifest)
-    for name, digest in manifest["files"].items():
-        if sha256_file(src / name) != digest:
+    manifest = load_manifest(src)
+    for name, digest in manifest.files.items():
+        if not files_match(src, {name: digest}):
             raise ParetoforgeError(f"{src / name}: checksum differs from its manifest; the "
                                    "artifact was modified or is corrupt; re-run the trial")
     out = Path(out)
@@ -379,62 +382,40 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for name in manifest["files"]:  # tokenizer side files may sit in subfolders
+        for name in manifest.files:  # tokenizer side files may sit in subfolders
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / name, tmp / name)
-        manifest["trial"] = t.number
-        manifest["run"] = {"dir": str(run.dir.resolve()), "study": run.spec.name}
-        manifest["objectives"] = {
-            o.metric: {"value": v, "direction": o.direction}
-            for o, v in zip(run.spec.objectives, t.values, strict=True)
+        update: dict[str, Any] = {
+            "trial": t.number,
+            "run": {"dir": str(run.dir.resolve()), "study": run.spec.name},
+            "objectives": {o.metric: {"value": v, "direction": o.direction}
+                           for o, v in zip(run.spec.objectives, t.values, strict=True)},
         }
         predicted = list(t.user_attrs.get(TrialAttr.PREDICTED_METRICS) or [])
         if predicted:
             metrics = t.user_attrs.get(TrialAttr.METRICS) or {}
             errors = run.predictor_errors()
-            manifest["metrics"] = {**manifest.get("metrics", {}),
-                                   **{m: metrics[m] for m in predicted if m in metrics}}
-            manifest["predicted"] = {"metrics": predicted, "predictors": {}}
+            update["metrics"] = {**manifest.metrics,
+                                 **{m: metrics[m] for m in predicted if m in metrics}}
+            update["predicted"] = {"metrics": predicted, "predictors": {}}
+            measurements = dict(manifest.measurements)
             for m in predicted:
                 profile = m.partition("@")[2]
-                manifest["predicted"]["predictors"][profile] = errors.get(profile, {})
-                manifest.setdefault("measurements", {})[profile] = {
-                    "profile": profile, "p50_ms": metrics.get(m), "predicted": True,
-                    "stop_reason": "predicted"}
+                update["predicted"]["predictors"][profile] = errors.get(profile, {})
+                measurements[profile] = {"profile": profile, "p50_ms": metrics.get(m),
+                                         "predicted": True, "stop_reason": "predicted"}
+            update["measurements"] = measurements
         base = run.base_trial()
         if base is not None:
-            manifest["base_trial_metrics"] = base.user_attrs.get(TrialAttr.METRICS, {})
-        manifest["files"] = {name: sha256_file(tmp / name) for name in manifest["files"]}
-        atomic_write_json(tmp / "manifest.json", manifest)
+            update["base_trial_metrics"] = base.user_attrs.get(TrialAttr.METRICS, {})
+        update["files"] = {name: sha256_file(tmp / name) for name in manifest.files}
+        manifest.model_copy(update=update).write(tmp / "manifest.json")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _read_manifest(directory: Path) -> Any:
-    """The manifest's JSON, or None when it is missing or no JSON (loading then says so)."""
-    try:
-        return json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _check_real_artifact(directory: Path, manifest: Any) -> None:
-    """Refuse an artifact whose manifest is not of a real build's format (a fake's, say)."""
-    from paretoforge.pipeline.artifacts import ARTIFACT_FORMAT
-
-    if manifest is None:
-        return
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if fmt != ARTIFACT_FORMAT:
-        raise ParetoforgeError(
-            f"{str(directory)!r} is not a paretoforge build's artifact: its manifest's format "
-            f"is {fmt!r}, not {ARTIFACT_FORMAT!r} (a stand-in worker's, from "
-            "paretoforge.testing?); it cannot be loaded or exported"
-        )
 
 
 def _violation(t: Any) -> float:

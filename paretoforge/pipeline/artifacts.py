@@ -8,24 +8,23 @@ RUNNING). Only a manifest of format :data:`ARTIFACT_FORMAT` verifies: what a sta
 
 Example:
     >>> manifest = verify_artifact("runs/quickstart/artifacts/0123456789abcdef")  # doctest: +SKIP
-    >>> manifest is None or "metrics" in manifest  # doctest: +SKIP
+    >>> manifest is None or "accuracy" in manifest.metrics  # doctest: +SKIP
     True
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from paretoforge._io import sha256_file
+from paretoforge.names import TrialAttr
+from paretoforge.pipeline.manifest import ARTIFACT_FORMAT, Manifest, read_manifest
 
-__all__ = ["ARTIFACT_FORMAT", "artifact_path", "remove_partial", "result_from_manifest",
-           "verify_artifact"]
-
-ARTIFACT_FORMAT = "paretoforge-artifact/1"  # the manifest format a real build writes
+__all__ = ["ARTIFACT_FORMAT", "artifact_path", "files_match", "remove_partial",
+           "result_from_manifest", "verify_artifact"]
 
 
 def artifact_path(run_dir: str | os.PathLike[str], key: str) -> Path:
@@ -35,9 +34,29 @@ def artifact_path(run_dir: str | os.PathLike[str], key: str) -> Path:
     return Path(run_dir) / "artifacts" / key
 
 
+def files_match(directory: str | os.PathLike[str], files: dict[str, str]) -> bool:
+    """Whether every file (a relative path inside ``directory``, never escaping it, never
+    hidden) exists and has its sha256; False for an empty list."""
+    d = Path(directory)
+    if not files:
+        return False
+    try:
+        for name, digest in files.items():
+            parts = PurePosixPath(name).parts
+            if (not parts or PurePosixPath(name).is_absolute()
+                    or any(p in ("..", "") or p.startswith(".") for p in parts)):
+                return False
+            if sha256_file(d / name) != digest:
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def verify_artifact(directory: str | os.PathLike[str], *, key: str | None = None
-                    ) -> dict[str, Any] | None:
-    """The manifest of a complete real artifact whose every file matches its sha256, else None.
+                    ) -> Manifest | None:
+    """The :class:`~paretoforge.pipeline.manifest.Manifest` of a complete real artifact whose
+    every file matches its sha256, else None.
 
     A manifest whose ``format`` is not :data:`ARTIFACT_FORMAT` (a fake's, say) is refused.
 
@@ -45,40 +64,25 @@ def verify_artifact(directory: str | os.PathLike[str], *, key: str | None = None
         directory: The artifact directory.
         key: When given, the manifest must be for this config key.
     """
-    d = Path(directory)
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError):
+    manifest = read_manifest(Path(directory) / "manifest.json")
+    if manifest is None or (key is not None and manifest.key != key):
         return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        return None
-    if key is not None and manifest.get("key") != key:
-        return None
-    if not isinstance(manifest.get("metrics"), dict) or not manifest["files"]:
-        return None
-    try:
-        for name, digest in manifest["files"].items():
-            if "/" in name or name.startswith(".") or sha256_file(d / name) != digest:
-                return None
-    except OSError:
-        return None
-    return manifest
+    return manifest if files_match(directory, manifest.files) else None
 
 
-def result_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The ``Worker.evaluate`` result that a verified artifact stands for."""
-    built = manifest.get("built_on") or {}
-    timings = dict(manifest.get("timings") or {})
-    return {
-        "metrics": dict(manifest["metrics"]),
-        "artifact_dir": str(Path("artifacts") / manifest["key"]),
-        "timings": timings,
-        "worker": built.get("worker"),
-        "node_id": built.get("node_id"),
-        "reused_artifact": True,
+def result_from_manifest(manifest: Manifest, *, reused: bool = True) -> dict[str, Any]:
+    """The ``Worker.evaluate`` result of a build (``reused``: an artifact already on disk
+    stands for it)."""
+    out = {
+        TrialAttr.METRICS: dict(manifest.metrics),
+        TrialAttr.ARTIFACT_DIR: str(Path("artifacts") / manifest.key),
+        TrialAttr.TIMINGS: dict(manifest.timings),
+        TrialAttr.WORKER: manifest.built_on.get("worker"),
+        TrialAttr.NODE_ID: manifest.built_on.get("node_id"),
     }
+    if reused:
+        out[TrialAttr.REUSED_ARTIFACT] = True
+    return out
 
 
 def remove_partial(run_dir: str | os.PathLike[str], *, pid: int | None = None) -> int:

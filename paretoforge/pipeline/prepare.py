@@ -8,6 +8,7 @@ data as numpy arrays (one per model input), importance as plain lists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from paretoforge.spec import Spec
-from paretoforge.tasks._base import TaskData
+from paretoforge.tasks import TASKS, Task, TaskData
 
 __all__ = ["Prepared", "cache_dir", "checkpoint_shape", "load_spec_task", "prepare",
            "prepare_cached"]
@@ -38,7 +39,7 @@ def cache_dir() -> Path:
 
 @dataclass
 class Prepared:
-    """The shared inputs of every candidate build."""
+    """The shared inputs of every candidate build, computed once on the driver."""
 
     task: TaskData  # the data, already preprocessed, with its held-out split
     base_config_json: str
@@ -49,8 +50,26 @@ class Prepared:
     num_heads: int
     timings: dict[str, float] = field(default_factory=dict)
     checkpoint_dir: str | None = None  # tokenizer / pooling files copied into every artifact
-    pooling: dict[str, Any] | None = None  # embedding-fidelity: Pooling.to_dict()
-    reference: np.ndarray | None = None  # embedding-fidelity: unpruned held-out embeddings
+    # What the task computed once from the unpruned base (Task.prepare_state), e.g. the
+    # embedding-fidelity task's pooling and reference embeddings.
+    task_state: dict[str, Any] = field(default_factory=dict)
+    base_key: str = ""  # content key of the base weights + config (stage cache keys)
+    # The task itself travels with the bundle, so that a task registered in the user's own
+    # module (not imported on the workers) still builds there.
+    contract: Task | None = None
+
+    def __post_init__(self) -> None:
+        if self.contract is None:
+            self.contract = TASKS.get(self.task.name)
+        if not self.base_key:
+            h = hashlib.sha256(self.base_config_json.encode())
+            h.update(self.base_weights)
+            self.base_key = h.hexdigest()[:16]
+
+    @property
+    def task_impl(self) -> Task:
+        """The :class:`~paretoforge.tasks.Task` of :attr:`task`."""
+        return self.contract or TASKS.get(self.task.name)
 
     def feeds(self, split: str) -> dict[str, np.ndarray]:
         """``{input name: array}`` of ``split`` (``"train"`` or ``"heldout"``)."""
@@ -64,49 +83,6 @@ class Prepared:
             Path(d, "config.json").write_text(self.base_config_json)
             Path(d, "model.safetensors").write_bytes(self.base_weights)
             return load_pretrained(d)
-
-    def score_onnx(self, path: str | os.PathLike[str], *, batch_size: int = 1) -> float:
-        """The task's quality of the ONNX model at ``path`` on the held-out split.
-
-        Accuracy for classification; for embedding fidelity, the mean cosine of its pooled
-        output to the unpruned model's :attr:`reference` embeddings. Scored ``batch_size``
-        examples per call (default 1, as profiles serve: dynamic int8 takes its activation
-        scales from the whole input tensor, so a batched score can differ from deployment).
-        """
-        from paretoforge.evaluators.quality import onnx_logits
-
-        out = onnx_logits(path, self.feeds("heldout"), batch_size=batch_size)
-        if self.task.metric == "embedding_cosine":
-            from paretoforge.tasks.embedding import mean_cosine
-
-            return mean_cosine(out, self.reference)
-        return float((out.argmax(-1) == self.task.y_heldout).mean())
-
-    def recover(self, student: Any, base: Any, recovery: Any, *, seed: int) -> Any:
-        """Distil ``base`` into ``student`` (pruned from it) on the training split, as
-        ``recovery`` (a :class:`~paretoforge.spec.RecoverySpec`) says; return the student.
-
-        Raises:
-            BuildError: ``recovery.pooled_weight`` is set for a task that has no pooling.
-        """
-        from paretoforge.exceptions import BuildError
-        from paretoforge.models.distill import distill
-
-        if recovery.epochs <= 0:
-            return student
-        extra: dict[str, Any] = {"hidden_weight": recovery.hidden_weight}
-        if self.pooling is not None:
-            from paretoforge.tasks.embedding import Pooling
-
-            extra["pooled_weight"] = (1.0 if recovery.pooled_weight is None
-                                      else recovery.pooled_weight)
-            extra["pooling"] = Pooling(**self.pooling)
-        elif recovery.pooled_weight:
-            raise BuildError("recovery.pooled_weight applies to embedding-fidelity only")
-        labels = None if self.task.metric == "embedding_cosine" else self.task.y_train
-        return distill(student, base, self.task.x_train, labels, epochs=recovery.epochs,
-                       lr=recovery.lr, temperature=recovery.temperature, alpha=recovery.alpha,
-                       batch_size=recovery.batch_size, seed=seed, **extra)
 
 
 def load_spec_task(spec: Spec) -> Any:
@@ -124,8 +100,8 @@ def load_spec_task(spec: Spec) -> Any:
     ckpt = resolve_model_path(spec.model.path)
     params = dict(spec.task.params)
     params.setdefault("seed", spec.task.split.seed)
-    if spec.task.name in ("text-classification", "image-classification"):
-        params.setdefault("heldout_fraction", spec.task.split.heldout_fraction)
+    for name in TASKS.get(spec.task.name).split_params:
+        params.setdefault(name, getattr(spec.task.split, name))
     if spec.task.data:
         params["path"] = spec.task.data
     return load_task(spec.task.name, checkpoint=str(ckpt), **params)
@@ -136,7 +112,6 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     import torch
     from safetensors.torch import save as st_save
 
-    from paretoforge.models.importance import compute_importance
     from paretoforge.models.recipes import get_recipe
     from paretoforge.models.vit import get_base_model
 
@@ -159,7 +134,7 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    imp = compute_importance(model, task.x_train, task.y_train)
+    state, imp = _state_and_importance(model, task)
     timings["importance_s"] = time.perf_counter() - t0
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -167,7 +142,7 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
         task=task, base_config_json=model.config.to_json_string(), base_weights=st_save(state),
         base_info={k: v for k, v in info.items() if _jsonable(v)},
         importance=imp.to_dict(), num_layers=int(model.config.num_hidden_layers),
-        num_heads=int(model.config.num_attention_heads), timings=timings,
+        num_heads=int(model.config.num_attention_heads), timings=timings, task_state=state,
     )
 
 
@@ -195,7 +170,6 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
     """:func:`prepare` for ``model.path``: the checkpoint, its tokenizer, its own task."""
     import torch
 
-    from paretoforge.models.importance import compute_importance
     from paretoforge.models.io import load_pretrained, save_pretrained
     from paretoforge.spec import resolve_model_path
 
@@ -216,22 +190,10 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
     model = load_pretrained(ckpt, architecture=arch, **overrides)
     timings["base_s"] = time.perf_counter() - t0
 
-    pooling = reference = None
-    loss_fn = None
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    if task.metric == "embedding_cosine":
-        from paretoforge.tasks.embedding import Pooling, contrastive_loss, sentence_embeddings
-
-        pool = Pooling(**task.split["pooling"])
-        pooling = pool.to_dict()
-        loss_fn = contrastive_loss(pool)
-        reference = sentence_embeddings(model, task.feeds("heldout"), pool).numpy()
-        imp = compute_importance(model, task.feeds("train"), None, loss_fn=loss_fn)
-        quality = "unpruned embeddings are the reference (cosine 1.0)"
-    else:
-        imp = compute_importance(model, task.feeds("train"), task.y_train)
-        quality = "loaded as is"
+    state, imp = _state_and_importance(model, task)
+    quality = TASKS.get(task.name).describe_base(model, task)
     timings["importance_s"] = time.perf_counter() - t0
     log(f"base model: {spec.model.path} ({type(model).__name__}, "
         f"{int(model.config.num_hidden_layers)} layers); {quality}; importance in "
@@ -247,7 +209,7 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
         base_info={"path": spec.model.path, "directory": str(ckpt),
                    "architecture": type(model).__name__, "model_type": model.config.model_type},
         importance=imp.to_dict(), num_layers=layers, num_heads=heads, timings=timings,
-        checkpoint_dir=str(ckpt), pooling=pooling, reference=reference,
+        checkpoint_dir=str(ckpt), task_state=state,
     )
 
 
@@ -265,6 +227,18 @@ def prepare_cached(spec: Spec, *, log: Any = print) -> Prepared:
     else:
         log("base model, data and importance: reused from this process")
     return _LAST[key]
+
+
+def _state_and_importance(model: Any, task: TaskData) -> tuple[dict[str, Any], Any]:
+    """The task's state from the unpruned base, then importance on the training split with
+    the loss the task asks for (its labels' loss by default)."""
+    from paretoforge.models.importance import compute_importance
+
+    impl = TASKS.get(task.name)
+    state = impl.prepare_state(model, task)
+    loss_fn = impl.importance_loss(state)
+    labels = None if loss_fn is not None else task.y_train
+    return state, compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
 
 
 def _idle_cores() -> int:

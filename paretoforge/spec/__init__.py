@@ -200,9 +200,10 @@ class Spec(_Strict):
                                  f"{runs}, not {self.task.name!r} (which takes "
                                  f"{', '.join(task.families)})")
         if self.recovery.pooled_weight and "pooled" not in task.distill_losses:
+            takes = [t for t in TASKS if "pooled" in TASKS.get(t).distill_losses]
             raise ValueError(f"recovery.pooled_weight: the pooled-embedding loss needs a task "
-                             f"that exports a pooled embedding, not {self.task.name!r}; "
-                             "remove it")
+                             f"that exports a pooled embedding ({', '.join(takes)}), not "
+                             f"{self.task.name!r}; remove it")
         if self.space.preset is not None and self.space.preset not in SPACES:
             raise ValueError(f"space.preset: {SPACES.unknown_message(self.space.preset)}")
         metrics = [o.metric for o in self.objectives]

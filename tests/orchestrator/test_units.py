@@ -176,7 +176,7 @@ def test_verify_artifact_catches_a_changed_file(tmp_path: Path) -> None:
     atomic_write_json(art / "manifest.json", {
         "format": ARTIFACT_FORMAT, "config": cfg, "key": key, "metrics": {"accuracy": 0.5},
         "files": {"model.onnx": sha256_file(art / "model.onnx")}})
-    assert verify_artifact(art, key=key)["key"] == key
+    assert verify_artifact(art, key=key).key == key
     assert verify_artifact(art, key="0" * 16) is None
     (art / "model.onnx").write_bytes(b"changed")
     assert verify_artifact(art) is None

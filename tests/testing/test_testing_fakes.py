@@ -78,11 +78,11 @@ def test_a_fake_artifact_never_verifies_as_real(tmp_path: Path) -> None:
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["format"] == FAKE_FORMAT and manifest["fake"] is True
     assert verify_artifact(art) is None and verify_artifact(art, key=key) is None
-    assert verify_fake_artifact(art, key=key)["key"] == key  # the tests' explicit opt-in
+    assert verify_fake_artifact(art, key=key).key == key  # the tests' explicit opt-in
     assert verify_fake_artifact(art, key="0" * 16) is None
     # the same checks pass a real-format artifact, and the opt-in takes fake manifests only
     real, real_key = _real_artifact(tmp_path / "real", CFG)
-    assert verify_artifact(real, key=real_key)["key"] == real_key
+    assert verify_artifact(real, key=real_key).key == real_key
     assert verify_fake_artifact(real) is None
     (art / "model.onnx").write_bytes(b"changed")
     assert verify_fake_artifact(art) is None

@@ -1,0 +1,305 @@
+"""The stages of a candidate's build, in the order they run, each a plain function.
+
+    derive  (surgery: importance-ranked dense pruning of the base)   -> Weights
+    recover (distillation from the base on the training split)        -> Weights
+    export  (safetensors + config.json, the task's head traced to ONNX) -> Exported
+    passes  (ONNX Runtime fusions, then the precision)                -> Graph
+    score   (the task's quality metric on the held-out split, ONNX Runtime) -> float
+    measure (latency per profile, through the caller's measurer)      -> Measured
+
+Each stage's output has a content key (:func:`stage_key`) made of what determines it: the
+base model, the part of the config the stage reads, and the key of the stage before it. Two
+candidates that differ only in their graph passes (precision, fusion) share the keys of
+derive, recover and export, so :class:`~paretoforge.pipeline.cache.StageCache` serves the
+recovered model and its export to the second one without retraining.
+
+Every stage reads the task through the :class:`~paretoforge.tasks.Task` contract: what it
+exports, how it is scored, which distillation loss recovers it. Nothing here names a task.
+
+Example:
+    >>> ctx = BuildContext(prepared, recovery=spec.recovery, seed=0)  # doctest: +SKIP
+    >>> w = recover(ctx, derive(ctx, cfg), cfg)  # doctest: +SKIP
+    >>> exp = export(ctx, w, out_dir)  # doctest: +SKIP
+    >>> g = passes(ctx, exp, cfg, out_dir / "model.onnx")  # doctest: +SKIP
+    >>> score(ctx, g.path)  # doctest: +SKIP
+    0.98
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paretoforge.exceptions import BuildError
+from paretoforge.pipeline.prepare import Prepared
+from paretoforge.search_spaces import CandidateConfig
+
+__all__ = ["ARTIFACT_FILES", "QUALITY_BATCH", "BuildContext", "Exported", "Graph", "Measured",
+           "Weights", "derive", "export", "latency_samples", "measure", "passes", "recover",
+           "score", "stage_key"]
+
+ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
+# Quality is scored one example per call, as the profiles serve it: dynamic int8 derives its
+# activation scales from the whole input tensor, so a batched score can differ from deployment.
+QUALITY_BATCH = 1
+LATENCY_SAMPLES = 64  # distinct real inputs cycled through by the latency protocol
+CALIBRATION_EXAMPLES = 128  # training examples that calibrate int8-static activations
+
+# The config fields each weight stage reads (the rest act later, on the graph).
+_STRUCTURE = ("layers_kept", "heads_kept", "ffn_kept")
+
+
+def stage_key(stage: str, *parts: Any) -> str:
+    """A stable content key: sha256 of the stage name and its JSON-able inputs, 16 hex digits.
+
+    Example:
+        >>> stage_key("derive", "b4se", {"layers_kept": 2}) == stage_key(
+        ...     "derive", "b4se", {"layers_kept": 2})
+        True
+    """
+    blob = json.dumps([stage, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class BuildContext:
+    """What every stage of one worker's builds shares: the prepared bundle, the recovery
+    recipe, the seed, and the base model and importance, loaded once on first use.
+
+    Args:
+        prepared: The driver's :class:`~paretoforge.pipeline.prepare.Prepared` bundle.
+        recovery: The spec's :class:`~paretoforge.spec.RecoverySpec`.
+        seed: The search seed (distillation's data order and dropout).
+    """
+
+    def __init__(self, prepared: Prepared, *, recovery: Any, seed: int) -> None:
+        self.prepared = prepared
+        self.recovery = recovery
+        self.seed = int(seed)
+        self.task = prepared.task_impl
+        self._base: Any = None
+        self._importance: Any = None
+
+    @property
+    def base(self) -> Any:
+        """The unpruned base model (rebuilt from safetensors once)."""
+        if self._base is None:
+            self._base = self.prepared.load_base()
+        return self._base
+
+    @property
+    def importance(self) -> Any:
+        """The base model's :class:`~paretoforge.models.importance.Importance`."""
+        if self._importance is None:
+            from paretoforge.models.importance import Importance
+
+            self._importance = Importance.from_dict(self.prepared.importance)
+        return self._importance
+
+
+@dataclass
+class Weights:
+    """A candidate's PyTorch model and the pruning plan it came from."""
+
+    model: Any
+    plan: dict[str, Any]
+    key: str
+    pruned: bool  # False: the unpruned base itself
+
+
+@dataclass
+class Exported:
+    """The weights on disk: ``model.safetensors`` + ``config.json`` (+ the checkpoint's side
+    files) and the fp32 ONNX graph of the task's head."""
+
+    directory: Path
+    onnx_fp32: Path
+    output: dict[str, Any]  # name, shape, dtype, extra
+    params: int
+    hidden_size: int
+    model_type: str
+    key: str
+
+
+@dataclass
+class Graph:
+    """The deployable ONNX graph after the graph passes."""
+
+    path: Path
+    fusions: dict[str, int]
+    key: str
+
+
+@dataclass
+class Measured:
+    """Latency per profile: metrics, the measurements, and where each ran (placement)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
+
+
+# -- weights ------------------------------------------------------------------------------
+
+
+def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
+    """Dense surgery ranked by importance (Michel et al.): the kept layers, heads and FFN
+    neurons of the base, as smaller dense tensors. The unpruned config is the base itself."""
+    from paretoforge.models.surgery import plan_from_importance, prune
+
+    p = ctx.prepared
+    plan = plan_from_importance(ctx.importance, layers_kept=cfg.layers_kept,
+                                heads_kept=cfg.heads_kept, ffn_kept=cfg.ffn_kept)
+    plan_json = {"layers": list(plan.layers), "heads": [list(h) for h in plan.heads],
+                 "neurons_per_layer": [len(n) for n in plan.neurons]}
+    key = stage_key("derive", p.base_key, {k: getattr(cfg, k) for k in _STRUCTURE})
+    if cfg.is_unpruned(p.num_layers, p.num_heads):
+        return Weights(model=ctx.base, plan=plan_json, key=key, pruned=False)
+    return Weights(model=prune(ctx.base, plan), plan=plan_json, key=key, pruned=True)
+
+
+def recover_key(ctx: BuildContext, derived_key: str) -> str:
+    """The content key of :func:`recover`'s output for the weights of ``derived_key``."""
+    return stage_key("recover", derived_key, ctx.recovery.model_dump(mode="json"), ctx.seed)
+
+
+def recover(ctx: BuildContext, weights: Weights) -> Weights:
+    """Distil the base into the pruned student on the training split, with the loss the task
+    asks for (:meth:`~paretoforge.tasks.Task.distill_options`). The base is returned as is."""
+    key = recover_key(ctx, weights.key)
+    r = ctx.recovery
+    if not weights.pruned or r.epochs <= 0:
+        return Weights(model=weights.model, plan=weights.plan, key=key, pruned=weights.pruned)
+    from paretoforge.models.distill import distill
+
+    data, state = ctx.prepared.task, ctx.prepared.task_state
+    options = ctx.task.distill_options(data, state, r)
+    labels = options.pop("labels", None)
+    model = distill(weights.model, ctx.base, data.x_train, labels, epochs=r.epochs, lr=r.lr,
+                    temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
+                    seed=ctx.seed, hidden_weight=r.hidden_weight, **options)
+    return Weights(model=model, plan=weights.plan, key=key, pruned=True)
+
+
+# -- graph ---------------------------------------------------------------------------------
+
+
+def export(ctx: BuildContext, weights: Weights, out: Path) -> Exported:
+    """Write ``model.safetensors`` + ``config.json`` (+ the checkpoint's tokenizer / pooling
+    files) into ``out`` and trace the task's export head to ``out/model_fp32.onnx``."""
+    import torch
+
+    from paretoforge.evaluators.size import param_count
+    from paretoforge.kernels.export import export_onnx
+    from paretoforge.models.io import save_pretrained
+
+    p = ctx.prepared
+    model = weights.model
+    save_pretrained(model, out, side_files_from=p.checkpoint_dir)
+    head = ctx.task.export_head(model, p.task_state, p.task)
+    example = {k: torch.from_numpy(v[:1]) for k, v in p.feeds("train").items()}
+    onnx_fp32 = out / "model_fp32.onnx"
+    export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,))
+    return Exported(
+        directory=out, onnx_fp32=onnx_fp32,
+        output={"name": head.output_name, "shape": ["batch", *head.output_shape],
+                "dtype": "float32", **head.extra},
+        params=int(param_count(model)), hidden_size=int(model.config.hidden_size),
+        model_type=str(model.config.model_type),
+        key=stage_key("export", weights.key, ctx.task.name),
+    )
+
+
+def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Path) -> Graph:
+    """ONNX Runtime's transformer fusions (when ``cfg.fusion``), then the precision (fp32,
+    dynamic / static int8, fp16, int4), into ``dst``; the intermediate graphs are removed."""
+    from paretoforge.kernels.quantize import apply_precision
+
+    src = exported.onnx_fp32
+    fusions: dict[str, int] = {}
+    fused = dst.parent / "model_fused.onnx"
+    try:
+        if cfg.fusion:
+            fusions = _fuse(ctx, exported, cfg, src, fused)
+            src = fused
+        calibration = None
+        if cfg.precision == "int8-static":  # activations calibrated on training inputs
+            calibration = {k: v[:CALIBRATION_EXAMPLES]
+                           for k, v in ctx.prepared.feeds("train").items()}
+        apply_precision(src, dst, cfg.precision, calibration=calibration)
+    finally:
+        fused.unlink(missing_ok=True)
+    return Graph(path=dst, fusions=fusions,
+                 key=stage_key("passes", exported.key, cfg.fusion, cfg.precision))
+
+
+def _fuse(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, src: Path,
+          dst: Path) -> dict[str, int]:
+    from paretoforge.kernels.fusion import fuse
+
+    if cfg.precision == "int8-static":
+        # the static quantizer finds no valid activation scale for some fused-node inputs
+        raise BuildError(
+            f"candidate {cfg.key}: fusion is not supported with precision int8-static "
+            "(static QDQ quantization of a fused graph fails); use fusion with fp32, int8, "
+            "fp16 or int4, or leave int8-static unfused"
+        )
+    # every kept layer keeps heads_kept heads of the base model's head size
+    head_size = exported.hidden_size // int(ctx.prepared.num_heads)
+    return fuse(src, dst, exported.model_type, num_heads=cfg.heads_kept,
+                hidden_size=cfg.heads_kept * head_size)
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+
+def score(ctx: BuildContext, onnx_path: Path, *, batch_size: int = QUALITY_BATCH) -> float:
+    """The task's quality metric of the ONNX model on the held-out split, on ONNX Runtime,
+    ``batch_size`` examples per call (default 1, as deployed)."""
+    from paretoforge.evaluators.quality import onnx_logits
+
+    p = ctx.prepared
+    out = onnx_logits(onnx_path, p.feeds("heldout"), batch_size=batch_size)
+    return float(ctx.task.score(out, p.task, p.task_state))
+
+
+def latency_samples(ctx: BuildContext, trial_number: int) -> dict[str, Any]:
+    """The real training inputs the latency protocol cycles through for a trial."""
+    import numpy as np
+
+    train = ctx.prepared.feeds("train")
+    rng = np.random.default_rng(trial_number)
+    n_train = len(next(iter(train.values())))
+    idx = rng.choice(n_train, size=min(LATENCY_SAMPLES, n_train), replace=False)
+    return {k: v[idx] for k, v in train.items()}
+
+
+Measurer = Callable[[Path, str, dict[str, Any]], dict[str, Any]]
+
+
+def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
+            measurer: Measurer) -> Measured:
+    """Latency of the graph on every profile, each through ``measurer(path, profile,
+    samples)`` (the worker decides where: its own core, all cores, or a bench)."""
+    out = Measured()
+    for name in profiles:
+        m = dict(measurer(onnx_path, name, samples))
+        out.placement[name] = m.pop("placement", {})
+        out.measurements[name] = m
+        out.metrics[f"latency_p50_ms@{name}"] = m["p50_ms"]
+        out.metrics[f"latency_p90_ms@{name}"] = m["p90_ms"]
+        out.metrics[f"latency_mean_ms@{name}"] = m["mean_ms"]
+    return out
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy the files of ``src`` into ``dst`` (which may exist), keeping subfolders."""
+    for f in src.rglob("*"):
+        if f.is_file():
+            target = dst / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
