@@ -231,6 +231,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             "base_model": prepared.base_info, "prepare_timings": prepared.timings,
             "versions": package_versions(),
         })
+        _ship_user_task(prepared)
         prepared_ref = ray.put(prepared)
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
@@ -266,6 +267,18 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
                 ray.kill(g, no_restart=True)
         if started:
             ray.shutdown()
+
+
+def _ship_user_task(prepared: Any) -> None:
+    """A task registered in the user's own module (not importable on the workers) travels by
+    value with the prepared bundle; the workers register it from there."""
+    import sys
+
+    from ray import cloudpickle
+
+    module = type(prepared.task_impl).__module__
+    if module != "__main__" and not module.startswith("paretoforge.") and module in sys.modules:
+        cloudpickle.register_pickle_by_value(sys.modules[module])
 
 
 def _check_placement(profiles: list[Any]) -> None:

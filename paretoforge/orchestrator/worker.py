@@ -46,7 +46,10 @@ class Worker:
                  benches: dict[str, list[BenchRef]] | None = None) -> None:
         import torch
 
+        from paretoforge.tasks import ensure_registered
+
         self.prepared = prepared
+        ensure_registered(prepared.task_impl)  # a user's own task travels with the bundle
         self.spec = Spec.model_validate(spec)  # registers the spec's `hardware` profiles here
         self.run_dir = Path(run_dir)
         self.index = index

@@ -25,6 +25,7 @@ from paretoforge.exceptions import SpecError, UnknownComponentError
 from paretoforge.hw_profiles._profile import HardwareProfile
 from paretoforge.spec._sections import (
     _NAME_RE,
+    LATENCY_METRICS,
     SIZE_METRICS,
     ClusterSpec,
     ConstraintSpec,
@@ -45,6 +46,7 @@ from paretoforge.spec._sections import (
 )
 
 __all__ = [
+    "LATENCY_METRICS",
     "SIZE_METRICS",
     "checkpoint_families",
     "plain_metrics",

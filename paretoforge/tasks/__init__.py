@@ -24,10 +24,11 @@ from paretoforge.tasks._contract import (
     TASKS,
     ExportHead,
     Task,
+    ensure_registered,
     load_task,
     register_task,
     task_metrics,
 )
 
-__all__ = ["TASKS", "ExportHead", "Task", "TaskData", "classification_accuracy", "load_task",
-           "register_task", "task_metrics"]
+__all__ = ["TASKS", "ExportHead", "Task", "TaskData", "classification_accuracy",
+           "ensure_registered", "load_task", "register_task", "task_metrics"]

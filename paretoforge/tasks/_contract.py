@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
     from paretoforge.tasks._base import TaskData
 
-__all__ = ["TASKS", "ExportHead", "Task", "load_task", "register_task", "task_metrics"]
+__all__ = ["TASKS", "ExportHead", "Task", "ensure_registered", "load_task", "register_task",
+           "task_metrics"]
 
 Direction = Literal["maximize", "minimize"]
 
@@ -197,6 +198,21 @@ def register_task(cls: type[Task]) -> type[Task]:
         raise ValueError(f"task {cls.name!r}: `sources` must be 'recipe' and/or 'checkpoint'")
     TASKS.add(cls.name, cls())
     return cls
+
+
+def ensure_registered(task: Task) -> None:
+    """Register ``task`` (an instance that travelled from another process, e.g. a user's task
+    shipped to a Ray worker with the prepared bundle) unless a task of its name is.
+
+    Raises:
+        ValueError: another task of the same name, of a different class, is registered.
+    """
+    if task.name not in TASKS:
+        TASKS.add(task.name, task)
+    elif type(TASKS.get(task.name)).__qualname__ != type(task).__qualname__:
+        raise ValueError(f"task {task.name!r} is registered here as "
+                         f"{type(TASKS.get(task.name)).__qualname__}, not "
+                         f"{type(task).__qualname__}")
 
 
 def task_metrics() -> dict[str, Direction]:

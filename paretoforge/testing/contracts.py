@@ -54,6 +54,8 @@ __all__ = [
     "check_space_base_in_space",
     "check_space_preset",
     "check_space_suggest",
+    "check_task",
+    "check_task_data",
     "measure_tiny",
     "tiny_inputs",
     "tiny_model",
@@ -479,3 +481,70 @@ def check_space_base_in_space(name: str) -> None:
         cfg = CandidateConfig(**base)
         _expect(cfg.is_unpruned(layers, heads) and cfg.precision == "fp32",
                 f"preset {name!r}: base params {base} are not the unpruned fp32 model")
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+
+def check_task(task: Any) -> None:
+    """A registered :class:`~paretoforge.tasks.Task` states what the rest relies on: metrics
+    with directions that clash with no size or latency metric, sources, families that have
+    an adapter, a loader taking ``seed`` and its split parameters, and the methods the
+    pipeline calls."""
+    from paretoforge.models.families import ADAPTERS
+    from paretoforge.spec import LATENCY_METRICS, SIZE_METRICS
+    from paretoforge.tasks import TASKS, Task, task_metrics
+
+    _expect(isinstance(task, Task), f"{task!r} is not a Task")
+    _expect(TASKS.get(task.name) is task, f"task {task.name!r} is not registered as itself")
+    _expect(task.quality_metric in task.metrics, f"{task.name}: no quality metric")
+    for m, d in task.metrics.items():
+        _expect(d in ("maximize", "minimize"), f"{task.name}: metric {m!r} direction {d!r}")
+        _expect(m not in SIZE_METRICS and m not in LATENCY_METRICS and "@" not in m,
+                f"{task.name}: metric {m!r} clashes with a size or latency metric")
+        _expect(task_metrics()[m] == d,
+                f"{task.name}: metric {m!r} means {d} here and otherwise elsewhere")
+    _expect(bool(task.sources) and set(task.sources) <= {"recipe", "checkpoint"},
+            f"{task.name}: sources {task.sources!r}")
+    _expect(("checkpoint" in task.sources) == bool(task.families),
+            f"{task.name}: a task takes checkpoints exactly when it names their families")
+    for f in task.families:
+        _expect(f in ADAPTERS, f"{task.name}: family {f!r} has no adapter "
+                f"(registered: {ADAPTERS.names()})")
+    params = task.load_params()
+    _expect("seed" in params, f"{task.name}: load() takes no seed")
+    for p in task.split_params:
+        _expect(p in params, f"{task.name}: load() takes no split parameter {p!r}")
+    if "checkpoint" in task.sources:
+        _expect("checkpoint" in params, f"{task.name}: load() takes no checkpoint")
+    if task.data is not None:
+        _expect("path" in params, f"{task.name}: reads task.data but load() takes no path")
+    _expect(set(task.distill_losses) <= {"logits", "pooled"},
+            f"{task.name}: distill_losses {task.distill_losses!r}")
+
+
+def check_task_data(task: Any, data: Any) -> None:
+    """What :meth:`Task.load` returned: the task's name and quality metric, one label per
+    example on each split, the same inputs on both, a JSON-able split record, and the task's
+    score of constant outputs is a finite number."""
+    import json
+    import math
+
+    import numpy as np
+
+    _expect(data.name == task.name, f"{task.name}: data is named {data.name!r}")
+    _expect(data.metric == task.quality_metric,
+            f"{task.name}: data scored by {data.metric!r}, not {task.quality_metric!r}")
+    train, held = data.feeds("train"), data.feeds("heldout")
+    _expect(set(train) == set(held) and data.input_name in train,
+            f"{task.name}: inputs {sorted(train)} vs {sorted(held)}")
+    for k in train:
+        _expect(len(train[k]) == len(data.y_train) and len(held[k]) == len(data.y_heldout),
+                f"{task.name}: input {k!r} and labels differ in length")
+        _expect(train[k].shape[1:] == held[k].shape[1:], f"{task.name}: {k!r} shapes differ")
+    _expect(len(data.y_heldout) > 0 and len(data.y_train) > 0, f"{task.name}: empty split")
+    json.dumps(data.split)
+    width = max(1, int(data.num_classes))
+    value = task.score(np.zeros((len(data.y_heldout), width), np.float32), data, {})
+    _expect(isinstance(value, float) and math.isfinite(value),
+            f"{task.name}: score of constant outputs is {value!r}")

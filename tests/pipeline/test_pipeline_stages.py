@@ -1,0 +1,159 @@
+"""Each stage of the build pipeline on its own, then the whole build with its stage cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paretoforge.pipeline import (
+    BuildContext,
+    Manifest,
+    StageCache,
+    build_candidate,
+    prepare_cached,
+    stage_key,
+    verify_artifact,
+)
+from paretoforge.pipeline import stages as st
+from paretoforge.search_spaces import CandidateConfig
+from paretoforge.testing import tiny_spec
+
+
+@pytest.fixture(scope="module")
+def ctx() -> BuildContext:
+    spec = tiny_spec()
+    return BuildContext(prepare_cached(spec, log=lambda *_: None), recovery=spec.recovery,
+                        seed=spec.search.seed)
+
+
+def _cfg(**kw) -> CandidateConfig:
+    base = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "fp32"}
+    return CandidateConfig(**{**base, **kw})
+
+
+def _fake_measurer(calls: list):
+    def measure(path: Path, profile: str, samples: dict) -> dict:
+        calls.append((path.name, profile, len(next(iter(samples.values())))))
+        return {"p50_ms": 1.0, "p90_ms": 1.5, "mean_ms": 1.1, "placement": {"nodes": 1}}
+
+    return measure
+
+
+def test_stage_key_depends_on_every_part() -> None:
+    a = stage_key("derive", "base", {"layers_kept": 1})
+    assert a == stage_key("derive", "base", {"layers_kept": 1})
+    assert a != stage_key("derive", "base", {"layers_kept": 2})
+    assert a != stage_key("derive", "other", {"layers_kept": 1})
+    assert a != stage_key("recover", "base", {"layers_kept": 1})
+
+
+def test_derive_keeps_the_base_for_the_unpruned_config_and_shrinks_otherwise(ctx) -> None:
+    full = ctx.prepared
+    unpruned = st.derive(ctx, _cfg(layers_kept=full.num_layers, heads_kept=full.num_heads,
+                                   ffn_kept=1.0))
+    assert unpruned.model is ctx.base and not unpruned.pruned
+    small = st.derive(ctx, _cfg())
+    assert small.pruned and small.model is not ctx.base
+    assert int(small.model.config.num_hidden_layers) == 1
+    assert small.plan["neurons_per_layer"] == [ctx.base.config.intermediate_size // 2]
+    # precision and fusion act later: they do not change the weights' key
+    assert st.derive(ctx, _cfg(precision="int8", fusion=True)).key == small.key
+
+
+def test_recover_trains_the_student_and_its_key_follows_the_recipe(ctx) -> None:
+    import torch
+
+    derived = st.derive(ctx, _cfg())
+    before = {k: v.clone() for k, v in derived.model.state_dict().items()}
+    recovered = st.recover(ctx, derived)
+    after = recovered.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert recovered.key == st.recover_key(ctx, derived.key) != derived.key
+    other = BuildContext(ctx.prepared, recovery=ctx.recovery.model_copy(update={"epochs": 2}),
+                         seed=ctx.seed)
+    assert st.recover_key(other, derived.key) != recovered.key
+
+
+def test_export_then_passes_give_a_graph_that_matches_torch(ctx, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    weights = st.derive(ctx, _cfg())
+    exported = st.export(ctx, weights, tmp_path)
+    assert {"model.safetensors", "config.json", "model_fp32.onnx"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert exported.output["name"] == "logits"
+    graph = st.passes(ctx, exported, _cfg(), tmp_path / "model.onnx")
+    assert graph.fusions == {} and graph.path.is_file()
+    x = ctx.prepared.feeds("heldout")["pixel_values"][:4]
+    sess = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"pixel_values": x})[0]
+    with torch.no_grad():
+        want = weights.model(pixel_values=torch.from_numpy(x)).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    import onnx
+
+    int8 = st.passes(ctx, exported, _cfg(precision="int8"), tmp_path / "model_int8.onnx")
+    ops = {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+    assert int8.key != graph.key and {"DynamicQuantizeLinear", "MatMulInteger"} & ops
+
+
+def test_score_is_the_tasks_metric_on_the_heldout_split(ctx, tmp_path: Path) -> None:
+    full = ctx.prepared
+    cfg = _cfg(layers_kept=full.num_layers, heads_kept=full.num_heads, ffn_kept=1.0)
+    exported = st.export(ctx, st.derive(ctx, cfg), tmp_path)
+    graph = st.passes(ctx, exported, cfg, tmp_path / "model.onnx")
+    # the unpruned fp32 graph scores what the base scored in PyTorch
+    assert st.score(ctx, graph.path) == pytest.approx(full.base_info["heldout_accuracy"],
+                                                      abs=1e-3)
+
+
+def test_measure_names_each_profiles_metrics_and_keeps_placement(tmp_path: Path) -> None:
+    calls: list = []
+    out = st.measure(tmp_path / "model.onnx", ["a", "b"], {"x": np.zeros((3, 2))},
+                     _fake_measurer(calls))
+    assert [c[1] for c in calls] == ["a", "b"]
+    assert out.metrics["latency_p50_ms@a"] == 1.0 and out.metrics["latency_p90_ms@b"] == 1.5
+    assert out.placement["a"] == {"nodes": 1} and "placement" not in out.measurements["a"]
+
+
+def test_a_build_writes_a_verified_manifest_and_reuses_weights_across_precisions(
+        ctx, tmp_path: Path) -> None:
+    cache = StageCache()
+    calls: list = []
+    fp32 = build_candidate(ctx, _cfg(), run_dir=tmp_path, trial_number=1, profiles=["p"],
+                           measurer=_fake_measurer(calls), cache=cache)
+    assert isinstance(fp32, Manifest) and verify_artifact(tmp_path / "artifacts" / fp32.key)
+    names = [s.name for s in fp32.stages]
+    assert names == ["derive", "recover", "export", "passes", "score", "measure"]
+    assert not any(s.cached for s in fp32.stages)
+    assert {"surgery_s", "recovery_s", "export_s", "quality_s", "measure_s",
+            "total_s"} <= set(fp32.timings)
+
+    int8 = build_candidate(ctx, _cfg(precision="int8"), run_dir=tmp_path, trial_number=2,
+                           profiles=["p"], measurer=_fake_measurer(calls), cache=cache)
+    cached = {s.name: s.cached for s in int8.stages}
+    assert cached["recover"] and cached["export"] and not cached["passes"]
+    by_name = {s.name: s for s in int8.stages}
+    assert by_name["recover"].key == {s.name: s for s in fp32.stages}["recover"].key
+    assert int8.key != fp32.key and verify_artifact(tmp_path / "artifacts" / int8.key)
+    # the same weights: the int8 graph is the fp32 one quantized
+    assert int8.metrics["params"] == fp32.metrics["params"]
+    assert int8.metrics["onnx_bytes"] != fp32.metrics["onnx_bytes"]
+
+    # without a cache the same build retrains and gives the same quality (deterministic)
+    again = build_candidate(ctx, _cfg(precision="int8"), run_dir=tmp_path / "b",
+                            trial_number=2, profiles=["p"], measurer=_fake_measurer(calls))
+    assert not any(s.cached for s in again.stages)
+    assert again.metrics["accuracy"] == pytest.approx(int8.metrics["accuracy"], abs=1e-9)
+
+
+def test_a_failed_build_leaves_no_artifact(ctx, tmp_path: Path) -> None:
+    from paretoforge.exceptions import BuildError
+
+    with pytest.raises(BuildError, match="int8-static"):
+        build_candidate(ctx, _cfg(precision="int8-static", fusion=True), run_dir=tmp_path,
+                        trial_number=0, profiles=[], measurer=_fake_measurer([]))
+    assert not any((tmp_path / "artifacts").iterdir())
