@@ -15,7 +15,6 @@ from paretoforge.evaluators.latency import (
     Measurement,
     measure_latency,
     median_ci,
-    validate_inputs,
 )
 from paretoforge.evaluators.predictor import LatencyPredictor, features_from
 from paretoforge.evaluators.quality import onnx_accuracy, onnx_logits, torch_accuracy, torch_logits
@@ -35,5 +34,4 @@ __all__ = [
     "param_count",
     "torch_accuracy",
     "torch_logits",
-    "validate_inputs",
 ]

@@ -18,33 +18,22 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from paretoforge._sysinfo import cpu_model
+from paretoforge._system import available_cores, pinned
 from paretoforge.exceptions import MeasurementError
 
 if TYPE_CHECKING:
     import numpy as np
-    import onnxruntime
 
     from paretoforge.hw_profiles import HardwareProfile
     from paretoforge.kernels.runtime import Runtime
 
-__all__ = ["Measurement", "measure_latency", "median_ci", "validate_inputs"]
-
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
+__all__ = ["Measurement", "measure_latency", "median_ci"]
 
 
 class Measurement(BaseModel):
@@ -119,87 +108,6 @@ def _median_ci_rel(samples: list[int]) -> float:
     lo, hi = median_ci(ordered)
     med = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
     return (hi - lo) / 2 / max(med, 1)  # a zero median only happens below timer resolution
-
-
-def validate_inputs(
-    session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], *, batch_size: int = 1
-) -> None:
-    """Check that ``inputs`` (sample axis first) fit the session's inputs.
-
-    Raises:
-        MeasurementError: an input is missing, unexpected, of the wrong dtype or shape; the
-            message names it and what the model expects.
-    """
-    expected = {i.name: i for i in session.get_inputs()}
-    missing = sorted(set(expected) - set(inputs))
-    extra = sorted(set(inputs) - set(expected))
-    if extra:
-        raise MeasurementError(
-            f"Input {extra[0]!r} is not an input of the model; it expects {sorted(expected)}"
-        )
-    if missing:
-        raise MeasurementError(
-            f"Input {missing[0]!r} is missing; the model expects {sorted(expected)}"
-        )
-    for name, arg in expected.items():
-        arr = inputs[name]
-        want = _ORT_DTYPES.get(arg.type)
-        if want is not None and arr.dtype.name != want:
-            raise MeasurementError(
-                f"Input {name!r} has dtype {arr.dtype.name}, the model expects {want}; "
-                f"pass it as .astype(np.{want})"
-            )
-        shape = list(arg.shape)
-        if arr.ndim != len(shape):
-            raise MeasurementError(
-                f"Input {name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model "
-                f"expects rank {len(shape)} {shape} with samples on axis 0"
-            )
-        if arr.shape[0] < 1:
-            raise MeasurementError(f"Input {name!r} holds no samples; pass real task samples")
-        if isinstance(shape[0], int) and shape[0] != batch_size:
-            raise MeasurementError(
-                f"Input {name!r} has a fixed batch of {shape[0]} in the model but the profile's "
-                f"batch_size is {batch_size}; export with a dynamic batch axis"
-            )
-        for axis, (got, dim) in enumerate(zip(arr.shape[1:], shape[1:], strict=True), start=1):
-            if isinstance(dim, int) and dim > 0 and got != dim:
-                raise MeasurementError(
-                    f"Input {name!r} has size {got} on axis {axis}; the model expects {dim} "
-                    f"(model shape {shape})"
-                )
-
-
-@contextlib.contextmanager
-def _pinned(cores: list[int] | None) -> Iterator[list[int] | None]:
-    """Pin the calling thread to ``cores`` and restore its previous mask afterwards."""
-    if not hasattr(os, "sched_getaffinity"):
-        if cores is not None:
-            raise MeasurementError(
-                f"Cannot pin to cores {cores}: os.sched_setaffinity is not available on "
-                f"{platform.system()}; pass cores=None"
-            )
-        yield None
-        return
-    previous = os.sched_getaffinity(0)
-    if cores is None:
-        yield sorted(previous)
-        return
-    if not cores:
-        raise MeasurementError("Cannot pin to an empty list of cores; pass cores=None or some")
-    try:
-        # May widen the mask (a worker pinned to one core measuring an all-core profile):
-        # the kernel refuses only cores outside the process's cpuset.
-        os.sched_setaffinity(0, set(cores))
-    except OSError as e:
-        raise MeasurementError(
-            f"Cannot pin to cores {cores}: {e.strerror}; this process may use cores "
-            f"{sorted(previous)}; pass cores this machine has"
-        ) from None
-    try:
-        yield sorted(set(cores))
-    finally:
-        os.sched_setaffinity(0, previous)
 
 
 def _environment(
@@ -281,7 +189,6 @@ def measure_latency(
     import numpy as np
 
     from paretoforge.evaluators.inputs import make_feeds
-    from paretoforge.kernels.ort import available_cores
     from paretoforge.kernels.runtime import Runtime, load_runtime
 
     if warmup < 0 or min_runs < 1 or max_runs < min_runs or max_seconds <= 0:
@@ -292,7 +199,7 @@ def measure_latency(
     if not 0 < target_rel_ci < 1:
         raise MeasurementError(f"target_rel_ci must be in (0, 1), got {target_rel_ci}")
 
-    with _pinned(cores) as affinity:
+    with pinned(cores) as affinity:
         n_cores = len(affinity) if affinity else available_cores()
         threads = profile.threads_for(n_cores)
         owned = not isinstance(model, Runtime)

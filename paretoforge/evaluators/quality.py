@@ -46,7 +46,7 @@ def onnx_logits(
     import numpy as np
     import onnxruntime as ort
 
-    from paretoforge.evaluators.latency import validate_inputs
+    from paretoforge.kernels.ort import validate_inputs
 
     feeds = dict(x) if isinstance(x, dict) else {input_name: x}
     n = len(next(iter(feeds.values()))) if feeds else 0

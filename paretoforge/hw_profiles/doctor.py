@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from paretoforge._sysinfo import cpu_model
+from paretoforge._system import available_cores
 from paretoforge.hw_profiles._builtin import PROFILES
 from paretoforge.hw_profiles._profile import HardwareProfile
 
@@ -83,8 +84,7 @@ def probe_node() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "usable_cores": available_cores(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "nvidia_smi": _nvidia_smi(),

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from paretoforge.kernels.export import default_output_fn, export_onnx
 from paretoforge.kernels.ort import (
-    available_cores,
+    ORT_DTYPES,
     create_session,
     graph_summary,
     providers_for,
     session_options_for,
+    validate_inputs,
 )
 from paretoforge.kernels.quantize import (
     PRECISIONS,
@@ -28,10 +29,10 @@ from paretoforge.kernels.quantize import (
 from paretoforge.kernels.runtime import Runtime, load_runtime, placement_report
 
 __all__ = [
+    "ORT_DTYPES",
     "PRECISIONS",
     "Runtime",
     "apply_precision",
-    "available_cores",
     "convert_fp16",
     "create_session",
     "default_output_fn",
@@ -43,4 +44,5 @@ __all__ = [
     "quantize_dynamic_int8",
     "quantize_int4",
     "session_options_for",
+    "validate_inputs",
 ]

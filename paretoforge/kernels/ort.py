@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions configured from a hardware profile, and graph summaries for manifests."""
+"""ONNX Runtime sessions configured from a hardware profile, the inputs a session accepts,
+and graph summaries for manifests."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from paretoforge._system import available_cores
 from paretoforge.exceptions import MeasurementError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnxruntime
 
     from paretoforge.hw_profiles import HardwareProfile
 
 __all__ = [
-    "available_cores",
+    "ORT_DTYPES",
     "create_session",
     "graph_summary",
     "providers_for",
     "session_options_for",
+    "validate_inputs",
 ]
 
 _QUANT_OPS = (
@@ -39,11 +43,66 @@ _WEIGHT_OPS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Conv", "Conv
                "QLinearConv", "FusedMatMul")
 
 
-def available_cores() -> int:
-    """Cores this thread may run on (its affinity mask), falling back to the CPU count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+# ONNX type string of a tensor input -> numpy dtype name.
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def validate_inputs(
+    session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], *, batch_size: int = 1
+) -> None:
+    """Check that ``inputs`` (sample axis first) fit the session's inputs.
+
+    Raises:
+        MeasurementError: an input is missing, unexpected, of the wrong dtype or shape; the
+            message names it and what the model expects.
+    """
+    expected = {i.name: i for i in session.get_inputs()}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if extra:
+        raise MeasurementError(
+            f"Input {extra[0]!r} is not an input of the model; it expects {sorted(expected)}"
+        )
+    if missing:
+        raise MeasurementError(
+            f"Input {missing[0]!r} is missing; the model expects {sorted(expected)}"
+        )
+    for name, arg in expected.items():
+        arr = inputs[name]
+        want = ORT_DTYPES.get(arg.type)
+        if want is not None and arr.dtype.name != want:
+            raise MeasurementError(
+                f"Input {name!r} has dtype {arr.dtype.name}, the model expects {want}; "
+                f"pass it as .astype(np.{want})"
+            )
+        shape = list(arg.shape)
+        if arr.ndim != len(shape):
+            raise MeasurementError(
+                f"Input {name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model "
+                f"expects rank {len(shape)} {shape} with samples on axis 0"
+            )
+        if arr.shape[0] < 1:
+            raise MeasurementError(f"Input {name!r} holds no samples; pass real task samples")
+        if isinstance(shape[0], int) and shape[0] != batch_size:
+            raise MeasurementError(
+                f"Input {name!r} has a fixed batch of {shape[0]} in the model but the profile's "
+                f"batch_size is {batch_size}; export with a dynamic batch axis"
+            )
+        for axis, (got, dim) in enumerate(zip(arr.shape[1:], shape[1:], strict=True), start=1):
+            if isinstance(dim, int) and dim > 0 and got != dim:
+                raise MeasurementError(
+                    f"Input {name!r} has size {got} on axis {axis}; the model expects {dim} "
+                    f"(model shape {shape})"
+                )
 
 
 def session_options_for(

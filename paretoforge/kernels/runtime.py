@@ -130,7 +130,7 @@ class OrtRuntime(Runtime):
         return [o.name for o in self.session.get_outputs()]
 
     def validate(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
-        from paretoforge.evaluators.latency import validate_inputs
+        from paretoforge.kernels.ort import validate_inputs
 
         validate_inputs(self.session, inputs, batch_size=batch_size)
 
@@ -263,7 +263,7 @@ class TorchRuntime(Runtime):
     def __init__(self, model: Any, profile: HardwareProfile, n_cores: int | None = None) -> None:
         import torch
 
-        from paretoforge.kernels.ort import available_cores
+        from paretoforge._system import available_cores
 
         self.profile = profile
         if profile.device == "cuda":
@@ -416,7 +416,7 @@ def load_runtime(
 def _synthetic_batch(session: Any, profile: HardwareProfile) -> dict[str, np.ndarray]:
     import numpy as np
 
-    from paretoforge.evaluators.latency import _ORT_DTYPES
+    from paretoforge.kernels.ort import ORT_DTYPES
 
     feed = {}
     rng = np.random.default_rng(0)
@@ -428,7 +428,7 @@ def _synthetic_batch(session: Any, profile: HardwareProfile) -> dict[str, np.nda
             else profile.sequence_length or 16
             for axis, d in enumerate(dims)
         ]
-        dtype = np.dtype(_ORT_DTYPES.get(i.type, "float32"))
+        dtype = np.dtype(ORT_DTYPES.get(i.type, "float32"))
         if dtype.kind == "f":
             feed[i.name] = rng.standard_normal(shape).astype(dtype)
         else:  # token ids 1 and an all-ones mask are valid for any vocabulary
@@ -488,9 +488,9 @@ def placement_report(
     from paretoforge.kernels.ort import providers_for, session_options_for
 
     if cores is not None:
-        from paretoforge.evaluators.latency import _pinned
+        from paretoforge._system import pinned
 
-        with _pinned(cores) as affinity:
+        with pinned(cores) as affinity:
             return placement_report(onnx_path, profile, inputs,
                                     n_cores=len(affinity) if affinity else n_cores)
     path = _resolve_onnx(onnx_path)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paretoforge._system import usable_cores
 from paretoforge.exceptions import MeasurementError
 from paretoforge.hw_profiles import HardwareProfile
 from paretoforge.orchestrator.gate import GateClient, LocalGate
@@ -113,7 +114,7 @@ class Bench:
         self.node_id = current_node_id()
         handle = (gates or {}).get(self.node_id)
         self.gate: Any = GateClient(handle, holder) if handle is not None else LocalGate()
-        self.cores = sorted(os.sched_getaffinity(0))
+        self.cores = usable_cores()
         self.measured = 0
 
     def ping(self) -> dict[str, Any]:

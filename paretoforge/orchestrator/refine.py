@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paretoforge._io import atomic_write_json
+from paretoforge._system import available_cores
 from paretoforge.exceptions import SpecError
 from paretoforge.names import TrialAttr
 
@@ -91,7 +92,7 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
     d = spec.model_dump(mode="json")
     d["recovery"] = recovery
     # One member at a time on this machine: the worker may use every core to train.
-    d["cluster"]["cpus_per_worker"] = max(1, len(os.sched_getaffinity(0)))
+    d["cluster"]["cpus_per_worker"] = available_cores()
     rspec = Spec.from_dict(d)
     out_dir = run.dir / "refined" / _setting_name(recovery)
     prepared = prepare_cached(rspec, log=log)

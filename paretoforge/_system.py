@@ -1,0 +1,83 @@
+"""The cores this process may run on, and pinning the calling thread to some of them.
+
+The one home of CPU affinity for the kernels (session threads), the evaluators (the latency
+protocol pins its timed calls) and the orchestrator (benches and workers). Foundation layer:
+imports nothing of the package but its exceptions.
+
+Example:
+    >>> available_cores() == len(usable_cores())
+    True
+    >>> with pinned(None) as cores:
+    ...     cores == usable_cores()
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+
+from paretoforge.exceptions import MeasurementError
+
+__all__ = ["available_cores", "pinned", "usable_cores"]
+
+
+def usable_cores() -> list[int]:
+    """The cores this thread may run on (its affinity mask), in ascending order.
+
+    Where the platform has no affinity mask, every core the machine reports.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def available_cores() -> int:
+    """How many cores this thread may run on (its affinity mask), falling back to the CPU count."""
+    return len(usable_cores())
+
+
+@contextlib.contextmanager
+def pinned(cores: list[int] | None) -> Iterator[list[int] | None]:
+    """Pin the calling thread to ``cores`` and restore its previous mask afterwards.
+
+    Args:
+        cores: The cores to run on; ``None`` leaves the mask as it is.
+
+    Yields:
+        The cores the thread runs on inside the block (sorted), or ``None`` where the platform
+        has no affinity mask and ``cores`` is ``None``.
+
+    Raises:
+        MeasurementError: the platform cannot pin, ``cores`` is empty, or the kernel refuses
+            them (cores outside this process's cpuset); the message names the usable cores.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        if cores is not None:
+            raise MeasurementError(
+                f"Cannot pin to cores {cores}: os.sched_setaffinity is not available on "
+                f"{platform.system()}; pass cores=None"
+            )
+        yield None
+        return
+    previous = os.sched_getaffinity(0)
+    if cores is None:
+        yield sorted(previous)
+        return
+    if not cores:
+        raise MeasurementError("Cannot pin to an empty list of cores; pass cores=None or some")
+    try:
+        # May widen the mask (a worker pinned to one core measuring an all-core profile):
+        # the kernel refuses only cores outside the process's cpuset.
+        os.sched_setaffinity(0, set(cores))
+    except OSError as e:
+        raise MeasurementError(
+            f"Cannot pin to cores {cores}: {e.strerror}; this process may use cores "
+            f"{sorted(previous)}; pass cores this machine has"
+        ) from None
+    try:
+        yield sorted(set(cores))
+    finally:
+        os.sched_setaffinity(0, previous)

@@ -1,0 +1,49 @@
+"""paretoforge._system: the cores this process may use, and pinning that always restores."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from paretoforge._system import available_cores, pinned, usable_cores
+from paretoforge.exceptions import MeasurementError
+
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
+                                    reason="needs sched_setaffinity")
+
+
+def test_usable_cores_are_the_affinity_mask() -> None:
+    cores = usable_cores()
+    assert cores == sorted(cores) and available_cores() == len(cores) >= 1
+    if hasattr(os, "sched_getaffinity"):
+        assert set(cores) == os.sched_getaffinity(0)
+
+
+@needs_affinity
+def test_pinned_pins_and_restores() -> None:
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    with pinned([core]) as inside:
+        assert inside == [core] and usable_cores() == [core] and available_cores() == 1
+    assert os.sched_getaffinity(0) == before
+    with pinned(None) as inside:
+        assert inside == sorted(before)
+    assert os.sched_getaffinity(0) == before
+
+
+@needs_affinity
+def test_pinned_restores_after_an_error() -> None:
+    before = os.sched_getaffinity(0)
+    with pytest.raises(RuntimeError), pinned([min(before)]):
+        raise RuntimeError("boom")
+    assert os.sched_getaffinity(0) == before
+
+
+@needs_affinity
+@pytest.mark.parametrize("cores", [[], [10_000]])
+def test_pinned_refuses_cores_it_cannot_use(cores: list[int]) -> None:
+    before = os.sched_getaffinity(0)
+    with pytest.raises(MeasurementError, match="Cannot pin"), pinned(cores):
+        pass
+    assert os.sched_getaffinity(0) == before
