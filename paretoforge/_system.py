@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from paretoforge.exceptions import MeasurementError
 
-__all__ = ["available_cores", "pinned", "usable_cores"]
+__all__ = ["available_cores", "idle_cores", "pin_process", "pinned", "usable_cores"]
 
 
 def usable_cores() -> list[int]:
@@ -37,6 +37,20 @@ def usable_cores() -> list[int]:
 def available_cores() -> int:
     """How many cores this thread may run on (its affinity mask), falling back to the CPU count."""
     return len(usable_cores())
+
+
+def idle_cores() -> int:
+    """Usable cores minus the 1-minute load average (at least 1): how many threads a
+    training may start without spinning on busy cores."""
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, available_cores() - busy)
+
+
+def pin_process(cores: list[int]) -> None:
+    """Pin this process (and the threads it starts from now on) to ``cores`` for good; a
+    no-op where the platform has no affinity mask."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
 
 
 @contextlib.contextmanager

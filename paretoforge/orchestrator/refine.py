@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paretoforge._io import atomic_write_json
-from paretoforge._system import available_cores
+from paretoforge._system import available_cores, pin_process, usable_cores
 from paretoforge.exceptions import SpecError
 from paretoforge.names import TrialAttr
 
@@ -96,7 +96,7 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
     rspec = Spec.from_dict(d)
     out_dir = run.dir / "refined" / _setting_name(recovery)
     prepared = prepare_cached(rspec, log=log)
-    affinity = os.sched_getaffinity(0)
+    affinity = usable_cores()
     worker = Worker(prepared, rspec.model_dump(mode="json"), str(out_dir), index=0)
     rows: list[dict[str, Any]] = []
     try:
@@ -118,6 +118,6 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
                 "metric": prepared.task.metric, "members": rows,
             })
     finally:
-        os.sched_setaffinity(0, affinity)
+        pin_process(affinity)  # the worker pinned this process to its own cores
     return rows
 

@@ -24,6 +24,7 @@ from typing import Any
 from paretoforge._io import atomic_write_bytes, atomic_write_text
 from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import Run, load_run, non_dominated
+from paretoforge.tasks import TASKS
 
 __all__ = ["render_figure", "render_html", "write_report"]
 
@@ -41,10 +42,8 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 
 def _quality_metric(run: Run) -> str:
-    for o in run.spec.objectives:
-        if not o.metric.startswith("latency_"):
-            return o.metric
-    return "accuracy"
+    """The task's quality metric (the report plots it against each latency)."""
+    return run.spec.task.quality_metric
 
 
 def render_figure(run: Run) -> bytes:
@@ -63,7 +62,7 @@ def render_figure(run: Run) -> bytes:
     flat = [ax for row in axes for ax in row]
     done = run.trials()
     quality = _quality_metric(run)
-    qdir = next((o.direction for o in run.spec.objectives if o.metric == quality), "maximize")
+    qdir = TASKS.get(run.spec.task.name).direction(quality)
     base = run.base_trial()
     feasible = {t.number for t in done if _feasible(t)}
     for ax, p in zip(flat, profiles, strict=False):

@@ -207,8 +207,9 @@ class Run:
             for k in ("onnx_bytes", "params"):
                 if bm.get(k):
                     relative[f"{k}_ratio"] = metrics[k] / bm[k]
-            if "accuracy" in bm:
-                relative["accuracy_delta"] = metrics["accuracy"] - bm["accuracy"]
+            quality = self.spec.task.quality_metric
+            if quality in bm and quality in metrics:
+                relative[f"{quality}_delta"] = metrics[quality] - bm[quality]
         art = self.artifact_dir(t)
         artifacts = {name: str(art / name) for name in
                      ("model.onnx", "model.safetensors", "config.json", "manifest.json")}

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from paretoforge._system import pin_process, usable_cores
 from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
 from paretoforge.orchestrator.bench import BenchRef, current_node_id
 from paretoforge.orchestrator.gate import GateClient, LocalGate
@@ -62,14 +63,14 @@ class Worker:
         self._gates = dict(gates or {})
         handle = self._gates.get(self.node_id)
         self.gate: Any = GateClient(handle, holder) if handle is not None else LocalGate()
-        self.all_cores = sorted(os.sched_getaffinity(0))
+        self.all_cores = usable_cores()
         threads = max(1, int(self.spec.cluster.cpus_per_worker))
         if pin and len(self.all_cores) > 1:
             # One core per worker: builds never spread over the core a neighbour measures on.
             start = (index * threads) % len(self.all_cores)
             n = len(self.all_cores)
             self.cores = [self.all_cores[(start + i) % n] for i in range(threads)]
-            os.sched_setaffinity(0, self.cores)
+            pin_process(self.cores)
         else:
             self.cores = list(self.all_cores)
         torch.set_num_threads(threads)

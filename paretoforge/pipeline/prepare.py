@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from paretoforge._system import idle_cores
 from paretoforge.spec import Spec
 from paretoforge.tasks import TASKS, Task, TaskData
 
@@ -126,7 +127,7 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     t0 = time.perf_counter()
     # Train with no more threads than idle cores: torch's intra-op threads spin at their
     # barriers, and on busy cores that turned a 23 s training into 470 s here.
-    torch.set_num_threads(_idle_cores())
+    torch.set_num_threads(idle_cores())
     model, info = get_base_model(recipe, task, cache_dir() / "base")
     timings["base_s"] = time.perf_counter() - t0
     log(f"base model: held-out {task.metric} {info['heldout_accuracy']:.4f} "
@@ -180,7 +181,7 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
     timings["task_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    torch.set_num_threads(_idle_cores())
+    torch.set_num_threads(idle_cores())
     overrides = dict(spec.model.overrides)
     saved_arch = (json.loads((ckpt / "config.json").read_text()).get("architectures") or [""])[0]
     arch = spec.model.architecture
@@ -239,12 +240,6 @@ def _state_and_importance(model: Any, task: TaskData) -> tuple[dict[str, Any], A
     loss_fn = impl.importance_loss(state)
     labels = None if loss_fn is not None else task.y_train
     return state, compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
-
-
-def _idle_cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
-    return max(1, (cores or 1) - busy)
 
 
 def _jsonable(v: Any) -> bool:
