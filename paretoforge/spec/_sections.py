@@ -420,7 +420,7 @@ def checkpoint_families() -> list[str]:
     """The ``model_type`` of every checkpoint some registered task accepts."""
     from paretoforge.tasks import TASKS
 
-    return sorted({f for name in TASKS for f in TASKS.get(name).families})
+    return list(dict.fromkeys(f for name in TASKS for f in TASKS.get(name).families))
 
 
 def plain_metrics() -> tuple[str, ...]:
