@@ -24,6 +24,8 @@ Example:
     ...                         x_heldout=d.x_heldout, y_heldout=d.y_heldout % 2,
     ...                         num_classes=2, input_name=d.input_name, metric="accuracy",
     ...                         preprocessing=d.preprocessing + "; label % 2", split=d.split)
+    ...     def score(self, outputs: np.ndarray, data: TaskData, state: dict) -> float:
+    ...         return float((outputs.argmax(-1) == data.y_heldout).mean())
     >>> TASKS.get("doc-parity").quality_metric
     'accuracy'
 """
