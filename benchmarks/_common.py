@@ -22,9 +22,12 @@ def machine(*packages: str) -> dict[str, Any]:
     """The machine and the versions of ``packages`` (those installed)."""
     from importlib import metadata
 
-    from paretoforge._sysinfo import cpu_model
+    from paretoforge._sysinfo import machine_identity
 
-    out: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+    ident = machine_identity()
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": ident["cpu_model"],
+                           "arch": ident["arch"], "isa": ident["isa"],
+                           "machine_fingerprint": ident["fingerprint"],
                            "python": platform.python_version()}
     for p in packages:
         try:

@@ -23,6 +23,7 @@ CHEAP_MODULES = [
     "paretoforge.exceptions",
     "paretoforge.registry",
     "paretoforge._io",
+    "paretoforge._sysinfo",
     "paretoforge.names",
     "paretoforge.samplers",
     "paretoforge.search_spaces",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
 
@@ -47,3 +48,13 @@ def test_pinned_refuses_cores_it_cannot_use(cores: list[int]) -> None:
     with pytest.raises(MeasurementError, match="Cannot pin"), pinned(cores):
         pass
     assert os.sched_getaffinity(0) == before
+
+
+def test_machine_identity_names_the_isa_and_tells_machines_apart() -> None:
+    from paretoforge._sysinfo import isa_features, machine_identity
+
+    ident = machine_identity()
+    assert ident["isa"] == isa_features() and ident["isa"] == sorted(ident["isa"])
+    assert len(str(ident["fingerprint"])) == 12
+    if platform.machine() == "x86_64":  # every x86-64 CPU ONNX Runtime supports has SSE4.2
+        assert "sse4_2" in ident["isa"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from paretoforge._sysinfo import cpu_model
+from paretoforge._sysinfo import cpu_model, machine_identity
 from paretoforge._system import available_cores, pinned
 from paretoforge.exceptions import MeasurementError
 
@@ -119,6 +119,7 @@ def _environment(
 ) -> dict[str, Any]:
     env: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "machine": machine_identity(),  # ISA features: which kernels the numbers came from
         "logical_cores": os.cpu_count(),
         "affinity": affinity,
         "intra_op_threads": threads,

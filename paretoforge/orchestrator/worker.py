@@ -98,7 +98,7 @@ class Worker:
             return result_from_manifest(manifest)
         try:
             manifest = build_candidate(
-                self.context, cfg, run_dir=self.run_dir, trial_number=trial_number,
+                self.context, cfg, run_dir=self.run_dir,
                 profiles=list(self.spec.measured_profiles), measurer=self._measure,
                 building=self.gate.shared, cache=self.cache,
                 built_on={"node_id": self.node_id, "host": socket.gethostname(),

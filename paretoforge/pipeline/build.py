@@ -10,8 +10,8 @@ graph stages) and ``measurer`` (one profile's measurement).
 
 Example:
     >>> ctx = BuildContext(prepared, recovery=spec.recovery, seed=0)  # doctest: +SKIP
-    >>> manifest = build_candidate(ctx, cfg, run_dir="runs/x", trial_number=3,
-    ...                            profiles=["cpu-1t"], measurer=measure_here)  # doctest: +SKIP
+    >>> manifest = build_candidate(ctx, cfg, run_dir="runs/x", profiles=["cpu-1t"],
+    ...                            measurer=measure_here)  # doctest: +SKIP
     >>> manifest.metrics["latency_p50_ms@cpu-1t"]  # doctest: +SKIP
     0.041
 """
@@ -71,7 +71,7 @@ class _Timer:
 
 
 def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str | Path,
-                    trial_number: int, profiles: list[str], measurer: st.Measurer,
+                    profiles: list[str], measurer: st.Measurer,
                     building: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                     built_on: dict[str, Any] | None = None,
                     cache: StageCache | None = None) -> Manifest:
@@ -81,7 +81,6 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         ctx: The worker's :class:`~paretoforge.pipeline.stages.BuildContext`.
         cfg: The candidate.
         run_dir: The run directory; the artifact goes to ``artifacts/<cfg.key>/`` in it.
-        trial_number: Seeds which training inputs the latency protocol cycles through.
         profiles: The profiles to measure, in order.
         measurer: ``measurer(onnx_path, profile, samples)``: one profile's measurement (the
             latency protocol's JSON plus ``placement``).
@@ -120,8 +119,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
             "params": float(exported.params),
         }
         with timer.stage("measure", "measure_s"):
-            measured = st.measure(graph.path, profiles, st.latency_samples(ctx, trial_number),
-                                  measurer)
+            samples, latency_inputs = st.latency_samples(ctx)
+            measured = st.measure(graph.path, profiles, samples, measurer)
         metrics.update(measured.metrics)
         # the whole build and measurement, waits for the node's gate included
         timer.timings["total_s"] = time.perf_counter() - t_start
@@ -142,6 +141,7 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
                 f"; the checkpoint's tokenizer / preprocessing files, in this directory: "
                 f"{side}" if p.checkpoint_dir else ""),
             base_model=p.base_info, versions=package_versions(),
+            latency_inputs=latency_inputs,
             built_on=dict(built_on or {}), timings=timer.timings, stages=timer.stages,
             files={f: sha256_file(tmp / f) for f in files},
         )

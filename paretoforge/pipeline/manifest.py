@@ -73,6 +73,10 @@ class Manifest(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list,
                                           description="ONNX outputs: name, shape, dtype, extra.")
     preprocessing: str = Field("", description="Exact preprocessing of the inputs.")
+    latency_inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The inputs every profile was timed on: split, count, seed, sha256 of the "
+        "indices (the same for every candidate of a search).")
     base_model: dict[str, Any] = Field(default_factory=dict,
                                        description="The base model the candidate came from.")
     versions: dict[str, str] = Field(default_factory=dict, description="Package versions.")

@@ -267,15 +267,21 @@ def score(ctx: BuildContext, onnx_path: Path, *, batch_size: int = QUALITY_BATCH
     return float(ctx.task.score(out, p.task, p.task_state))
 
 
-def latency_samples(ctx: BuildContext, trial_number: int) -> dict[str, Any]:
-    """The real training inputs the latency protocol cycles through for a trial."""
+def latency_samples(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The real training inputs the latency protocol cycles through, and their record.
+
+    The same for every candidate of a search (seeded by the search seed, not the trial), so
+    that candidates are timed on the same inputs.
+    """
     import numpy as np
 
     train = ctx.prepared.feeds("train")
-    rng = np.random.default_rng(trial_number)
+    rng = np.random.default_rng(ctx.seed)
     n_train = len(next(iter(train.values())))
-    idx = rng.choice(n_train, size=min(LATENCY_SAMPLES, n_train), replace=False)
-    return {k: v[idx] for k, v in train.items()}
+    idx = np.sort(rng.choice(n_train, size=min(LATENCY_SAMPLES, n_train), replace=False))
+    record = {"split": "train", "n": int(len(idx)), "seed": ctx.seed,
+              "indices_sha256": hashlib.sha256(idx.astype("<i8").tobytes()).hexdigest()}
+    return {k: v[idx] for k, v in train.items()}, record
 
 
 Measurer = Callable[[Path, str, dict[str, Any]], dict[str, Any]]

@@ -37,6 +37,9 @@ def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None
         assert m.env[key] not in (None, ""), key
     assert m.env["intra_op_threads"] == 1
     assert m.env["provider"] == "CPUExecutionProvider"
+    from paretoforge._sysinfo import machine_identity
+
+    assert m.env["machine"] == machine_identity()  # the ISA the number came from
     # JSON round trip for trial user_attrs and manifests.
     assert Measurement.model_validate(json.loads(m.model_dump_json())) == m
 

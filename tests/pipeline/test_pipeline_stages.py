@@ -123,7 +123,7 @@ def test_a_build_writes_a_verified_manifest_and_reuses_weights_across_precisions
         ctx, tmp_path: Path) -> None:
     cache = StageCache()
     calls: list = []
-    fp32 = build_candidate(ctx, _cfg(), run_dir=tmp_path, trial_number=1, profiles=["p"],
+    fp32 = build_candidate(ctx, _cfg(), run_dir=tmp_path, profiles=["p"],
                            measurer=_fake_measurer(calls), cache=cache)
     assert isinstance(fp32, Manifest) and verify_artifact(tmp_path / "artifacts" / fp32.key)
     names = [s.name for s in fp32.stages]
@@ -132,20 +132,22 @@ def test_a_build_writes_a_verified_manifest_and_reuses_weights_across_precisions
     assert {"surgery_s", "recovery_s", "export_s", "quality_s", "measure_s",
             "total_s"} <= set(fp32.timings)
 
-    int8 = build_candidate(ctx, _cfg(precision="int8"), run_dir=tmp_path, trial_number=2,
+    int8 = build_candidate(ctx, _cfg(precision="int8"), run_dir=tmp_path,
                            profiles=["p"], measurer=_fake_measurer(calls), cache=cache)
     cached = {s.name: s.cached for s in int8.stages}
     assert cached["recover"] and cached["export"] and not cached["passes"]
     by_name = {s.name: s for s in int8.stages}
     assert by_name["recover"].key == {s.name: s for s in fp32.stages}["recover"].key
     assert int8.key != fp32.key and verify_artifact(tmp_path / "artifacts" / int8.key)
+    # every candidate is timed on the same seeded inputs
+    assert int8.latency_inputs == fp32.latency_inputs and fp32.latency_inputs["n"] > 0
     # the same weights: the int8 graph is the fp32 one quantized
     assert int8.metrics["params"] == fp32.metrics["params"]
     assert int8.metrics["onnx_bytes"] != fp32.metrics["onnx_bytes"]
 
     # without a cache the same build retrains and gives the same quality (deterministic)
     again = build_candidate(ctx, _cfg(precision="int8"), run_dir=tmp_path / "b",
-                            trial_number=2, profiles=["p"], measurer=_fake_measurer(calls))
+                            profiles=["p"], measurer=_fake_measurer(calls))
     assert not any(s.cached for s in again.stages)
     assert again.metrics["accuracy"] == pytest.approx(int8.metrics["accuracy"], abs=1e-9)
 
@@ -155,5 +157,5 @@ def test_a_failed_build_leaves_no_artifact(ctx, tmp_path: Path) -> None:
 
     with pytest.raises(BuildError, match="int8-static"):
         build_candidate(ctx, _cfg(precision="int8-static", fusion=True), run_dir=tmp_path,
-                        trial_number=0, profiles=[], measurer=_fake_measurer([]))
+                        profiles=[], measurer=_fake_measurer([]))
     assert not any((tmp_path / "artifacts").iterdir())
