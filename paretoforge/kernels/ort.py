@@ -207,13 +207,42 @@ def create_session(
         )
     so = session_options_for(profile, n_cores)
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             str(path), sess_options=so, providers=providers_for(profile, cuda_graph=cuda_graph)
         )
     except Exception as err:
         raise MeasurementError(
             f"ONNX Runtime cannot load {str(path)!r} for profile {profile.name!r}: {err}"
         ) from err
+    check_session_provider(session.get_providers(), profile)
+    return session
+
+
+def check_session_provider(session_providers: list[str], profile: HardwareProfile) -> None:
+    """Refuse a session that did not get the profile's execution provider.
+
+    ONNX Runtime falls back to the CPU provider, with only a warning, when the requested one
+    fails to initialise (a CUDA build on a node whose driver is missing, say): its timings
+    would be recorded under the GPU profile's name. The session's own ``get_providers()``
+    says what it runs on.
+
+    Raises:
+        MeasurementError: the profile's provider is not the session's first provider.
+
+    Example:
+        >>> from paretoforge.hw_profiles import get_profile
+        >>> check_session_provider(["CPUExecutionProvider"], get_profile("cpu-1t"))
+        >>> check_session_provider(["CPUExecutionProvider"], get_profile("gpu-fp16"))
+        Traceback (most recent call last):
+        ...
+        paretoforge.exceptions.MeasurementError: Profile 'gpu-fp16' asked ONNX Runtime for CUDAExecutionProvider and the session runs on ['CPUExecutionProvider'] (it fell back); fix the node's CUDA setup or measure the profile on a node where the provider starts
+    """
+    if not session_providers or session_providers[0] != profile.provider:
+        raise MeasurementError(
+            f"Profile {profile.name!r} asked ONNX Runtime for {profile.provider} and the "
+            f"session runs on {list(session_providers)} (it fell back); fix the node's CUDA "
+            "setup or measure the profile on a node where the provider starts"
+        )
 
 
 def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
