@@ -18,7 +18,7 @@ exports, how it is scored, which distillation loss recovers it. Nothing here nam
 
 Example:
     >>> ctx = BuildContext(prepared, recovery=spec.recovery, seed=0)  # doctest: +SKIP
-    >>> w = recover(ctx, derive(ctx, cfg), cfg)  # doctest: +SKIP
+    >>> w = recover(ctx, derive(ctx, cfg))  # doctest: +SKIP
     >>> exp = export(ctx, w, out_dir)  # doctest: +SKIP
     >>> g = passes(ctx, exp, cfg, out_dir / "model.onnx")  # doctest: +SKIP
     >>> score(ctx, g.path)  # doctest: +SKIP

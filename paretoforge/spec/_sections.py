@@ -31,7 +31,7 @@ class ModelSpec(_Strict):
     recipe: str | None = Field(
         "vit-digits",
         description="Built-in recipe that trains the base model from bundled data "
-        "(`paretoforge recipes` lists them); left unset when `path` is given.",
+        "(vit-digits); left unset when `path` is given.",
     )
     path: str | None = Field(
         None,

@@ -292,6 +292,9 @@ def check_profile(profile: HardwareProfile, *, registered_as: str | None = None)
     from paretoforge.kernels import PRECISIONS
 
     name = profile.name
+    unknown = [p for p in profile.precisions if p not in PRECISIONS]
+    _expect(not unknown, f"profile {name!r} lists precisions {unknown} the kernels cannot build "
+                         f"(they build {', '.join(PRECISIONS)})")
     if registered_as is not None:
         _expect(name == registered_as,
                 f"profile {name!r} is registered under another name, {registered_as!r}")
@@ -326,9 +329,6 @@ def check_profile(profile: HardwareProfile, *, registered_as: str | None = None)
     except (TypeError, ValueError) as e:
         raise ContractError(f"profile {name!r}: Ray refuses ray_options() {opts}: {e}") from None
 
-    unknown = [p for p in profile.precisions if p not in PRECISIONS]
-    _expect(not unknown, f"profile {name!r} lists precisions {unknown} the kernels cannot build "
-                         f"(they build {', '.join(PRECISIONS)})")
     _expect("fp32" in profile.precisions, f"profile {name!r} must run fp32: trial 0 is the "
                                           "unpruned fp32 base model")
     _expect(all(profile.supports(p) for p in profile.precisions),
