@@ -61,7 +61,7 @@ CHEAP_MODULES = [
     "paretoforge.spec",
     "paretoforge.spec._sections",
     "paretoforge.pipeline.cache",
-    "paretoforge.pipeline.manifest",
+    "paretoforge.manifest",
     "paretoforge.pipeline.stages",
     "paretoforge.orchestrator.bench",
     "paretoforge.orchestrator.gate",

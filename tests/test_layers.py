@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "paretoforge._system": 0,  # pinning, core counts
     "paretoforge._ray_auth": 0,
     "paretoforge.names": 0,  # trial-attribute names, stop reasons, failure kinds, precisions
+    "paretoforge.manifest": 0,  # the typed artifact manifest (written by the pipeline)
     # 1 data the rest is parametrised by
     "paretoforge.tasks": 1,
     "paretoforge.search_spaces": 1,

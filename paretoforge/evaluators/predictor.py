@@ -367,19 +367,20 @@ class LatencyPredictor:
             >>> p.n_samples, p.is_ready  # doctest: +SKIP
             (40, True)
         """
-        import json
         from pathlib import Path
+
+        from paretoforge.manifest import read_manifest
 
         p = cls(profile, **kwargs)
         for run in run_dirs:
             for f in sorted(Path(run).glob("artifacts/*/manifest.json")):
-                try:
-                    manifest = json.loads(f.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as err:
+                manifest = read_manifest(f)
+                if manifest is None:
                     raise MeasurementError(
-                        f"Cannot read manifest {str(f)!r}: {err}; remove the broken artifact"
-                    ) from err
-                p.add_manifest(manifest, metric=metric)
+                        f"Cannot read manifest {str(f)!r}: unreadable, or not a paretoforge "
+                        "build's manifest; remove the broken artifact"
+                    )
+                p.add_manifest(manifest.model_dump(mode="json"), metric=metric)
         return p
 
     # -- persistence ------------------------------------------------------------------------

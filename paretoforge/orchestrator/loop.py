@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge.exceptions import BuildError, MeasurementError
+from paretoforge.manifest import read_manifest
 from paretoforge.names import FailKind, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
 from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
@@ -51,7 +52,6 @@ from paretoforge.pipeline.artifacts import (
     result_from_manifest,
     verify_artifact,
 )
-from paretoforge.pipeline.manifest import read_manifest
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 

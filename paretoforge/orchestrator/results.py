@@ -29,10 +29,10 @@ from typing import Any
 
 from paretoforge._io import sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
+from paretoforge.manifest import Manifest, load_manifest
 from paretoforge.names import FailKind, TrialAttr
 from paretoforge.orchestrator.storage import open_study
 from paretoforge.pipeline.artifacts import files_match
-from paretoforge.pipeline.manifest import Manifest, load_manifest
 from paretoforge.spec import Spec
 
 __all__ = ["Checkpoint", "FrontMember", "Run", "export_trial", "load_run", "non_dominated",
@@ -342,7 +342,7 @@ class Checkpoint:
 
     @property
     def manifest(self) -> Manifest:
-        """The artifact's typed :class:`~paretoforge.pipeline.manifest.Manifest`."""
+        """The artifact's typed :class:`~paretoforge.manifest.Manifest`."""
         return load_manifest(self.dir)
 
     def verify(self) -> bool:

@@ -4,13 +4,14 @@ score -> measure -> manifest (:mod:`~paretoforge.pipeline.stages`), run in order
 
 :mod:`~paretoforge.pipeline.prepare` computes, once per search on the driver, what every build
 shares (:class:`Prepared`: task data, base weights, importance, the task's state);
-:mod:`~paretoforge.pipeline.artifacts` and :mod:`~paretoforge.pipeline.manifest` are the
+:mod:`~paretoforge.pipeline.artifacts` and :mod:`~paretoforge.manifest` are the
 artifact on disk and its typed :class:`Manifest`. Nothing here knows about Ray: the
 orchestrator's worker passes in where to measure and which gate to hold.
 """
 
 from __future__ import annotations
 
+from paretoforge.manifest import ARTIFACT_FORMAT, Manifest, StageRecord, read_manifest
 from paretoforge.pipeline.artifacts import (
     artifact_path,
     files_match,
@@ -20,7 +21,6 @@ from paretoforge.pipeline.artifacts import (
 )
 from paretoforge.pipeline.build import build_candidate, package_versions
 from paretoforge.pipeline.cache import StageCache
-from paretoforge.pipeline.manifest import ARTIFACT_FORMAT, Manifest, StageRecord, read_manifest
 from paretoforge.pipeline.prepare import Prepared, prepare, prepare_cached
 from paretoforge.pipeline.stages import BuildContext, stage_key
 

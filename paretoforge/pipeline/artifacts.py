@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from paretoforge._io import sha256_file
+from paretoforge.manifest import ARTIFACT_FORMAT, Manifest, read_manifest
 from paretoforge.names import TrialAttr
-from paretoforge.pipeline.manifest import ARTIFACT_FORMAT, Manifest, read_manifest
 
 __all__ = ["ARTIFACT_FORMAT", "artifact_path", "files_match", "remove_partial",
            "result_from_manifest", "verify_artifact"]
@@ -55,7 +55,7 @@ def files_match(directory: str | os.PathLike[str], files: dict[str, str]) -> boo
 
 def verify_artifact(directory: str | os.PathLike[str], *, key: str | None = None
                     ) -> Manifest | None:
-    """The :class:`~paretoforge.pipeline.manifest.Manifest` of a complete real artifact whose
+    """The :class:`~paretoforge.manifest.Manifest` of a complete real artifact whose
     every file matches its sha256, else None.
 
     A manifest whose ``format`` is not :data:`ARTIFACT_FORMAT` (a fake's, say) is refused.

@@ -3,7 +3,7 @@
 :func:`build_candidate` runs the stages of :mod:`paretoforge.pipeline.stages` in order,
 times each, serves derive / recover / export from the :class:`StageCache` when their content
 key was built before, writes the artifact into a temporary directory with its
-:class:`~paretoforge.pipeline.manifest.Manifest` (sha256 of every file) and renames it into
+:class:`~paretoforge.manifest.Manifest` (sha256 of every file) and renames it into
 ``<run>/artifacts/<config key>/``. Where the build runs (pinning, the node's core gate, which
 node measures a profile) is the caller's: it passes ``building`` (held around the weight and
 graph stages) and ``measurer`` (one profile's measurement).
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge._io import sha256_file
+from paretoforge.manifest import Manifest, StageRecord
 from paretoforge.pipeline import stages as st
 from paretoforge.pipeline.artifacts import artifact_path
 from paretoforge.pipeline.cache import StageCache
-from paretoforge.pipeline.manifest import Manifest, StageRecord
 from paretoforge.search_spaces import CandidateConfig
 
 __all__ = ["build_candidate", "package_versions"]

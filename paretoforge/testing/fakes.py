@@ -32,8 +32,8 @@ from typing import Any
 
 from paretoforge._io import atomic_write_bytes, atomic_write_json, sha256_file
 from paretoforge.exceptions import BuildError
+from paretoforge.manifest import Manifest
 from paretoforge.pipeline.artifacts import files_match
-from paretoforge.pipeline.manifest import Manifest
 from paretoforge.search_spaces import CandidateConfig
 from paretoforge.spec import Spec
 

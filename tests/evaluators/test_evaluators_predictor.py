@@ -148,7 +148,8 @@ def test_from_run_dirs_reads_measured_manifests(tmp_path: Path) -> None:
         cfg = {"layers_kept": 1 + i % 4, "heads_kept": 2, "precision": "fp32"}
         measurements = {"edge-arm": {"p50_ms": y, "predicted": i == 0}, "cpu": {"p50_ms": 1.0}}
         (d / "manifest.json").write_text(json.dumps(
-            {"config": cfg, "graph": {**graph, "node_count": 100 + i},
+            {"format": "paretoforge-artifact/1", "key": f"{i:016x}", "metrics": {}, "files": {},
+             "config": cfg, "graph": {**graph, "node_count": 100 + i},
              "measurements": measurements}))
     p = LatencyPredictor.from_run_dirs([tmp_path / "run"], "edge-arm")
     assert p.n_samples == 11  # the predicted one is not a measurement

@@ -36,7 +36,8 @@ FEATS = ("macs_per_token", "weight_mbytes", "nodes", "heads", "layers", "int8")
 def bench_rows() -> list[dict[str, Any]]:
     """The benchmark's built candidates as manifests (config, plan, graph, placement, p50)."""
     rows = json.loads(BENCH.read_text())["rows"]
-    return [{"key": f"{i:016x}", "config": r["config"], "plan": r["plan"], "graph": r["graph"],
+    return [{"format": "paretoforge-artifact/1", "metrics": {}, "files": {},
+             "key": f"{i:016x}", "config": r["config"], "plan": r["plan"], "graph": r["graph"],
              "placement": r["placement"],
              "measurements": {"cpu-1t": {"p50_ms": r["p50_ms"]}}} for i, r in enumerate(rows)]
 
