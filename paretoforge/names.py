@@ -18,7 +18,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final, Literal, get_args
 
-__all__ = ["PRECISIONS", "FailKind", "Precision", "StopReason", "TrialAttr"]
+__all__ = ["PRECISIONS", "TORCH_PRECISIONS", "FailKind", "Precision", "StopReason", "TrialAttr"]
 
 
 class TrialAttr:
@@ -90,3 +90,6 @@ Precision = Literal["fp32", "int8", "int8-static", "fp16", "int4"]
 # The one list of weight precisions a candidate may have (CandidateConfig.precision,
 # kernels.apply_precision, hardware profiles' precisions, the predictors' features).
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+# The precisions a torch profile builds from the candidate's checkpoint (fp32 as is, dynamic
+# int8 Linear layers on CPU, a half-precision model): kernels.runtime.torch_at_precision.
+TORCH_PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")

@@ -155,6 +155,7 @@ def measure_latency(
     target_rel_ci: float = 0.02,
     cores: list[int] | None = None,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> Measurement:
     """Measure the latency of a candidate as ``profile`` runs it.
 
@@ -176,6 +177,8 @@ def measure_latency(
         cores: Pin the measurement (and the runtime's threads, which inherit the mask) to these
             cores; the previous affinity is restored afterwards. Default: current affinity.
         seed: Which samples make the batches when lengths follow the task's distribution.
+        precision: The candidate's precision (torch profiles build it; see
+            :func:`~paretoforge.kernels.runtime.load_runtime`).
 
     Returns:
         A :class:`Measurement`; ``converged`` says whether the CI target was met. Each call is
@@ -204,7 +207,8 @@ def measure_latency(
         n_cores = len(affinity) if affinity else available_cores()
         threads = profile.threads_for(n_cores)
         owned = not isinstance(model, Runtime)
-        runtime = load_runtime(model, profile, n_cores=n_cores) if owned else model
+        runtime = (load_runtime(model, profile, n_cores=n_cores, precision=precision) if owned
+                   else model)
         try:
             runtime.validate(inputs, profile.batch_size)
             feeds, feed_info = make_feeds(inputs, profile, seed=seed)

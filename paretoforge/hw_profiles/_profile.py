@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from paretoforge.exceptions import PlacementError
-from paretoforge.names import PRECISIONS
+from paretoforge.names import PRECISIONS, TORCH_PRECISIONS
 
 __all__ = ["HardwareProfile"]
 
@@ -137,6 +137,24 @@ class HardwareProfile(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"precisions {list(v)} repeat a value; list each precision once")
         return v
+
+    @model_validator(mode="after")
+    def _torch_runs_its_precisions(self) -> HardwareProfile:
+        """A torch profile measures each candidate at its precision, built in PyTorch: only
+        the precisions PyTorch has (dynamic int8 on CPU only) may be listed."""
+        if self.runtime.startswith("torch"):
+            allowed = [p for p in TORCH_PRECISIONS if p != "int8" or self.device == "cpu"]
+            bad = [p for p in self.precisions if p not in allowed]
+            if bad and "precisions" not in self.model_fields_set:  # the default, not asked
+                kept = tuple(p for p in self.precisions if p in allowed)
+                object.__setattr__(self, "precisions", kept)
+            elif bad:
+                raise ValueError(
+                    f"precisions: profile {self.name!r} runs {self.runtime} on {self.device}, "
+                    f"which builds {', '.join(allowed)}, not {bad[0]!r}; drop it, or measure "
+                    "that precision on an onnxruntime profile"
+                )
+        return self
 
     @model_validator(mode="after")
     def _provider_matches_device(self) -> HardwareProfile:

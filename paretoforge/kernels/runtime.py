@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import MeasurementError
+from paretoforge.names import TORCH_PRECISIONS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -257,10 +258,39 @@ class OrtRuntime(Runtime):
         }
 
 
-class TorchRuntime(Runtime):
-    """The PyTorch checkpoint, eager or compiled, fp32, on the profile's device."""
 
-    def __init__(self, model: Any, profile: HardwareProfile, n_cores: int | None = None) -> None:
+def torch_at_precision(module: Any, precision: str, device_type: str, profile_name: str) -> Any:
+    """``module`` at the candidate's ``precision`` as PyTorch runs it.
+
+    Raises:
+        MeasurementError: torch has no counterpart of the precision on this device (static
+            int8 and int4 are ONNX Runtime graphs; dynamic int8 is CPU only).
+    """
+    import torch
+
+    if precision == "fp32":
+        return module
+    if precision == "int8" and device_type == "cpu":
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+    if precision == "fp16":
+        import copy
+
+        return copy.deepcopy(module).half()  # never the caller's module, in place
+    raise MeasurementError(
+        f"Profile {profile_name!r} runs PyTorch, which has no {precision} counterpart of the "
+        f"candidate's ONNX graph on {device_type} (it runs {', '.join(TORCH_PRECISIONS)}, int8 "
+        "on CPU only); drop the precision from the profile's `precisions` or measure it on an "
+        "onnxruntime profile"
+    )
+
+
+class TorchRuntime(Runtime):
+    """The PyTorch checkpoint, eager or compiled, at the candidate's precision, on the
+    profile's device."""
+
+    def __init__(self, model: Any, profile: HardwareProfile, n_cores: int | None = None, *,
+                 precision: str = "fp32") -> None:
         import torch
 
         from paretoforge._system import available_cores
@@ -278,6 +308,9 @@ class TorchRuntime(Runtime):
             self.device = torch.device("cpu")
         self.threads = profile.threads_for(n_cores or available_cores())
         module = model.to(self.device).eval()  # the caller's module, moved and in eval mode
+        module = torch_at_precision(module, precision, self.device.type, profile.name)
+        self.precision = precision
+        self._float = torch.float16 if precision == "fp16" else None
         self._names = list(_forward_names(module))
         self.module = module
         self.model = torch.compile(module) if profile.runtime == "torch-compile" else module
@@ -313,6 +346,9 @@ class TorchRuntime(Runtime):
         import torch
 
         staged = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+        if self._float is not None:  # a half-precision model takes half-precision features
+            staged = {k: v.to(self._float) if v.is_floating_point() else v
+                      for k, v in staged.items()}
         if self.profile.runtime == "torch-compile":
             with torch.inference_mode():
                 self._call(staged)  # compile for this shape now, not inside a timed call
@@ -348,6 +384,7 @@ class TorchRuntime(Runtime):
         return {
             **super().describe(),
             "provider": f"torch-{self.device.type}",
+            "precision": self.precision,
             "torch_version": torch.__version__,
             "torch_threads": self.threads,
         }
@@ -379,7 +416,8 @@ def _resolve_onnx(source: Any) -> Path:
 
 
 def load_runtime(
-    model: Any, profile: HardwareProfile, *, n_cores: int | None = None
+    model: Any, profile: HardwareProfile, *, n_cores: int | None = None,
+    precision: str = "fp32",
 ) -> Runtime:
     """Open ``model`` the way ``profile`` runs it.
 
@@ -390,10 +428,13 @@ def load_runtime(
             ``model.safetensors``.
         profile: The hardware profile.
         n_cores: Cores the runtime may use; default: this thread's affinity mask.
+        precision: The candidate's precision. ONNX Runtime profiles run the graph as built;
+            torch profiles build the same precision in PyTorch (:func:`torch_at_precision`),
+            never the fp32 checkpoint under another precision's name.
 
     Raises:
-        MeasurementError: the model is missing or cannot be loaded, or the profile's
-            provider / device is not available here.
+        MeasurementError: the model is missing or cannot be loaded, the profile's
+            provider / device is not available here, or torch has no such precision.
         PlacementError: the profile needs more threads than ``n_cores``.
     """
     if profile.runtime == "onnxruntime":
@@ -410,7 +451,7 @@ def load_runtime(
         from paretoforge.models.io import load_pretrained
 
         model = load_pretrained(directory)
-    return TorchRuntime(model, profile, n_cores)
+    return TorchRuntime(model, profile, n_cores, precision=precision)
 
 
 def _synthetic_batch(session: Any, profile: HardwareProfile) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ def current_node_id() -> str:
 
 
 def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str, Any], *,
-                    cores: list[int], node_id: str) -> dict[str, Any]:
+                    cores: list[int], node_id: str, precision: str = "fp32") -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
     The caller holds what keeps the cores quiet (a worker's own cores, or its node's gate).
@@ -79,7 +79,7 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     from paretoforge.evaluators.latency import measure_latency
     from paretoforge.kernels.runtime import placement_report
 
-    m = measure_latency(onnx_path, profile, inputs, cores=cores)
+    m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision)
     placement = placement_report(onnx_path, profile, inputs, cores=cores)
     out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
     out.setdefault("env", {})["node_id"] = node_id
@@ -123,7 +123,7 @@ class Bench:
                 "profiles": sorted(self.profiles), "measured": self.measured}
 
     def measure(self, files: dict[str, bytes] | bytes, profile_name: str,
-                inputs: dict[str, Any]) -> dict[str, Any]:
+                inputs: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
         """Measure a candidate on ``profile_name`` with the worker's samples.
 
         ``files`` are the candidate's artifact files by name: ``model.onnx`` for ONNX Runtime
@@ -156,7 +156,8 @@ class Bench:
                 (Path(d) / name).write_bytes(data)
             path = Path(d) / "model.onnx"
             with self.gate.exclusive():
-                out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id)
+                out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id,
+                                      precision=precision)
         self.measured += 1
         return out
 

@@ -112,8 +112,8 @@ class Worker:
 
     # -- where a profile is measured ----------------------------------------------------------
 
-    def _measure(self, onnx_path: Path, profile_name: str,
-                 inputs: dict[str, Any]) -> dict[str, Any]:
+    def _measure(self, onnx_path: Path, profile_name: str, inputs: dict[str, Any], *,
+                 precision: str = "fp32") -> dict[str, Any]:
         """Measure ``profile_name`` here, or on a bench of a node that carries its resource.
 
         Here: profiles any node serves, and resource-bound CPU profiles when this worker's node
@@ -126,21 +126,21 @@ class Worker:
         profile = get_profile(profile_name)
         if profile.resource and self.benches.get(profile.name) and (
                 profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
-            return self._measure_on_bench(onnx_path, profile, inputs)
+            return self._measure_on_bench(onnx_path, profile, inputs, precision)
         self._check_node_serves(profile)
         if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
             # Fits on this worker's own cores: the neighbours build on theirs meanwhile; the
             # shared hold keeps exclusive measurements (all-core profiles, benches) off the node.
             with self.gate.shared():
                 return measure_profile(onnx_path, profile, inputs, cores=self.cores,
-                                       node_id=self.node_id)
+                                       node_id=self.node_id, precision=precision)
         # Needs more cores than this worker owns: hold every build on the node meanwhile.
         with self.gate.exclusive():
             return measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
-                                   node_id=self.node_id)
+                                   node_id=self.node_id, precision=precision)
 
-    def _measure_on_bench(self, onnx_path: Path, profile: Any,
-                          inputs: dict[str, Any]) -> dict[str, Any]:
+    def _measure_on_bench(self, onnx_path: Path, profile: Any, inputs: dict[str, Any],
+                          precision: str = "fp32") -> dict[str, Any]:
         """Send the artifact files and the samples to a bench of ``profile``; wait for the result.
 
         Benches are taken in turn; a lost one (its node left, its process died) is skipped from
@@ -167,7 +167,8 @@ class Worker:
         lost = []
         for b in benches:
             try:
-                return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs)))
+                return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs,
+                                                               precision)))
             except RayTaskError as e:  # the bench ran, and the measurement itself failed
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError

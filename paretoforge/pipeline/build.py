@@ -82,8 +82,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         cfg: The candidate.
         run_dir: The run directory; the artifact goes to ``artifacts/<cfg.key>/`` in it.
         profiles: The profiles to measure, in order.
-        measurer: ``measurer(onnx_path, profile, samples)``: one profile's measurement (the
-            latency protocol's JSON plus ``placement``).
+        measurer: ``measurer(onnx_path, profile, samples, precision=...)``: one profile's
+            measurement (the latency protocol's JSON plus ``placement``).
         building: Held around the weight and graph stages (e.g. the node's gate, shared).
         built_on: Where it was built (node, host, worker, cores), for the manifest.
         cache: The worker's stage cache (None: nothing is reused).
@@ -120,7 +120,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         }
         with timer.stage("measure", "measure_s"):
             samples, latency_inputs = st.latency_samples(ctx)
-            measured = st.measure(graph.path, profiles, samples, measurer)
+            measured = st.measure(graph.path, profiles, samples, measurer,
+                                  precision=cfg.precision)
         metrics.update(measured.metrics)
         # the whole build and measurement, waits for the node's gate included
         timer.timings["total_s"] = time.perf_counter() - t_start

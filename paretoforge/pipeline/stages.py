@@ -284,16 +284,17 @@ def latency_samples(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v[idx] for k, v in train.items()}, record
 
 
-Measurer = Callable[[Path, str, dict[str, Any]], dict[str, Any]]
+Measurer = Callable[..., dict[str, Any]]  # (path, profile, samples, *, precision) -> result
 
 
 def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
-            measurer: Measurer) -> Measured:
+            measurer: Measurer, *, precision: str = "fp32") -> Measured:
     """Latency of the graph on every profile, each through ``measurer(path, profile,
-    samples)`` (the worker decides where: its own core, all cores, or a bench)."""
+    samples, precision=...)`` (the worker decides where: its own core, all cores, or a
+    bench; a torch profile builds the candidate's precision in PyTorch)."""
     out = Measured()
     for name in profiles:
-        m = dict(measurer(onnx_path, name, samples))
+        m = dict(measurer(onnx_path, name, samples, precision=precision))
         out.placement[name] = m.pop("placement", {})
         out.measurements[name] = m
         out.metrics[f"latency_p50_ms@{name}"] = m["p50_ms"]

@@ -228,3 +228,36 @@ def test_cuda_graph_plumbing_runs_on_the_cpu(vit_onnx: Path) -> None:
             rt.stage({"other": X[:1]})
     m = measure_latency(vit_onnx, p, {"pixel_values": X}, **FAST)
     assert m.env["cuda_graph"] is True and m.p50_ms > 0
+
+
+def test_torch_profiles_measure_the_candidates_precision_as_built(vit: torch.nn.Module) -> None:
+    """int8 and fp16 candidates run as int8 / fp16 PyTorch, never as the fp32 checkpoint."""
+    with torch.no_grad():
+        want = vit(pixel_values=torch.from_numpy(X)).logits.numpy()
+    with load_runtime(vit, torch_profile(), precision="int8") as rt:
+        kinds = {type(m).__module__ for m in rt.module.modules()}
+        assert any("quantized" in k for k in kinds), kinds  # dynamic int8 Linear layers
+        got = rt.run({"pixel_values": X})[0]
+        assert rt.describe()["precision"] == "int8"
+    cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    assert cos.min() > 0.98 and not np.array_equal(got, want)
+    with load_runtime(vit, torch_profile(), precision="fp16") as rt:
+        assert next(rt.module.parameters()).dtype == torch.float16
+        np.testing.assert_allclose(rt.run({"pixel_values": X})[0].astype(np.float32), want,
+                                   atol=5e-2)
+    assert next(vit.parameters()).dtype == torch.float32  # the caller's module untouched
+    for precision in ("int8-static", "int4"):
+        with pytest.raises(MeasurementError, match=f"no {precision} counterpart"):
+            load_runtime(vit, torch_profile(), precision=precision)
+    m = measure_latency(vit, torch_profile(), {"pixel_values": X}, precision="int8", **FAST)
+    assert m.env["precision"] == "int8"
+
+
+def test_a_torch_profile_lists_only_precisions_torch_builds() -> None:
+    with pytest.raises(ValueError, match="not 'int4'"):
+        torch_profile(precisions=("fp32", "int4"))
+    gpu = HardwareProfile(name="tg", device="cuda", runtime="torch-eager")
+    assert "int8" not in gpu.precisions  # dynamic int8 is CPU-only in torch
+    with pytest.raises(ValueError, match="not 'int8'"):
+        HardwareProfile(name="tg", device="cuda", runtime="torch-eager",
+                        precisions=("fp32", "int8"))

@@ -34,8 +34,8 @@ def _cfg(**kw) -> CandidateConfig:
 
 
 def _fake_measurer(calls: list):
-    def measure(path: Path, profile: str, samples: dict) -> dict:
-        calls.append((path.name, profile, len(next(iter(samples.values())))))
+    def measure(path: Path, profile: str, samples: dict, *, precision: str) -> dict:
+        calls.append((path.name, profile, len(next(iter(samples.values()))), precision))
         return {"p50_ms": 1.0, "p90_ms": 1.5, "mean_ms": 1.1, "placement": {"nodes": 1}}
 
     return measure
