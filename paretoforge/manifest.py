@@ -13,8 +13,6 @@ Example:
     ...              files={"model.onnx": "ab" * 32})
     >>> Manifest.model_validate_json(m.model_dump_json()).metrics["accuracy"]
     0.9
-    >>> m.is_real
-    True
 """
 
 from __future__ import annotations
@@ -94,11 +92,6 @@ class Manifest(BaseModel):
         None, description="Exported: metrics a latency predictor gave, with its error.")
     base_trial_metrics: dict[str, float] | None = Field(
         None, description="Exported: the unpruned base trial's metrics.")
-
-    @property
-    def is_real(self) -> bool:
-        """Always True: only a real build's format validates."""
-        return self.format == ARTIFACT_FORMAT
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + fsync + rename)."""

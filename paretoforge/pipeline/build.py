@@ -171,8 +171,8 @@ def _weights_and_export(ctx: st.BuildContext, cfg: CandidateConfig, tmp: Path, t
             src, meta = hit
             st.copy_tree(src, tmp)
             rec.key, rec.cached = ekey, True
-            return st.Exported(**{**vars(meta), "directory": tmp,
-                                  "onnx_fp32": tmp / meta.onnx_fp32.name}), derived.plan
+            return st.Exported(**{**vars(meta), "onnx_fp32": tmp / meta.onnx_fp32.name}), \
+                derived.plan
     with timer.stage("recover", "recovery_s") as rec:
         model = cache.get_model(rkey) if cache is not None else None
         if model is not None:

@@ -38,12 +38,10 @@ class StageCache:
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._exports: OrderedDict[str, tuple[Path, Any]] = OrderedDict()
         self._root: Path | None = None
-        self.hits = 0
 
     def get_model(self, key: str) -> Any | None:
         if key in self._models:
             self._models.move_to_end(key)
-            self.hits += 1
             return self._models[key]
         return None
 
@@ -61,7 +59,6 @@ class StageCache:
         entry = self._exports.get(key)
         if entry is not None and entry[0].is_dir():
             self._exports.move_to_end(key)
-            self.hits += 1
             return entry
         return None
 

@@ -89,23 +89,23 @@ class Prepared:
 def load_spec_task(spec: Spec) -> Any:
     """The spec's task data (a :class:`~paretoforge.tasks.TaskData`), split as the spec says.
 
-    A built-in recipe's task takes the split from ``task.split``; with a checkpoint
-    (``model.path``) the checkpoint's tokenizer or image processor preprocesses the data.
+    The loader gets ``task.params``, the seed and the ``task.split`` fields the task takes
+    (:attr:`~paretoforge.tasks.Task.split_params`), ``task.data`` as ``path``, and with a
+    checkpoint (``model.path``) its directory, whose tokenizer or image processor
+    preprocesses the data.
     """
     from paretoforge.spec import resolve_model_path
     from paretoforge.tasks import load_task
 
-    if spec.model.path is None:
-        return load_task(spec.task.name, heldout_fraction=spec.task.split.heldout_fraction,
-                         seed=spec.task.split.seed)
-    ckpt = resolve_model_path(spec.model.path)
     params = dict(spec.task.params)
     params.setdefault("seed", spec.task.split.seed)
     for name in TASKS.get(spec.task.name).split_params:
         params.setdefault(name, getattr(spec.task.split, name))
     if spec.task.data:
         params["path"] = spec.task.data
-    return load_task(spec.task.name, checkpoint=str(ckpt), **params)
+    if spec.model.path is not None:
+        params["checkpoint"] = str(resolve_model_path(spec.model.path))
+    return load_task(spec.task.name, **params)
 
 
 def prepare(spec: Spec, *, log: Any = print) -> Prepared:

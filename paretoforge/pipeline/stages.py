@@ -114,9 +114,8 @@ class Weights:
 @dataclass
 class Exported:
     """The weights on disk: ``model.safetensors`` + ``config.json`` (+ the checkpoint's side
-    files) and the fp32 ONNX graph of the task's head."""
+    files) and the fp32 ONNX graph of the task's head, in the build's directory."""
 
-    directory: Path
     onnx_fp32: Path
     output: dict[str, Any]  # name, shape, dtype, extra
     params: int
@@ -205,7 +204,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path) -> Exported:
     onnx_fp32 = out / "model_fp32.onnx"
     export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,))
     return Exported(
-        directory=out, onnx_fp32=onnx_fp32,
+        onnx_fp32=onnx_fp32,
         output={"name": head.output_name, "shape": ["batch", *head.output_shape],
                 "dtype": "float32", **head.extra},
         params=int(param_count(model)), hidden_size=int(model.config.hidden_size),
