@@ -18,7 +18,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final, Literal, get_args
 
-__all__ = ["PRECISIONS", "TORCH_PRECISIONS", "FailKind", "Precision", "StopReason", "TrialAttr"]
+__all__ = [
+    "PRECISIONS", "TORCH_PRECISIONS", "FailKind", "Phase", "Precision", "StopReason", "TrialAttr",
+]
 
 
 class TrialAttr:
@@ -53,6 +55,11 @@ class TrialAttr:
     PRESCREENED: Final = "prescreened"  # True on a trial skipped before it was built
     PRESCREEN_REASON: Final = "prescreen_reason"
     PRESCREEN_PREDICTED: Final = "prescreen_predicted"  # the predictions it was skipped on
+    # One-shot search and its finishing (search.strategy: one-shot).
+    PHASE: Final = "phase"  # a Phase value; absent on a per-candidate search's trials
+    RUNG: Final = "rung"  # finishing: the successive-halving rung, 0 first
+    RECOVERY_EPOCHS: Final = "recovery_epochs"  # finishing: distillation epochs it got
+    ONE_SHOT_TRIAL: Final = "one_shot_trial"  # finishing: the one-shot trial of its config
 
     def __new__(cls) -> TrialAttr:  # a namespace, not a type of value
         raise TypeError("TrialAttr is a namespace of names; use TrialAttr.KEY etc.")
@@ -61,6 +68,13 @@ class TrialAttr:
     def names(cls) -> tuple[str, ...]:
         """Every attribute name, in declaration order."""
         return tuple(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
+
+
+class Phase(StrEnum):
+    """Which part of a one-shot search a trial belongs to (its ``phase`` user attribute)."""
+
+    ONE_SHOT = "one-shot"  # a sub-network cut from the supernet, no recovery: seconds
+    FINISH = "finish"  # a front candidate recovered by distillation (one rung of halving)
 
 
 class FailKind(StrEnum):

@@ -41,7 +41,7 @@ from typing import Any
 
 from paretoforge.exceptions import BuildError, MeasurementError
 from paretoforge.manifest import read_manifest
-from paretoforge.names import FailKind, StopReason, TrialAttr
+from paretoforge.names import FailKind, Phase, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
 from paretoforge.orchestrator.pool import WorkerPool, is_worker_lost
 from paretoforge.orchestrator.prediction import SearchPredictors
@@ -74,6 +74,12 @@ def constraint_values(spec: Spec, metrics: dict[str, float]) -> list[float]:
     return out
 
 
+def job_key(cfg: CandidateConfig, recovery_epochs: int | None = None) -> str:
+    """The content key of a trial's artifact: the config's key, and for a finishing trial
+    (a one-shot candidate recovered for ``recovery_epochs``) that key with ``-r<epochs>``."""
+    return cfg.key if recovery_epochs is None else f"{cfg.key}-r{int(recovery_epochs)}"
+
+
 @dataclass
 class _Job:
     trial: Any  # optuna.trial.Trial
@@ -82,6 +88,11 @@ class _Job:
     errors: list[str] = field(default_factory=list)
     slot: int = -1
     submitted: float = 0.0
+    recovery_epochs: int | None = None  # a finishing trial's recovery budget
+
+    @property
+    def key(self) -> str:
+        return job_key(self.cfg, self.recovery_epochs)
 
 
 @dataclass
@@ -151,16 +162,43 @@ class SearchLoop:
         self._worst: list[float] | None = None
         self.predictors = SearchPredictors(spec, self.run_dir)
         self._skips_in_a_row = 0
+        self.phase: str | None = None  # set on each trial asked (one-shot / finish), if any
+        # Fixed trials (params, user attrs) to run instead of asking the sampler (finishing).
+        self.fixed: deque[tuple[dict[str, Any], dict[str, Any]]] | None = None
+        self._recovered = False
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> LoopStats:
+        """Run trials until ``search.trials`` are complete (or the search stops early)."""
+        if not self._recovered:
+            self._recover()
+            self._recovered = True
+            self._save_predictors()
+            self._done_at_start = self.completed
+        self._refresh("start")
+        return self._drive()
+
+    def run_fixed(self, trials: list[tuple[dict[str, Any], dict[str, Any]]], *,
+                  phase: str) -> LoopStats:
+        """Run exactly ``trials`` -- ``(params, user_attrs)`` pairs, each enqueued and asked
+        when a worker is free, never the sampler's own proposals -- then return.
+
+        The finishing rungs of a one-shot search run this way; a trial whose key is already
+        complete is told from that trial, as any duplicate.
+        """
+        if not self._recovered:
+            raise RuntimeError("run_fixed() follows run(): the study is recovered there")
+        self.fixed, self.phase = deque(trials), phase
+        try:
+            self._refresh(f"{phase}: {len(trials)} trial(s)")
+            return self._drive()
+        finally:
+            self.fixed = None
+
+    def _drive(self) -> LoopStats:
         import ray
 
-        self._recover()
-        self._save_predictors()
-        self._done_at_start = self.completed
-        self._refresh("start")
         while True:
             self._fill()
             pings = self.pool.pending_pings()
@@ -194,6 +232,8 @@ class SearchLoop:
         return self._can_ask()
 
     def _can_ask(self) -> bool:
+        if self.fixed is not None:
+            return bool(self.fixed) and self._stop_reason() is None
         return self.completed + self._outstanding() < self.target and self._stop_reason() is None
 
     def _outstanding(self) -> int:
@@ -258,7 +298,8 @@ class SearchLoop:
             # A RUNNING trial from storage becomes a live Trial again (its params are fixed).
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
             self.stats.recovered += 1
-            if self.completed + len(self.revived) >= self.target:
+            finishing = frozen.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH
+            if self.completed + len(self.revived) >= self.target and not finishing:
                 self._fail(trial, "left RUNNING by a stopped driver and not needed: the search "
                            "already has its trials", kind=FailKind.INTERRUPTED)
                 continue
@@ -269,7 +310,8 @@ class SearchLoop:
                 self._tell_cached(trial, self.cache[key])
             elif manifest is not None:
                 cfg = CandidateConfig.model_validate(manifest.config)
-                self._complete(_Job(trial, cfg), result_from_manifest(manifest))
+                self._complete(_Job(trial, cfg, recovery_epochs=frozen.user_attrs.get(
+                    TrialAttr.RECOVERY_EPOCHS)), result_from_manifest(manifest))
             else:
                 self.revived.append(trial)
         if running:
@@ -313,6 +355,9 @@ class SearchLoop:
                 return job
         while self._can_ask():
             t0 = time.perf_counter()
+            if self.fixed is not None:
+                params, attrs = self.fixed.popleft()
+                self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             trial = self.study.ask()
             self.stats.ask_s += time.perf_counter() - t0
             job = self._dedupe(trial)
@@ -348,7 +393,7 @@ class SearchLoop:
         self.stats.ask_s += time.perf_counter() - t0
         self.stats.prescreened += 1
         self._skips_in_a_row += 1
-        self.progress.event("trial_prescreened", trial=trial.number, key=job.cfg.key,
+        self.progress.event("trial_prescreened", trial=trial.number, key=job.key,
                             reason=screen.reason)
         self._refresh(f"trial {trial.number} skipped before building: {_short(job.cfg)}: "
                       f"{screen.reason}")
@@ -358,24 +403,28 @@ class SearchLoop:
         """A job for ``trial``, or None when its config is done (told now) or in flight."""
         t0 = time.perf_counter()
         cfg = self.space.suggest(trial)
-        if trial.user_attrs.get(TrialAttr.KEY) != cfg.key:
+        epochs = trial.user_attrs.get(TrialAttr.RECOVERY_EPOCHS)
+        key = job_key(cfg, epochs)
+        if trial.user_attrs.get(TrialAttr.KEY) != key:
             trial.set_user_attr(TrialAttr.CONFIG, cfg.model_dump(mode="json"))
-            trial.set_user_attr(TrialAttr.KEY, cfg.key)
+            trial.set_user_attr(TrialAttr.KEY, key)
+        if self.phase is not None and TrialAttr.PHASE not in trial.user_attrs:
+            trial.set_user_attr(TrialAttr.PHASE, self.phase)
         self.stats.ask_s += time.perf_counter() - t0
-        if cfg.key in self.cache:
-            self._tell_cached(trial, self.cache[cfg.key])
+        if key in self.cache:
+            self._tell_cached(trial, self.cache[key])
             return None
-        if cfg.key in self.build_failed:  # a build error is the config's: never build it again
-            number, reason = self.build_failed[cfg.key]
+        if key in self.build_failed:  # a build error is the config's: never build it again
+            number, reason = self.build_failed[key]
             trial.set_user_attr(TrialAttr.FAILED_LIKE, number)
             self._fail(trial, f"same config as trial {number}, whose build failed: {reason}",
                        kind=FailKind.BUILD)
             return None
-        if any(j.cfg.key == cfg.key for j in self.in_flight.values()) or any(
-                j.cfg.key == cfg.key for j in self.retry):
-            self.waiting.setdefault(cfg.key, []).append(trial)
+        if any(j.key == key for j in self.in_flight.values()) or any(
+                j.key == key for j in self.retry):
+            self.waiting.setdefault(key, []).append(trial)
             return None
-        return _Job(trial, cfg)
+        return _Job(trial, cfg, recovery_epochs=epochs)
 
     def _submit(self, job: _Job) -> None:
         t0 = time.perf_counter()
@@ -383,11 +432,14 @@ class SearchLoop:
         assert slot is not None  # _fill checked has_idle()
         job.slot = slot.index
         job.submitted = time.monotonic()
-        ref = slot.handle.evaluate.remote(job.trial.number, job.cfg.model_dump(mode="json"))
+        config = job.cfg.model_dump(mode="json")
+        ref = (slot.handle.evaluate.remote(job.trial.number, config) if job.recovery_epochs is None
+               else slot.handle.evaluate.remote(job.trial.number, config,
+                                                recovery_epochs=job.recovery_epochs))
         self.in_flight[ref] = job
         self.stats.submit_s += time.perf_counter() - t0
         again = f" (attempt {job.attempt})" if job.attempt > 1 else ""
-        self.progress.event("trial_started", trial=job.trial.number, key=job.cfg.key,
+        self.progress.event("trial_started", trial=job.trial.number, key=job.key,
                             worker=slot.index, attempt=job.attempt, pid=slot.info.get("pid"),
                             node_id=slot.info.get("node_id"))
         self._refresh(f"trial {job.trial.number} started on worker {slot.index}{again}: "
@@ -418,7 +470,7 @@ class SearchLoop:
             cause = _cause(e)
             kind = _fail_kind(cause)
             if kind is FailKind.BUILD:
-                self.build_failed[job.cfg.key] = (job.trial.number,
+                self.build_failed[job.key] = (job.trial.number,
                                                   (str(cause).strip().splitlines() or [""])[0])
             self._fail(job.trial, f"{type(cause).__name__}: {cause}", kind=kind,
                        errors=job.errors, attempts=job.attempt)
@@ -509,7 +561,7 @@ class SearchLoop:
         self.progress.event("trial_done", trial=trial.number, attempts=job.attempt)
         self._refresh(f"trial {trial.number} done: {_short(job.cfg)} -> " + ", ".join(
             f"{o.metric}={v:.4g}" for o, v in zip(self.spec.objectives, values, strict=True)))
-        for twin in self.waiting.pop(job.cfg.key, []):
+        for twin in self.waiting.pop(job.key, []):
             self._tell_cached(twin, frozen)
 
     def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:

@@ -72,8 +72,13 @@ class CandidateWorker(Protocol):
         """
         ...
 
-    def evaluate(self, trial_number: int, config: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, trial_number: int, config: dict[str, Any], *,
+                 recovery_epochs: int | None = None) -> dict[str, Any]:
         """Build, score and measure one candidate; called by the loop, once per attempt.
+
+        ``recovery_epochs`` (a one-shot search's finishing trials): recover the candidate
+        with that many distillation epochs instead of the search-time recovery; its artifact
+        key is then ``<config key>-r<epochs>``.
 
         ``config`` is a :class:`~paretoforge.search_spaces.CandidateConfig` as JSON. The same
         trial may reach a worker again (attempt 2, after its first worker was lost); the same

@@ -74,8 +74,12 @@ class Worker:
         else:
             self.cores = list(self.all_cores)
         torch.set_num_threads(threads)
-        self.context = BuildContext(prepared, recovery=self.spec.recovery,
-                                    seed=self.spec.search.seed)
+        recovery = self.spec.recovery
+        if getattr(prepared, "supernet", None) is not None:
+            # One-shot: a sub-network is scored as cut from the supernet; finishing trials
+            # ask for their recovery explicitly (evaluate's recovery_epochs).
+            recovery = recovery.model_copy(update={"epochs": 0})
+        self.context = BuildContext(prepared, recovery=recovery, seed=self.spec.search.seed)
         self.cache = StageCache()
 
     # -- public verbs ------------------------------------------------------------------------
@@ -85,20 +89,27 @@ class Worker:
         return {"index": self.index, "node_id": self.node_id, "cores": self.cores,
                 "pid": os.getpid()}
 
-    def evaluate(self, trial_number: int, config: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, trial_number: int, config: dict[str, Any], *,
+                 recovery_epochs: int | None = None) -> dict[str, Any]:
         """Build, score and measure one candidate; return its metrics and artifact location.
+
+        ``recovery_epochs``: a finishing trial's distillation budget (its artifact key gets
+        ``-r<epochs>``); None: the search-time recovery.
 
         Raises:
             BuildError: surgery, recovery, export or quantization failed (reason in message).
             MeasurementError: a profile could not be measured.
         """
         cfg = CandidateConfig.model_validate(config)
-        manifest = verify_artifact(artifact_path(self.run_dir, cfg.key), key=cfg.key)
+        key = cfg.key if recovery_epochs is None else f"{cfg.key}-r{int(recovery_epochs)}"
+        manifest = verify_artifact(artifact_path(self.run_dir, key), key=key)
         if manifest is not None:  # built already (a retried trial whose worker died after it)
             return result_from_manifest(manifest)
+        context = (self.context if recovery_epochs is None
+                   else self.context.with_recovery_epochs(int(recovery_epochs)))
         try:
             manifest = build_candidate(
-                self.context, cfg, run_dir=self.run_dir,
+                context, cfg, run_dir=self.run_dir, artifact_key=key,
                 profiles=list(self.spec.measured_profiles), measurer=self._measure,
                 building=self.gate.shared, cache=self.cache,
                 built_on={"node_id": self.node_id, "host": socket.gethostname(),

@@ -74,7 +74,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
                     profiles: list[str], measurer: st.Measurer,
                     building: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                     built_on: dict[str, Any] | None = None,
-                    cache: StageCache | None = None) -> Manifest:
+                    cache: StageCache | None = None,
+                    artifact_key: str | None = None) -> Manifest:
     """Build, score and measure ``cfg``; commit its artifact; return its manifest.
 
     Args:
@@ -87,6 +88,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         building: Held around the weight and graph stages (e.g. the node's gate, shared).
         built_on: Where it was built (node, host, worker, cores), for the manifest.
         cache: The worker's stage cache (None: nothing is reused).
+        artifact_key: The artifact's key and directory name (default ``cfg.key``; a
+            finishing trial's is ``<cfg.key>-r<epochs>``).
 
     Raises:
         BuildError: a stage failed (surgery, recovery, export, passes).
@@ -96,8 +99,9 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
     t_start = time.perf_counter()
     timer = _Timer()
     p = ctx.prepared
-    final = artifact_path(run_dir, cfg.key)
-    tmp = final.parent / f".{cfg.key}.tmp-{os.getpid()}"
+    key = artifact_key or cfg.key
+    final = artifact_path(run_dir, key)
+    tmp = final.parent / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -129,7 +133,7 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         side = [f for f in files if f not in st.ARTIFACT_FILES]
         train = p.feeds("train")
         manifest = Manifest(
-            config=cfg.model_dump(mode="json"), key=cfg.key, plan=plan,
+            config=cfg.model_dump(mode="json"), key=key, plan=plan,
             metrics=metrics, measurements=measured.measurements,
             placement=measured.placement, quality_batch_size=st.QUALITY_BATCH,
             graph=graph_summary(graph.path), fusions=graph.fusions,

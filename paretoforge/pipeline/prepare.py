@@ -58,6 +58,9 @@ class Prepared:
     # The task itself travels with the bundle, so that a task registered in the user's own
     # module (not imported on the workers) still builds there.
     contract: Task | None = None
+    # One-shot search: the trained supernet candidates are cut from --
+    # {"key", "weights" (safetensors bytes, the base's config), "importance" (rewired), ...}.
+    supernet: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.contract is None:
@@ -75,6 +78,18 @@ class Prepared:
     def feeds(self, split: str) -> dict[str, np.ndarray]:
         """``{input name: array}`` of ``split`` (``"train"`` or ``"heldout"``)."""
         return self.task.feeds(split)
+
+    def load_supernet(self) -> Any:
+        """Rebuild the supernet (the base's architecture, its trained weights rewired by
+        importance) from :attr:`supernet`'s safetensors bytes."""
+        from paretoforge.models.io import load_pretrained
+
+        if self.supernet is None:
+            raise ValueError("this bundle has no supernet (search.strategy per-candidate)")
+        with tempfile.TemporaryDirectory(prefix="pf-supernet-") as d:
+            Path(d, "config.json").write_text(self.base_config_json)
+            Path(d, "model.safetensors").write_bytes(self.supernet["weights"])
+            return load_pretrained(d)
 
     def load_base(self) -> Any:
         """Rebuild the base model from safetensors bytes + config (no pickle involved)."""

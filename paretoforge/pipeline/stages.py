@@ -83,6 +83,45 @@ class BuildContext:
         self.task = prepared.task_impl
         self._base: Any = None
         self._importance: Any = None
+        self._supernet: Any = None
+        self._supernet_importance: Any = None
+
+    def with_recovery_epochs(self, epochs: int) -> BuildContext:
+        """The same context (its loaded models shared) with ``epochs`` of recovery: a
+        finishing trial's budget."""
+        ctx = BuildContext(self.prepared, recovery=self.recovery.model_copy(
+            update={"epochs": int(epochs)}), seed=self.seed)
+        ctx._base, ctx._importance = self._base, self._importance
+        ctx._supernet, ctx._supernet_importance = self._supernet, self._supernet_importance
+        return ctx
+
+    @property
+    def one_shot(self) -> bool:
+        """Whether pruned candidates are cut from a trained supernet (one-shot search)."""
+        return getattr(self.prepared, "supernet", None) is not None
+
+    @property
+    def source(self) -> Any:
+        """The model pruned candidates are cut from: the supernet when there is one (its
+        heads and neurons rewired by importance), else the base."""
+        if not self.one_shot:
+            return self.base
+        if self._supernet is None:
+            self._supernet = self.prepared.load_supernet()
+        return self._supernet
+
+    @property
+    def source_importance(self) -> Any:
+        """The importance ranking of :attr:`source` (the supernet's rewired one, or the
+        base's)."""
+        if not self.one_shot:
+            return self.importance
+        if self._supernet_importance is None:
+            from paretoforge.models.importance import Importance
+
+            self._supernet_importance = Importance.from_dict(
+                self.prepared.supernet["importance"])
+        return self._supernet_importance
 
     @property
     def base(self) -> Any:
@@ -151,14 +190,22 @@ def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
     from paretoforge.models.surgery import plan_from_importance, prune
 
     p = ctx.prepared
-    plan = plan_from_importance(ctx.importance, layers_kept=cfg.layers_kept,
-                                heads_kept=cfg.heads_kept, ffn_kept=cfg.ffn_kept)
+    unpruned = cfg.is_unpruned(p.num_layers, p.num_heads)
+    # One-shot: a pruned candidate is cut from the supernet; the unpruned one stays the base.
+    from_supernet = ctx.one_shot and not unpruned
+    plan = plan_from_importance(ctx.source_importance if from_supernet else ctx.importance,
+                                layers_kept=cfg.layers_kept, heads_kept=cfg.heads_kept,
+                                ffn_kept=cfg.ffn_kept)
     plan_json = {"layers": list(plan.layers), "heads": [list(h) for h in plan.heads],
                  "neurons_per_layer": [len(n) for n in plan.neurons]}
-    key = stage_key("derive", p.base_key, {k: getattr(cfg, k) for k in _STRUCTURE})
-    if cfg.is_unpruned(p.num_layers, p.num_heads):
+    source = p.supernet["key"] if from_supernet else p.base_key
+    key = stage_key("derive", source, {k: getattr(cfg, k) for k in _STRUCTURE})
+    if from_supernet:
+        plan_json["source"] = f"supernet:{source}"
+    if unpruned:
         return Weights(model=ctx.base, plan=plan_json, key=key, pruned=False)
-    return Weights(model=prune(ctx.base, plan), plan=plan_json, key=key, pruned=True)
+    return Weights(model=prune(ctx.source if from_supernet else ctx.base, plan), plan=plan_json,
+                   key=key, pruned=True)
 
 
 def recover_key(ctx: BuildContext, derived_key: str) -> str:

@@ -31,6 +31,7 @@ from paretoforge.spec._sections import (
     ConstraintSpec,
     ModelSpec,
     ObjectiveSpec,
+    OneShotSpec,
     PredictedProfileSpec,
     PredictionSpec,
     RecoverySpec,
@@ -54,6 +55,7 @@ __all__ = [
     "ConstraintSpec",
     "ModelSpec",
     "ObjectiveSpec",
+    "OneShotSpec",
     "PredictedProfileSpec",
     "PredictionSpec",
     "RecoverySpec",
@@ -103,6 +105,11 @@ class Spec(_Strict):
         "definition.",
     )
     search: SearchConfig = Field(default_factory=SearchConfig, description="Sampler and budget.")
+    one_shot: OneShotSpec = Field(
+        default_factory=OneShotSpec,
+        description="Supernet training and the finishing of its front (search.strategy "
+        "one-shot; ignored by per-candidate).",
+    )
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
     storage: str | None = Field(
         None,

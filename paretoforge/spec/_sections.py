@@ -241,6 +241,16 @@ class ConstraintSpec(_Strict):
 class SearchConfig(_Strict):
     """How the search runs: sampler, budget, seed, retries and timeouts."""
 
+    strategy: Literal["one-shot", "per-candidate"] = Field(
+        "one-shot",
+        description="one-shot (the default): train one weight-sharing supernet of the base "
+        "(see `one_shot`), evaluate each trial's sub-network cut from it without recovery "
+        "(seconds per trial), then recover the candidates on and near the front by "
+        "successive halving over distillation epochs (`one_shot.finish_epochs`). "
+        "per-candidate: every pruned candidate is distilled from the base (`recovery`) "
+        "before it is scored.",
+    )
+
     sampler: str = Field(
         "gp",
         description="Optuna sampler, one of " + ", ".join(SAMPLERS.names()) + " (registered in "
@@ -307,6 +317,48 @@ class SearchConfig(_Strict):
     def _known_sampler(cls, v: str) -> str:
         if v not in SAMPLERS:
             raise ValueError(SAMPLERS.unknown_message(v))
+        return v
+
+
+class OneShotSpec(_Strict):
+    """The weight-sharing supernet and the finishing of its front (search.strategy one-shot)."""
+
+    supernet_epochs: int = Field(
+        3, ge=1, le=1000,
+        description="Epochs of supernet training on the training split (sandwich rule: "
+        "the largest, the smallest and `random_subnets` random sub-networks each step, each "
+        "distilled in place from the unpruned base).",
+    )
+    lr: float = Field(1e-3, gt=0.0, lt=1.0, description="Supernet AdamW learning rate.")
+    batch_size: int = Field(64, ge=1, description="Supernet training batch size per worker.")
+    random_subnets: int = Field(
+        2, ge=0, le=16, description="Random sub-networks per step, besides largest and smallest."
+    )
+    train_workers: int | None = Field(
+        None, ge=1, le=4096,
+        description="Ray Train workers of the data-parallel supernet training (gloo on CPU, "
+        "NCCL on GPU); unset: cluster.workers.",
+    )
+    finish_candidates: int = Field(
+        9, ge=0, le=10_000,
+        description="One-shot candidates that get a recovery: the best by non-dominated "
+        "sorting of their one-shot values (the front first, then the next fronts); 0 skips "
+        "finishing and the front is the one-shot one.",
+    )
+    finish_epochs: list[int] = Field(
+        default_factory=lambda: [2, 6],
+        min_length=1,
+        description="Distillation epochs of each successive-halving rung, increasing: every "
+        "candidate gets the first; the best 1/eta (non-dominated sorting, then crowding "
+        "distance) of each rung go on to the next, recovered again from their supernet weights.",
+    )
+    eta: int = Field(3, ge=2, le=100, description="Successive halving's reduction factor.")
+
+    @field_validator("finish_epochs")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v) or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"finish_epochs {v} must be positive and increasing, e.g. [2, 6]")
         return v
 
 

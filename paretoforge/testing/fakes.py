@@ -109,9 +109,11 @@ class FakeWorker:
         return {"index": self.index, "node_id": self.node_id, "pid": os.getpid(),
                 "holder": self.holder}
 
-    def evaluate(self, trial_number: int, config: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, trial_number: int, config: dict[str, Any], *,
+                 recovery_epochs: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = CandidateConfig.model_validate(config)
+        key = cfg.key if recovery_epochs is None else f"{cfg.key}-r{recovery_epochs}"
         if self.log_path:
             with open(self.log_path, "a") as f:  # O_APPEND: one whole line per write
                 f.write(f"{trial_number} {cfg.key}\n")
@@ -124,9 +126,11 @@ class FakeWorker:
         if _matches(config, self.fail_when):
             raise BuildError(f"candidate {cfg.key} failed: export: fake shape error in {config}")
         metrics = fake_metrics(cfg, list(self.spec.profiles))
-        rel = Path("artifacts") / cfg.key
+        if recovery_epochs:  # a made-up recovery: more epochs, closer to the base's accuracy
+            metrics["accuracy"] += (1.0 - metrics["accuracy"]) * (1 - 0.5 ** recovery_epochs) / 2
+        rel = Path("artifacts") / key
         if self.write_artifacts:
-            self._write_artifact(cfg, metrics, trial_number)
+            self._write_artifact(cfg, metrics, trial_number, key=key)
         return {"metrics": metrics, "artifact_dir": str(rel),
                 "timings": {"total_s": time.perf_counter() - t0},
                 "worker": self.index, "node_id": self.node_id}
@@ -142,14 +146,15 @@ class FakeWorker:
         return True
 
     def _write_artifact(self, cfg: CandidateConfig, metrics: dict[str, float],
-                        trial_number: int) -> None:
-        final = self.run_dir / "artifacts" / cfg.key
-        tmp = final.parent / f".{cfg.key}.tmp-{os.getpid()}"
+                        trial_number: int, *, key: str | None = None) -> None:
+        key = key or cfg.key
+        final = self.run_dir / "artifacts" / key
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(tmp / "model.onnx", cfg.canonical_json().encode())
         atomic_write_json(tmp / "manifest.json", {
             "format": FAKE_FORMAT, "config": cfg.model_dump(mode="json"),
-            "key": cfg.key, "metrics": metrics, "fake": True,
+            "key": key, "metrics": metrics, "fake": True,
             "built_on": {"worker": self.index, "node_id": self.node_id, "trial": trial_number},
             "files": {"model.onnx": sha256_file(tmp / "model.onnx")},
         })
