@@ -30,10 +30,10 @@ from typing import Any
 
 from paretoforge._io import atomic_write_json, atomic_write_text
 from paretoforge.exceptions import ParetoforgeError, PlacementError, SpecError
-from paretoforge.names import StopReason
+from paretoforge.names import Phase, StopReason
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.orchestrator.protocol import CandidateWorker
-from paretoforge.search_spaces import SearchSpace
+from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 
 __all__ = ["SearchSummary", "check_before_start", "connect_ray", "run_lock", "run_search"]
@@ -231,6 +231,11 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             "base_model": prepared.base_info, "prepare_timings": prepared.timings,
             "versions": package_versions(),
         })
+        one_shot = spec.search.strategy == "one-shot"
+        if one_shot:
+            from paretoforge.pipeline.oneshot import attach_supernet
+
+            prepared = attach_supernet(prepared, spec, log=log)
         _ship_user_task(prepared)
         prepared_ref = ray.put(prepared)
         spec_json = spec.model_dump(mode="json")
@@ -246,8 +251,18 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
                           base_params=space.base_params(prepared.num_layers, prepared.num_heads),
                           sync=backend.sync if backend is not None else None,
                           verify=verify)
+        if one_shot:
+            loop.phase = Phase.ONE_SHOT.value
         with progress:
             stats = loop.run()
+            if one_shot and spec.one_shot.finish_candidates and stats.stop_reason is None:
+                from paretoforge.orchestrator.finish import finish_front
+
+                base_shape = (prepared.num_layers, prepared.num_heads)
+                stats.finished = finish_front(
+                    loop, spec, log=log, is_unpruned=lambda c: CandidateConfig.model_validate(
+                        c).is_unpruned(*base_shape))
+            stats.wall_s = loop.stats.wall_s
         run = load_run(run_dir)
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])

@@ -21,9 +21,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["crowding_distance", "nondominated_ranks", "rung_sizes", "select"]
+from paretoforge.names import Phase, TrialAttr
+
+__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_sizes",
+           "select"]
 
 
 def _oriented(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[float]]:
@@ -113,3 +117,72 @@ def rung_sizes(candidates: int, rungs: int, eta: int) -> list[int]:
         sizes.append(n)
         n = max(1, math.ceil(n / eta))
     return sizes
+
+
+def _feasible(t: Any) -> bool:
+    return all(c <= 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or []))
+
+
+def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
+              is_unpruned: Callable[[dict[str, Any]], bool]) -> list[tuple[dict, dict]]:
+    """The fixed trials ``(params, user_attrs)`` of finishing rung ``rung`` still to run.
+
+    Rung 0 takes the best ``one_shot.finish_candidates`` pruned one-shot trials (feasible ones
+    first: a rung ranks the feasible, then the infeasible if too few); rung ``r`` the best of
+    rung ``r - 1``'s results, ``ceil(n / eta)`` of them. Candidates whose trial at this rung
+    is complete already (a resumed driver) are left out: nothing runs twice.
+    """
+    o = spec.one_shot
+    directions = [obj.direction for obj in spec.objectives]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    if rung == 0:
+        seen: set[str] = set()
+        pool = []
+        for t in sorted(done, key=lambda t: t.number):
+            key = t.user_attrs.get(TrialAttr.KEY)
+            if (t.user_attrs.get(TrialAttr.PHASE) != Phase.ONE_SHOT or key in seen
+                    or is_unpruned(t.user_attrs.get(TrialAttr.CONFIG, {}))):
+                continue
+            seen.add(key)
+            pool.append(t)
+        size = o.finish_candidates
+    else:
+        pool = [t for t in done if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH
+                and t.user_attrs.get(TrialAttr.RUNG) == rung - 1
+                and TrialAttr.CACHED_FROM not in t.user_attrs]
+        size = rung_sizes(o.finish_candidates, rung + 1, o.eta)[rung]
+    feasible = [t for t in pool if _feasible(t)]
+    ranked = feasible if len(feasible) >= size else pool
+    chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size)]
+    epochs = o.finish_epochs[rung]
+    have = {t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL) for t in done
+            if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH
+            and t.user_attrs.get(TrialAttr.RUNG) == rung}
+    out = []
+    for t in chosen:
+        origin = t.number if rung == 0 else t.user_attrs[TrialAttr.ONE_SHOT_TRIAL]
+        if origin in have:
+            continue
+        out.append((dict(t.params), {TrialAttr.PHASE: Phase.FINISH.value, TrialAttr.RUNG: rung,
+                                     TrialAttr.RECOVERY_EPOCHS: epochs,
+                                     TrialAttr.ONE_SHOT_TRIAL: origin}))
+    return out
+
+
+def finish_front(loop: Any, spec: Any, *, is_unpruned: Callable[[dict[str, Any]], bool],
+                 log: Callable[[str], None] = print) -> int:
+    """Run every finishing rung on ``loop`` (a :class:`~paretoforge.orchestrator.loop.
+    SearchLoop` whose one-shot phase has run); return how many trials it ran."""
+    ran = 0
+    for rung, epochs in enumerate(spec.one_shot.finish_epochs):
+        jobs = plan_rung(loop.study.get_trials(deepcopy=False), spec, rung,
+                         is_unpruned=is_unpruned)
+        if not jobs:
+            continue
+        log(f"finishing rung {rung}: {len(jobs)} candidate(s) recovered for {epochs} epoch(s) "
+            "from their supernet weights")
+        loop.run_fixed(jobs, phase=Phase.FINISH.value)
+        ran += len(jobs)
+        if loop.stats.stop_reason is not None:
+            break
+    return ran

@@ -106,6 +106,7 @@ class LoopStats:
     timed_out: int = 0
     recovered: int = 0
     prescreened: int = 0  # candidates skipped before building (PRUNED), see search.prescreen
+    finished: int = 0  # one-shot search: finishing trials run (every rung)
     wall_s: float = 0.0
     ask_s: float = 0.0
     tell_s: float = 0.0

@@ -30,7 +30,7 @@ from typing import Any
 from paretoforge._io import sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
 from paretoforge.manifest import Manifest, load_manifest
-from paretoforge.names import FailKind, TrialAttr
+from paretoforge.names import FailKind, Phase, TrialAttr
 from paretoforge.orchestrator.storage import open_study
 from paretoforge.pipeline.artifacts import files_match
 from paretoforge.spec import Spec
@@ -73,6 +73,11 @@ class FrontMember:
     misses: dict[str, float] = field(default_factory=dict)
     predicted: list[str] = field(default_factory=list)  # metric names a predictor gave
     prediction_error: dict[str, Any] = field(default_factory=dict)  # metric -> held-out error
+    # One-shot search: "one-shot" (as cut from the supernet) or "finish" (recovered), the
+    # finishing budget, and the member's one-shot trial with its values.
+    phase: str | None = None
+    recovery_epochs: int | None = None
+    one_shot: dict[str, Any] | None = None
 
     @property
     def feasible(self) -> bool:
@@ -83,7 +88,9 @@ class FrontMember:
                 "metrics": self.metrics, "relative_to_base": self.relative,
                 "feasible": self.feasible, "constraint_violation": self.constraint_violation,
                 "misses": self.misses, "predicted": self.predicted,
-                "prediction_error": self.prediction_error, "artifacts": self.artifacts}
+                "prediction_error": self.prediction_error, "artifacts": self.artifacts,
+                "phase": self.phase, "recovery_epochs": self.recovery_epochs,
+                "one_shot": self.one_shot}
 
 
 class Run:
@@ -174,7 +181,7 @@ class Run:
         """
         seen: set[str] = set()
         unique = []
-        for t in sorted(self.trials(), key=lambda t: t.number):
+        for t in sorted(self.final_trials(), key=lambda t: t.number):
             key = t.user_attrs.get(TrialAttr.KEY)
             if key in seen:
                 continue
@@ -189,6 +196,33 @@ class Run:
         members = [self._member(pool[i], base, errors) for i in idx]
         first = self.objective_names[0]
         return sorted(members, key=lambda m: m.objectives[first])
+
+    def final_trials(self) -> list[Any]:
+        """The completed trials the front is taken from.
+
+        A per-candidate search: all of them. A one-shot search whose front was finished: the
+        recovered (finishing) trials, each config at the highest rung it reached, and the
+        unpruned ones (the base, at each precision: nothing to recover); the one-shot values
+        of the others stay in the study, for the record. A one-shot search without
+        finishing: its one-shot trials.
+        """
+        trials = self.trials()
+        finished = [t for t in trials if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH]
+        if not finished:
+            return trials
+        best: dict[str, Any] = {}
+        for t in finished:
+            cfg_key = str(t.user_attrs.get(TrialAttr.KEY, "")).rpartition("-r")[0]
+            old = best.get(cfg_key)
+            if old is None or t.user_attrs.get(TrialAttr.RUNG, 0) > old.user_attrs.get(
+                    TrialAttr.RUNG, 0):
+                best[cfg_key] = t
+        base = self.base_trial()
+        shape = _structure(base.user_attrs.get(TrialAttr.CONFIG, {})) if base else None
+        unpruned = [t for t in trials if t.user_attrs.get(TrialAttr.PHASE) != Phase.FINISH
+                    and shape is not None
+                    and _structure(t.user_attrs.get(TrialAttr.CONFIG, {})) == shape]
+        return sorted([*unpruned, *best.values()], key=lambda t: t.number)
 
     def _member(self, t: Any, base: Any | None,
                 errors: dict[str, dict[str, Any]] | None = None) -> FrontMember:
@@ -218,7 +252,20 @@ class Run:
             objectives=dict(zip(self.objective_names, t.values, strict=True)), metrics=metrics,
             artifacts=artifacts, relative=relative, constraint_violation=_violation(t),
             misses=self._misses(t), predicted=predicted, prediction_error=prediction_error,
+            phase=t.user_attrs.get(TrialAttr.PHASE),
+            recovery_epochs=t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS),
+            one_shot=self._one_shot_of(t),
         )
+
+    def _one_shot_of(self, t: Any) -> dict[str, Any] | None:
+        """A finishing trial's one-shot trial: its number, objectives and metrics."""
+        number = t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL)
+        if number is None:
+            return None
+        src = self.trial(int(number))
+        return {"trial": src.number,
+                "objectives": dict(zip(self.objective_names, src.values or [], strict=False)),
+                "metrics": dict(src.user_attrs.get(TrialAttr.METRICS, {}))}
 
     def _misses(self, t: Any) -> dict[str, float]:
         cons = list(t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])
@@ -417,6 +464,12 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _structure(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What a config keeps of the base (its weights), precision and graph passes aside."""
+    return tuple(json.dumps(config.get(k), sort_keys=True)
+                 for k in ("layers_kept", "heads_kept", "ffn_kept"))
 
 
 def _violation(t: Any) -> float:

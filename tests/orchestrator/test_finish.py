@@ -1,0 +1,105 @@
+"""MO-ASHA finishing: non-dominated sorting, crowding, rung sizes and the rung plan."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from paretoforge.names import Phase, TrialAttr
+from paretoforge.orchestrator.finish import (
+    crowding_distance,
+    nondominated_ranks,
+    plan_rung,
+    rung_sizes,
+    select,
+)
+from paretoforge.testing import tiny_spec
+
+DIRS = ["maximize", "minimize"]
+
+
+def _dominates(a, b) -> bool:
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def test_ranks_agree_with_brute_force() -> None:
+    rng = random.Random(0)
+    pts = [(rng.random(), rng.random()) for _ in range(60)] + [(0.5, 0.5), (0.5, 0.5)]
+    ranks = nondominated_ranks(pts, DIRS)
+    # rank 0 is exactly the set no point dominates
+    front = {i for i, p in enumerate(pts) if not any(_dominates(q, p) for q in pts)}
+    assert {i for i, r in enumerate(ranks) if r == 0} == front
+    # a point is never dominated by one of its own rank or a worse one
+    for i, j in itertools.permutations(range(len(pts)), 2):
+        if _dominates(pts[i], pts[j]):
+            assert ranks[i] < ranks[j]
+    assert ranks[-1] == ranks[-2]  # equal points share a rank
+
+
+def test_crowding_keeps_extremes() -> None:
+    d = crowding_distance([(0.0, 3.0), (1.0, 2.0), (2.0, 1.5), (3.0, 0.0)])
+    assert math.isinf(d[0]) and math.isinf(d[3])
+    assert 0 < d[1] < math.inf and 0 < d[2] < math.inf
+
+
+def test_select_takes_fronts_in_order() -> None:
+    pts = [(0.9, 2.0), (0.8, 1.0), (0.7, 3.0), (0.85, 1.5), (0.6, 4.0)]
+    assert select(pts, DIRS, 3) == [0, 1, 3]  # the whole front before any dominated point
+    assert select(pts, DIRS, 4) == [0, 1, 2, 3]
+    assert select(pts, DIRS, 0) == []
+    assert select(pts, DIRS, 10) == [0, 1, 2, 3, 4]
+
+
+def test_rung_sizes() -> None:
+    assert rung_sizes(9, 3, 3) == [9, 3, 1]
+    assert rung_sizes(10, 2, 3) == [10, 4]
+    assert rung_sizes(1, 3, 2) == [1, 1, 1]
+
+
+@dataclass
+class _State:
+    name: str = "COMPLETE"
+
+
+@dataclass
+class _Trial:  # the FrozenTrial fields plan_rung reads
+    number: int
+    values: list[float]
+    params: dict[str, Any]
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    state: _State = field(default_factory=_State)
+
+
+def _one_shot(n: int, acc: float, lat: float, layers: int = 1) -> _Trial:
+    cfg = {"layers_kept": layers, "heads_kept": 1, "ffn_kept": 0.5, "precision": "fp32",
+           "n": n}
+    attrs = {TrialAttr.PHASE: Phase.ONE_SHOT, TrialAttr.KEY: f"k{n}", TrialAttr.CONFIG: cfg}
+    return _Trial(n, [acc, lat], {"n": n}, attrs)
+
+
+def test_plan_rung_selects_and_never_repeats() -> None:
+    spec = tiny_spec(one_shot={"finish_candidates": 3, "finish_epochs": [1, 3], "eta": 3})
+    base = _one_shot(0, 0.95, 5.0, layers=2)
+    trials = [base, _one_shot(1, 0.9, 2.0), _one_shot(2, 0.8, 1.0), _one_shot(3, 0.7, 3.0),
+              _one_shot(4, 0.85, 1.5), _one_shot(5, 0.6, 0.5)]
+    unpruned = lambda c: c.get("layers_kept") == 2  # noqa: E731
+    jobs = plan_rung(trials, spec, 0, is_unpruned=unpruned)
+    origins = [a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs]
+    assert 0 not in origins  # the unpruned base has nothing to recover
+    assert len(origins) == 3 and set(origins) <= {1, 2, 4, 5}
+    assert all(a[TrialAttr.RECOVERY_EPOCHS] == 1 and a[TrialAttr.RUNG] == 0 for _, a in jobs)
+    assert all(p == {"n": a[TrialAttr.ONE_SHOT_TRIAL]} for p, a in jobs)
+    # once rung 0 ran, it is not planned again, and rung 1 takes the best ceil(3 / 3) = 1
+    n = 10
+    for params, attrs in jobs:
+        src = trials[attrs[TrialAttr.ONE_SHOT_TRIAL]]
+        trials.append(_Trial(n, [src.values[0] + 0.05, src.values[1]], params,
+                             {**attrs, TrialAttr.KEY: f"k{src.number}-r1"}))
+        n += 1
+    assert plan_rung(trials, spec, 0, is_unpruned=unpruned) == []
+    rung1 = plan_rung(trials, spec, 1, is_unpruned=unpruned)
+    assert len(rung1) == 1 and rung1[0][1][TrialAttr.RECOVERY_EPOCHS] == 3
+    assert rung1[0][1][TrialAttr.ONE_SHOT_TRIAL] in origins
