@@ -251,12 +251,14 @@ class SearchConfig(_Strict):
         "before it is scored.",
     )
 
-    sampler: str = Field(
-        "gp",
+    sampler: str | None = Field(
+        None,
         description="Optuna sampler, one of " + ", ".join(SAMPLERS.names()) + " (registered in "
-        "paretoforge.samplers): gp (Gaussian process; the default, best hypervolume per "
-        "evaluation in benchmarks/search_efficiency.py), nsga2 (NSGA-II), nsga3 (NSGA-III, for "
-        "three or more objectives), tpe or random.",
+        "paretoforge.samplers): gp (Gaussian process; best hypervolume per evaluation in "
+        "benchmarks/search_efficiency.py, and the default of a per-candidate search, whose "
+        "trials take a training each), tpe (the default of a one-shot search: its ask stays "
+        "in milliseconds over thousands of seconds-long trials, where gp's takes a second at "
+        "200), nsga2 (NSGA-II), nsga3 (NSGA-III, for three or more objectives) or random.",
     )
     trials: int = Field(24, ge=1, le=100_000, description="Number of COMPLETED trials to reach.")
     timeout_s: float | None = Field(
@@ -314,10 +316,19 @@ class SearchConfig(_Strict):
 
     @field_validator("sampler")
     @classmethod
-    def _known_sampler(cls, v: str) -> str:
-        if v not in SAMPLERS:
+    def _known_sampler(cls, v: str | None) -> str | None:
+        if v is not None and v not in SAMPLERS:
             raise ValueError(SAMPLERS.unknown_message(v))
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sampler(cls, data: Any) -> Any:
+        # Resolved here, so the run's spec.yaml names it and a resumed run keeps it.
+        if isinstance(data, dict) and data.get("sampler") is None:
+            strategy = data.get("strategy", "one-shot")
+            data = {**data, "sampler": "tpe" if strategy == "one-shot" else "gp"}
+        return data
 
 
 class OneShotSpec(_Strict):
