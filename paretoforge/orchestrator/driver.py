@@ -235,7 +235,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         if one_shot:
             from paretoforge.pipeline.oneshot import attach_supernet
 
-            prepared = attach_supernet(prepared, spec, log=log)
+            prepared = attach_supernet(prepared, spec, space=space, log=log)
         _ship_user_task(prepared)
         prepared_ref = ray.put(prepared)
         spec_json = spec.model_dump(mode="json")
