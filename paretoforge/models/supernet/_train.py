@@ -65,6 +65,8 @@ class SupernetOptions:
             them).
         hidden_weight: Weight of the hidden-state MSE of each kept layer against the teacher's
             same layer (the last kept layer against the teacher's last); 0 = off.
+        pooled_weight: Weight of the pooled-embedding cosine term, for tasks that have one
+            (read by the task's ``distill_options``; None: the task's default).
         weight_decay: AdamW weight decay of matrices.
         seed: Seed of the data order, the sub-networks drawn and dropout.
         layers_kept: :class:`SubnetSpace` depth choices (None: its default).
@@ -83,6 +85,7 @@ class SupernetOptions:
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0
+    pooled_weight: float | None = None
     weight_decay: float = 0.01
     seed: int = 0
     layers_kept: tuple[int, ...] | None = None
@@ -109,6 +112,10 @@ class SupernetOptions:
             raise bad("temperature", "> 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise bad("alpha", "in [0, 1]")
+        if self.pooled_weight is not None:
+            if isinstance(self.pooled_weight, bool) or not self.pooled_weight >= 0:
+                raise bad("pooled_weight", "None or >= 0")
+            object.__setattr__(self, "pooled_weight", float(self.pooled_weight))
         if self.hidden_weight < 0 or self.weight_decay < 0:
             raise bad("hidden_weight" if self.hidden_weight < 0 else "weight_decay", ">= 0")
         for name in ("layers_kept", "heads", "ffn"):
