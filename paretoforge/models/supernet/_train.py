@@ -184,7 +184,8 @@ class SupernetTrainer:
         rank: This worker's rank.
         world_size: Number of workers.
         all_reduce_mean: See :data:`AllReduceMean`; required when ``world_size > 1``.
-        device: Where to train (default: the supernet's device).
+        device: Where to train (default: the supernet's device); the supernet and the
+            teacher are moved there.
 
     Raises:
         BuildError: Bad options, ``x`` and ``y`` disagree, a shard would be empty, or there is
@@ -238,8 +239,11 @@ class SupernetTrainer:
                 "workers; use fewer workers."
             )
         shard = torch.arange(n)[rank::world_size][:per_shard]
-        self.x = take(xt, shard)
-        self.y = None if yt is None else yt[shard]
+        # The shard, the teacher's targets and the model live on the training device.
+        self.x = self._to(take(xt, shard))
+        self.y = None if yt is None else yt[shard].to(self.device)
+        teacher.to(self.device)
+        self.model.to(self.device)
         self.n = per_shard
         self.batch_size = -(-options.batch_size // world_size)
         self.steps_per_epoch = -(-self.n // self.batch_size)
@@ -269,9 +273,9 @@ class SupernetTrainer:
         self.t_logprob = (torch.log_softmax(t_logits / o.temperature, dim=-1)
                           if self.use_kd else None)  # fmt: skip
         self.mask = self.x.get("attention_mask") if isinstance(self.x, dict) else None
-        self.lengths = _lengths(self.x) if self.trim else None
+        lengths = _lengths(self.x) if self.trim else None
+        self.lengths = None if lengths is None else lengths.cpu()  # batches index on the CPU
 
-        self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params = params
         groups = [
