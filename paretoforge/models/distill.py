@@ -26,7 +26,13 @@ from paretoforge.models._train import (
 )
 from paretoforge.models.adapters import SOURCE_LAYERS_ATTR, adapter_for
 
-__all__ = ["default_layer_map", "distill", "length_grouped_batches", "trim_padding"]
+__all__ = [
+    "default_layer_map",
+    "distill",
+    "distill_loss",
+    "length_grouped_batches",
+    "trim_padding",
+]
 
 # Teacher hidden states are computed once and kept when they fit in this many bytes; beyond
 # it (long texts, big models) the teacher runs again on each batch instead.
@@ -207,6 +213,65 @@ def _teacher_outputs(
     return cat(logits), cat(hidden), cat(pooled)
 
 
+def distill_loss(
+    out: Any,
+    *,
+    temperature: float,
+    alpha: float,
+    t_logprob: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    t_hidden: torch.Tensor | None = None,
+    student_layers: Sequence[int] | None = None,
+    hidden_weight: float = 0.0,
+    mask: torch.Tensor | None = None,
+    t_pooled: torch.Tensor | None = None,
+    pooling: Pooling | None = None,
+    pooled_weight: float = 0.0,
+) -> torch.Tensor:
+    """The distillation loss of one batch of student outputs (the loss :func:`distill` uses).
+
+    Each term is on when its target is given: ``t_logprob`` (teacher log-softmax at
+    ``temperature``, ``(B, C)``) adds ``alpha * T^2 * KL``; ``labels`` adds the cross-entropy,
+    weighted ``1 - alpha`` when the KD term is on, else 1; ``t_hidden`` (``(B, L_s, T, H)``,
+    teacher states for the student layers ``student_layers``, default ``0..L_s-1``) adds
+    ``hidden_weight`` times the mean masked MSE against ``out.hidden_states[i + 1]``;
+    ``t_pooled`` with ``pooling`` adds ``pooled_weight * (1 - cos)``. ``mask`` is the batch's
+    ``attention_mask`` (padding skipped), or None.
+
+    Example:
+        >>> out = torch.tensor([[2.0, 0.0]])
+        >>> float(distill_loss(out, temperature=1.0, alpha=1.0,
+        ...                    t_logprob=torch.log_softmax(out, -1)))
+        0.0
+    """
+    loss = torch.zeros(())
+    s_logits = _logits_or_none(out)
+    if t_logprob is not None:
+        kd = nn.functional.kl_div(
+            torch.log_softmax(s_logits / temperature, dim=-1),
+            t_logprob,
+            log_target=True,
+            reduction="batchmean",
+        ) * (temperature**2)
+        loss = loss + alpha * kd
+    if labels is not None:
+        ce = nn.functional.cross_entropy(s_logits, labels)
+        loss = loss + ((1.0 - alpha) if t_logprob is not None else 1.0) * ce
+    if t_hidden is not None:
+        hs = out.hidden_states
+        layers = range(t_hidden.shape[1]) if student_layers is None else student_layers
+        mse = torch.stack(
+            [_masked_mse(hs[s + 1], t_hidden[:, i], mask) for i, s in enumerate(layers)]
+        ).mean()
+        loss = loss + hidden_weight * mse
+    if pooling is not None and t_pooled is not None:
+        cos = nn.functional.cosine_similarity(
+            pooling(_last_hidden(out), mask), t_pooled, dim=-1
+        )  # (B,)
+        loss = loss + pooled_weight * (1.0 - cos).mean()
+    return loss
+
+
 def _check(name: str, value: float, ok: bool, rule: str) -> None:
     if isinstance(value, bool) or not ok:
         raise BuildError(f"distill: {name}={value!r} is invalid; it must be {rule}.")
@@ -356,36 +421,26 @@ def distill(
                 # Same outputs at every real position, less compute.
                 xb, kept = trim_padding(take(xt, idx)) if trim else (take(xt, idx), None)
                 out = call(student, xb, output_hidden_states=mapping is not None)
-                mb = None if mask is None else xb["attention_mask"]
-                loss = torch.zeros(())
-                s_logits = _logits_or_none(out)
-                if use_kd:
-                    kd = nn.functional.kl_div(
-                        torch.log_softmax(s_logits / temperature, dim=-1),
-                        t_logprob[idx],
-                        log_target=True,
-                        reduction="batchmean",
-                    ) * (temperature**2)
-                    loss = loss + alpha * kd
-                if use_ce:
-                    ce = nn.functional.cross_entropy(s_logits, yt[idx])
-                    loss = loss + ((1.0 - alpha) if use_kd else 1.0) * ce
+                th = None
                 if mapping is not None:
                     if t_hidden is not None:
                         th = t_hidden[idx]  # (B, L_s, T, H)
                         th = th if kept is None else th[:, :, :kept]  # (B, L_s, T', H)
                     else:
                         th = _teacher_outputs(teacher, xb, mapping)[1]  # (B, L_s, T', H)
-                    hs = out.hidden_states
-                    mse = torch.stack(
-                        [_masked_mse(hs[i + 1], th[:, i], mb) for i in range(len(mapping))]
-                    ).mean()
-                    loss = loss + hidden_weight * mse
-                if pool is not None:
-                    cos = nn.functional.cosine_similarity(
-                        pool(_last_hidden(out), mb), t_pooled[idx], dim=-1
-                    )  # (B,)
-                    loss = loss + pooled_weight * (1.0 - cos).mean()
+                loss = distill_loss(
+                    out,
+                    temperature=temperature,
+                    alpha=alpha,
+                    t_logprob=t_logprob[idx] if use_kd else None,
+                    labels=yt[idx] if use_ce else None,
+                    t_hidden=th,
+                    hidden_weight=hidden_weight,
+                    mask=None if mask is None else xb["attention_mask"],
+                    t_pooled=t_pooled[idx] if pool is not None else None,
+                    pooling=pool,
+                    pooled_weight=pooled_weight,
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

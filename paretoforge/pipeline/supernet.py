@@ -1,0 +1,305 @@
+"""Train the one-shot supernet of a prepared base, data-parallel on Ray Train, cached by content.
+
+:func:`train_supernet` runs :class:`~paretoforge.models.supernet.SupernetTrainer` on Ray
+Train's ``TorchTrainer`` (gloo on CPU, NCCL with CUDA): each worker trains on its shard of the
+task's training split and the gradients are averaged over the process group Ray Train sets up.
+Every epoch ends in a checkpoint (the supernet as safetensors with its JSON sidecar, and the
+optimizer state) reported to Ray Train, so that:
+
+* a worker that dies (a SIGKILL, a lost node) costs at most the epoch it was in: the worker
+  group restarts from the last checkpoint, up to ``max_failures`` times;
+* a call after an interrupted run (a killed driver) finds that run under
+  ``storage_dir/<key>`` and resumes from its last epoch;
+* a call for a supernet already trained returns its directory at once:
+  ``cache_dir()/supernets/<key>``, named by :func:`~paretoforge.models.supernet.supernet_key`
+  of the base weights, the training data and the recipe.
+
+This is the one module of the pipeline that talks to Ray (Ray Train is the trainer).
+
+Example:
+    >>> from paretoforge.models.supernet import Supernet, SupernetOptions
+    >>> path = train_supernet(prepared, SupernetOptions(epochs=4), workers=2)  # doctest: +SKIP
+    >>> sn = Supernet.load(path)  # doctest: +SKIP
+    >>> candidate = sn.cut(sn.space.smallest())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from paretoforge._io import atomic_write_json
+from paretoforge.exceptions import BuildError
+from paretoforge.pipeline.prepare import Prepared, cache_dir
+
+__all__ = ["PROGRESS_DIR_SUFFIX", "supernet_cache_key", "train_supernet"]
+
+#: ``storage_dir/<key>.progress/``: each worker's ``rank<r>.json`` (pid, epoch) and an
+#: append-only ``events.jsonl`` (worker starts, epochs begun and ended), for monitoring.
+PROGRESS_DIR_SUFFIX = ".progress"
+_TRAINER_FILES = ("trainer_state.safetensors", "trainer_state.json")
+_EPOCH_PREFIX = "epoch_"  # checkpoint directories: epoch_0001 holds the state after 1 epoch
+
+
+def _epochs_in(directory: Path) -> int:
+    """Epochs done in a complete checkpoint directory, or -1 if it is not one (yet)."""
+    from paretoforge.models.supernet import SIDECAR_NAME
+
+    try:
+        meta = json.loads((directory / SIDECAR_NAME).read_text(encoding="utf-8"))
+        state = json.loads((directory / _TRAINER_FILES[1]).read_text(encoding="utf-8"))
+        sizes = [(directory / n).stat().st_size for n in ("model.safetensors", _TRAINER_FILES[0])]
+    except (OSError, ValueError):
+        return -1
+    done = int(meta.get("epochs_done", -1))
+    return done if done == int(state.get("epochs_done", -2)) and min(sizes) > 8 else -1
+
+
+def _latest_checkpoint(checkpoint: Any, run_dir: Path) -> Path | None:
+    """A local copy of the newest complete checkpoint: Ray Train's own (``get_checkpoint``),
+    or a newer one already written to ``run_dir`` whose report Ray Train had not registered
+    when the run was interrupted (a worker killed right after an epoch's report)."""
+    best: tuple[int, Path | None] = (-1, None)
+    local = None
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pf-supernet-ckpt-")))
+        best = (_epochs_in(local), local)
+    for d in sorted(run_dir.glob(f"{_EPOCH_PREFIX}*")) if run_dir.is_dir() else []:
+        done = _epochs_in(d)
+        if done > best[0]:
+            best = (done, d)
+    if best[1] is None or best[0] < 0:
+        return None
+    if best[1] is not local:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+        copy = Path(tempfile.mkdtemp(prefix="pf-supernet-ckpt-"))
+        shutil.copytree(best[1], copy, dirs_exist_ok=True)
+        return copy
+    return local
+
+
+def _distill_options(prepared: Prepared, options: Any) -> dict[str, Any]:
+    """The task's loss options (labels, pooling, pooled weight) for the supernet's recipe."""
+    return dict(prepared.task_impl.distill_options(prepared.task, prepared.task_state, options))
+
+
+def supernet_cache_key(prepared: Prepared, options: Any, workers: int) -> str:
+    """The content key of the supernet :func:`train_supernet` trains for these inputs.
+
+    It covers the base weights (``prepared.base_key``), the training split and its labels,
+    the importance the heads are ordered by, the options, the task's loss options and the
+    number of workers (the data shards and per-worker batches depend on it).
+    """
+    from paretoforge.models.supernet import data_fingerprint, supernet_key
+
+    losses = _distill_options(prepared, options)
+    labels = losses.pop("labels", None)
+    recipe = {
+        "options": options.to_dict(),
+        "task": prepared.task.name,
+        "losses": {k: repr(v) for k, v in sorted(losses.items())},
+        "importance": hashlib.sha256(
+            json.dumps(prepared.importance, sort_keys=True).encode()).hexdigest()[:16],
+        "workers": int(workers),
+    }
+    return supernet_key(prepared.base_key, data_fingerprint(prepared.feeds("train"), labels),
+                        recipe)  # fmt: skip
+
+
+def _log_event(progress: Path, event: dict[str, Any]) -> None:
+    with open(progress / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+
+
+def _all_reduce_mean(device: Any, world_size: int) -> Any:
+    """Average tensors over the Ray Train process group, in place (one call per dtype)."""
+    import torch
+    import torch.distributed as dist
+
+    def reduce(tensors: list[torch.Tensor]) -> None:
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group]).to(device)  # (sum of numels,)
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    return reduce
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: build (or restore) the supernet, train its epochs, report each."""
+    import ray
+    import ray.train
+    import torch
+
+    from paretoforge.models.importance import Importance
+    from paretoforge.models.supernet import Supernet, SupernetOptions, SupernetTrainer, rewire
+
+    torch.set_num_threads(int(config["threads"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    progress = Path(config["progress_dir"])
+    _log_event(progress, {"event": "worker_start", "rank": rank, "pid": os.getpid()})
+    atomic_write_json(progress / f"rank{rank}.json", {"pid": os.getpid(), "epoch": None})
+
+    prepared: Prepared = ray.get(config["prepared"])
+    options = SupernetOptions.from_dict(config["options"])
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    teacher = prepared.load_base().to(device)
+    model, importance = rewire(teacher, Importance.from_dict(prepared.importance))
+    space = options.space(importance)
+    history: list[dict[str, Any]] = []
+    restored = _latest_checkpoint(ray.train.get_checkpoint(), Path(config["run_dir"]))
+    if restored is not None:
+        sn = Supernet.load(restored)
+        model, history = sn.model, list(sn.history)
+    losses = _distill_options(prepared, options)
+    labels = losses.pop("labels", None)
+    task = prepared.task
+    trainer = SupernetTrainer(
+        model, teacher, space, task.feeds("train"), labels, options=options,
+        rank=rank, world_size=world, device=device,
+        all_reduce_mean=_all_reduce_mean(device, world) if world > 1 else None, **losses,
+    )  # fmt: skip
+    if restored is not None:
+        trainer.load_state(restored)
+        shutil.rmtree(restored, ignore_errors=True)
+        _log_event(progress, {"event": "resumed", "rank": rank,
+                              "epochs_done": trainer.epochs_done})
+    for epoch in range(trainer.epochs_done, options.epochs):
+        atomic_write_json(progress / f"rank{rank}.json", {"pid": os.getpid(), "epoch": epoch})
+        if rank == 0:
+            _log_event(progress, {"event": "epoch_start", "epoch": epoch, "pid": os.getpid()})
+        metrics = trainer.train_epoch(epoch)
+        history.append(metrics)
+        with tempfile.TemporaryDirectory(prefix="pf-supernet-epoch-") as tmp:
+            ckpt = None
+            if rank == 0:
+                Supernet(model=trainer.model, importance=importance, space=space,
+                         key=config["key"], epochs_done=epoch + 1, options=options.to_dict(),
+                         history=history).save(tmp)  # fmt: skip
+                trainer.save_state(tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                _log_event(progress, {"event": "epoch_end", "epoch": epoch, **{
+                    k: v for k, v in metrics.items() if k != "epoch"}})
+            ray.train.report(metrics, checkpoint=ckpt,
+                             checkpoint_dir_name=f"{_EPOCH_PREFIX}{epoch + 1:04d}")
+
+
+def train_supernet(
+    prepared: Prepared,
+    options: Any,
+    *,
+    workers: int = 2,
+    storage_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    use_gpu: bool | None = None,
+    max_failures: int = 3,
+    cpus_per_worker: int = 1,
+    log: Any = print,
+) -> Path:
+    """Train (or find) the supernet of ``prepared``'s base; return its cache directory.
+
+    The directory holds ``model.safetensors``, ``config.json`` and ``supernet.json``; load it
+    with :meth:`paretoforge.models.supernet.Supernet.load`. Ray must be initialised (or is
+    started locally by Ray Train).
+
+    Args:
+        prepared: The driver's bundle (base weights, importance, task data and state).
+        options: A :class:`~paretoforge.models.supernet.SupernetOptions`.
+        workers: Ray Train workers (data-parallel shards of the training split).
+        storage_dir: Where Ray Train keeps runs and their checkpoints (a local path, shared by
+            the nodes when there are several); default ``cache_dir()/supernets/runs``.
+        resume: Resume an interrupted run of the same key from its last checkpoint; False
+            starts it over.
+        use_gpu: One GPU per worker with NCCL; default: when CUDA is available here.
+        max_failures: Worker-group failures to recover from (each resumes from the last
+            epoch's checkpoint).
+        cpus_per_worker: CPUs (and torch threads) per worker.
+        log: Where a line per event goes.
+
+    Raises:
+        BuildError: ``workers`` < 1, or training failed more than ``max_failures`` times.
+
+    Example:
+        >>> path = train_supernet(prepared, SupernetOptions(epochs=2), workers=2)
+        ... # doctest: +SKIP
+    """
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from paretoforge.models.supernet import SIDECAR_NAME
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise BuildError(f"train_supernet: workers={workers!r} must be an integer >= 1.")
+    key = supernet_cache_key(prepared, options, workers)
+    final = cache_dir() / "supernets" / key
+    if (final / SIDECAR_NAME).is_file():
+        meta = json.loads((final / SIDECAR_NAME).read_text(encoding="utf-8"))
+        if meta.get("epochs_done") == options.epochs:
+            log(f"supernet {key}: cached ({meta['epochs_done']} epochs)")
+            return final
+    storage = Path(storage_dir) if storage_dir is not None else cache_dir() / "supernets" / "runs"
+    storage.mkdir(parents=True, exist_ok=True)
+    progress = storage / f"{key}{PROGRESS_DIR_SUFFIX}"
+    if not resume:
+        shutil.rmtree(storage / key, ignore_errors=True)
+        shutil.rmtree(progress, ignore_errors=True)
+    progress.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.is_available() if use_gpu is None else bool(use_gpu)
+
+    import ray
+
+    start = time.perf_counter()
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "prepared": ray.put(prepared), "options": options.to_dict(), "key": key,
+            "progress_dir": str(progress), "run_dir": str(storage / key),
+            "threads": cpus_per_worker, "use_gpu": gpu,
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            name=key, storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )  # fmt: skip
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # ray.train.TrainingFailedError and what it wraps
+        raise BuildError(
+            f"Supernet training {key} failed after {max_failures} recoveries: {exc}. Its last "
+            f"epoch is kept under {str(storage / key)!r}; the next call resumes from it."
+        ) from exc
+    if result.checkpoint is None:
+        raise BuildError(f"Supernet training {key} reported no checkpoint (options.epochs=0?).")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.", suffix=".tmp"))
+    try:
+        result.checkpoint.to_directory(str(tmp))
+        for name in _TRAINER_FILES:  # the cache entry is the supernet, not the optimizer
+            (tmp / name).unlink(missing_ok=True)
+        tmp.chmod(0o755)
+        shutil.rmtree(final, ignore_errors=True)  # a stale entry of fewer epochs
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"supernet {key}: trained {options.epochs} epochs on {workers} workers in "
+        f"{time.perf_counter() - start:.1f}s")
+    return final
