@@ -28,9 +28,12 @@ __all__ = ["ARTIFACT_FORMAT", "artifact_path", "files_match", "remove_partial",
 
 
 def artifact_path(run_dir: str | os.PathLike[str], key: str) -> Path:
-    """Where the artifact of config ``key`` lives in ``run_dir``."""
-    if not key or not all(c in "0123456789abcdef" for c in key):
-        raise ValueError(f"config key {key!r} is not a hex digest")
+    """Where the artifact of config ``key`` lives in ``run_dir``: a hex digest, or for a
+    one-shot search's finishing trial the digest with ``-r<epochs>``."""
+    digest, sep, epochs = key.partition("-r")
+    if (not digest or not all(c in "0123456789abcdef" for c in digest)
+            or (sep and not epochs.isdigit())):
+        raise ValueError(f"config key {key!r} is not a hex digest (optionally with -r<epochs>)")
     return Path(run_dir) / "artifacts" / key
 
 

@@ -1,0 +1,64 @@
+"""A one-shot search end to end: a real supernet (Ray Train), sub-networks cut from it as
+candidates, then finishing rungs that recover the best of them; what the front reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paretoforge.names import Phase, TrialAttr
+from paretoforge.orchestrator.driver import run_search
+from paretoforge.orchestrator.progress import Progress
+from paretoforge.orchestrator.results import load_run
+from paretoforge.pipeline.artifacts import verify_artifact
+from paretoforge.testing import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None:
+    spec = tiny_spec({"trials": 8, "strategy": "one-shot", "sampler": "random"},
+                     one_shot={"supernet_epochs": 1, "finish_candidates": 2,
+                               "finish_epochs": [1, 2], "eta": 2})
+    run_dir = tmp_path / "r"
+    summary = run_search(spec, run_dir, progress=Progress(8, live=False, quiet=True))
+    assert summary.failed == 0
+    run = load_run(run_dir)
+    trials = run.trials()
+    one_shot = [t for t in trials if t.user_attrs.get(TrialAttr.PHASE) == Phase.ONE_SHOT]
+    finish = [t for t in trials if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH]
+    assert len(one_shot) == 8
+    rungs = sorted(t.user_attrs[TrialAttr.RUNG] for t in finish)
+    assert rungs.count(0) >= 1 and rungs.count(1) == 1  # eta 2: ceil(2 / 2) = 1 goes on
+    for t in finish:
+        key = t.user_attrs[TrialAttr.KEY]
+        epochs = t.user_attrs[TrialAttr.RECOVERY_EPOCHS]
+        assert key.endswith(f"-r{epochs}")
+        origin = run.trial(t.user_attrs[TrialAttr.ONE_SHOT_TRIAL])
+        assert origin.user_attrs[TrialAttr.PHASE] == Phase.ONE_SHOT
+        assert origin.params == t.params  # the same sub-network, recovered
+        manifest = verify_artifact(run.artifact_dir(t), key=key)
+        assert manifest is not None  # a complete, checksummed artifact
+        assert manifest.plan["source"].startswith("supernet:")
+        recover = next(s for s in manifest.stages if s.name == "recover")
+        assert recover.seconds > 0  # it trained
+    for t in one_shot:
+        if t.user_attrs.get(TrialAttr.IS_BASE) or TrialAttr.CACHED_FROM in t.user_attrs:
+            continue
+        manifest = verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
+        if manifest.config["layers_kept"] < 2 or manifest.config["heads_kept"] < 2:
+            assert manifest.plan["source"].startswith("supernet:")  # cut, not distilled
+    front = run.front()
+    assert front
+    for m in front:
+        if m.phase == Phase.FINISH:
+            assert m.one_shot is not None and m.recovery_epochs in (1, 2)
+            assert set(m.one_shot["objectives"]) == set(m.objectives)
+        else:  # the only one-shot members of a finished front are unpruned (the base)
+            assert m.config["layers_kept"] == 2 and m.config["heads_kept"] == 2
+            assert m.config["ffn_kept"] == 1.0
+    # a second run of the same search (a resumed driver) runs nothing again
+    again = run_search(spec, run_dir, progress=Progress(8, live=False, quiet=True))
+    assert len(load_run(run_dir).trials()) == len(trials)
+    assert again.failed == 0
