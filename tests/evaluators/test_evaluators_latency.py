@@ -20,10 +20,14 @@ def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None
     assert isinstance(m, Measurement)
     assert 0 < m.min_ms <= m.p50_ms <= m.p90_ms <= m.p99_ms
     assert m.std_ms >= 0 and m.mean_ms > 0
-    assert FAST["min_runs"] <= m.runs <= FAST["max_runs"]
+    # Rounds (3 to 5 by the profile), each of min_runs..max_runs timed calls.
+    assert 3 <= m.rounds <= 5 and len(m.round_p50_ms) == m.rounds
+    assert m.rounds * FAST["min_runs"] <= m.runs <= m.rounds * FAST["max_runs"]
     assert m.warmup == 2 and m.batch_size == 1 and m.profile == "cpu-1t"
-    assert m.stop_reason in {"converged", "max_runs", "max_seconds"}
-    assert m.converged == (m.ci95_rel <= 0.02) == (m.stop_reason == "converged")
+    assert m.stop_reason in {"converged", "max_rounds", "max_seconds"}
+    # converged is about reproduction: the between-round spread met its target
+    assert m.converged == (m.spread_rel <= m.target_rel_spread) == (m.stop_reason == "converged")
+    assert min(m.round_p50_ms) <= m.p50_ms <= max(m.round_p50_ms)
     assert math.isfinite(m.ci95_rel) and not m.predicted
     for key in (
         "cpu_model",
@@ -47,7 +51,7 @@ def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None
 def test_batch_size_and_few_samples(eval_onnx: Path, samples: np.ndarray) -> None:
     profile = HardwareProfile(name="b8", device="cpu", intra_op_threads=1, batch_size=8)
     m = measure_latency(eval_onnx, profile, {"pixel_values": samples[:3]}, **FAST)
-    assert m.batch_size == 8 and m.runs >= FAST["min_runs"]
+    assert m.batch_size == 8 and m.runs >= m.rounds * FAST["min_runs"]
 
 
 def test_max_runs_caps(eval_onnx: Path, samples: np.ndarray) -> None:
@@ -59,6 +63,8 @@ def test_max_runs_caps(eval_onnx: Path, samples: np.ndarray) -> None:
         min_runs=5,
         max_runs=7,
         target_rel_ci=1e-9,
+        rounds=1,
+        max_rounds=1,
     )
     assert m.runs == 7 and m.stop_reason == "max_runs" and not m.converged
 
