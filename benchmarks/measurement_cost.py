@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def main() -> None:
                                               "gate_wait_s", "placement_s")}}
                for p in PROFILES}
     result = {"benchmark": "measurement_cost",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "loadavg_1m_start": load, "loadavg_1m_end": os.getloadavg()[0],
               "machine": machine("onnxruntime", "torch"),
               "builder_build_s_median": statistics.median(builder.builds or [0.0]),
