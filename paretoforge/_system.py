@@ -17,11 +17,42 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from paretoforge.exceptions import MeasurementError
 
-__all__ = ["available_cores", "idle_cores", "pin_process", "pinned", "usable_cores"]
+__all__ = ["available_cores", "idle_cores", "pin_process", "pinned", "set_yield_point",
+           "usable_cores", "yield_point"]
+
+# The calling process's yield hook (see set_yield_point); one per process, like the affinity.
+_YIELD_HOOK: list[Callable[[], object] | None] = [None]
+
+
+def set_yield_point(hook: Callable[[], object] | None) -> Callable[[], object] | None:
+    """Install ``hook`` as this process's yield point; return the previous one.
+
+    Long loops that run while a build holds its node's core gate shared (distillation steps,
+    quality scoring) call :func:`yield_point`; the worker installs a hook that lets a waiting
+    all-core measurement take the cores for its timed calls, then resumes. Outside a worker
+    there is no hook and :func:`yield_point` does nothing.
+
+    Example:
+        >>> calls = []
+        >>> prev = set_yield_point(lambda: calls.append(1))
+        >>> yield_point(); _ = set_yield_point(prev); yield_point()
+        >>> calls
+        [1]
+    """
+    prev = _YIELD_HOOK[0]
+    _YIELD_HOOK[0] = hook
+    return prev
+
+
+def yield_point() -> None:
+    """Let a waiting measurement have the cores, if this process's hook says one waits."""
+    hook = _YIELD_HOOK[0]
+    if hook is not None:
+        hook()
 
 
 def usable_cores() -> list[int]:

@@ -118,6 +118,25 @@ class HardwareProfile(BaseModel):
         ),
     )
 
+    latency_rounds: int = Field(
+        default=3, ge=1, le=50,
+        description=(
+            "Independent rounds (fresh sessions each) a latency measurement takes at least; "
+            "the between-round spread is what `converged` and the reported interval cover."
+        ),
+    )
+    latency_max_rounds: int = Field(
+        default=5, ge=1, le=50,
+        description="Rounds at most, when the first ones disagree by more than the target.",
+    )
+    latency_target_spread: float = Field(
+        default=0.02, gt=0, lt=1,
+        description=(
+            "Target half-range of the round medians over their median (of the candidate's "
+            "latency relative to the base's, when measured against it): 0.02 is +-2%."
+        ),
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _default_resource(cls, data: Any) -> Any:
@@ -154,6 +173,15 @@ class HardwareProfile(BaseModel):
                     f"which builds {', '.join(allowed)}, not {bad[0]!r}; drop it, or measure "
                     "that precision on an onnxruntime profile"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_in_order(self) -> HardwareProfile:
+        if self.latency_max_rounds < self.latency_rounds:
+            raise ValueError(
+                f"latency_max_rounds ({self.latency_max_rounds}) is below latency_rounds "
+                f"({self.latency_rounds}); set latency_max_rounds >= latency_rounds"
+            )
         return self
 
     @model_validator(mode="after")

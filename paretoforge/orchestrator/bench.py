@@ -34,10 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,22 +67,32 @@ def current_node_id() -> str:
 
 
 def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str, Any], *,
-                    cores: list[int], node_id: str, precision: str = "fp32") -> dict[str, Any]:
+                    cores: list[int], node_id: str, precision: str = "fp32",
+                    reference: Path | None = None,
+                    hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+                    ) -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
-    The caller holds what keeps the cores quiet (a worker's own cores, or its node's gate).
+    ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
+    and the placement is reported outside it. ``reference`` (the base's artifact directory)
+    is timed beside the candidate, round by round.
 
     Returns:
         The :class:`~paretoforge.evaluators.latency.Measurement` as JSON, ``env.node_id`` set
-        to ``node_id``, plus ``"placement"`` (nodes per execution provider, fallbacks, unfused
-        Q/DQ nodes).
+        to ``node_id``, ``cost_s.placement_s`` added, plus ``"placement"`` (nodes per
+        execution provider, fallbacks, unfused Q/DQ nodes).
     """
+    import time
+
     from paretoforge.evaluators.latency import measure_latency
     from paretoforge.kernels.runtime import placement_report
 
-    m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision)
+    m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision,
+                        reference=reference, hold=hold)
+    t0 = time.perf_counter()
     placement = placement_report(onnx_path, profile, inputs, cores=cores)
     out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
+    out.setdefault("cost_s", {})["placement_s"] = round(time.perf_counter() - t0, 6)
     out.setdefault("env", {})["node_id"] = node_id
     out["placement"] = placement
     return out
@@ -123,12 +134,15 @@ class Bench:
                 "profiles": sorted(self.profiles), "measured": self.measured}
 
     def measure(self, files: dict[str, bytes] | bytes, profile_name: str,
-                inputs: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
+                inputs: dict[str, Any], precision: str = "fp32",
+                reference: dict[str, bytes] | None = None) -> dict[str, Any]:
         """Measure a candidate on ``profile_name`` with the worker's samples.
 
         ``files`` are the candidate's artifact files by name: ``model.onnx`` for ONNX Runtime
         profiles, plus ``config.json`` and ``model.safetensors`` for torch profiles (which load
-        the PyTorch model from them); plain bytes are ``model.onnx``.
+        the PyTorch model from them); plain bytes are ``model.onnx``. ``reference`` holds the
+        same files of the base's artifact, timed beside the candidate round by round (the
+        worker puts them in Ray's object store once, so a node receives them once).
 
         Returns:
             What :func:`measure_profile` returns; ``env.node_id`` is this bench's node.
@@ -150,16 +164,25 @@ class Bench:
         with tempfile.TemporaryDirectory(prefix="pf-bench-") as d:
             if isinstance(files, bytes):
                 files = {"model.onnx": files}
-            for name, data in files.items():
-                if Path(name).name != name:  # a bare file name, never a path
-                    raise MeasurementError(f"bench: bad artifact file name {name!r}")
-                (Path(d) / name).write_bytes(data)
-            path = Path(d) / "model.onnx"
-            with self.gate.exclusive():
-                out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id,
-                                      precision=precision)
+            _write_files(Path(d) / "candidate", files)
+            path = Path(d) / "candidate" / "model.onnx"
+            ref = None
+            if reference:
+                ref = Path(d) / "reference"
+                _write_files(ref, reference)
+            # The gate is held around the timed calls only, not the sessions or placement.
+            out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id,
+                                  precision=precision, reference=ref, hold=self.gate.exclusive)
         self.measured += 1
         return out
+
+
+def _write_files(directory: Path, files: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if Path(name).name != name:  # a bare file name, never a path
+            raise MeasurementError(f"bench: bad artifact file name {name!r}")
+        (directory / name).write_bytes(data)
 
 
 def start_benches(profiles: list[HardwareProfile], gates: dict[str, Any], *,

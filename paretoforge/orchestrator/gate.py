@@ -2,7 +2,11 @@
 
 Builders train on their own pinned core and hold the gate *shared*; a measurement on a profile
 that uses every core holds it *exclusive*, so no build runs beside it. Waiting writers block new
-readers, so a measurement is never starved by a stream of builds.
+readers, so a measurement is never starved by a stream of builds; and a build yields at its
+yield points (:func:`paretoforge._system.yield_point`, once per distillation step): when a
+measurement waits, the build lets go of its shared hold, waits for the measurement's timed
+calls to end, and takes it again. An all-core measurement therefore waits for the next step of
+a neighbour's build, not for the whole build.
 
 The gate is a plain class (tested without Ray) that the driver turns into an async Ray actor;
 :class:`GateClient` gives workers context managers over either.
@@ -13,6 +17,9 @@ Example:
     ...     pass
     >>> with gate.exclusive():
     ...     pass
+    >>> with gate.shared():
+    ...     gate.yield_to_writers()  # nobody waits: keeps its hold
+    False
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,6 +75,25 @@ class CoreGate:
                 self._readers.pop(holder, None)
             c.notify_all()
 
+    async def yield_shared(self, holder: str = "") -> bool:
+        """If a writer waits, drop one shared hold of ``holder``, let the writers through and
+        take it back; True when it yielded. A cheap no-op when no writer waits."""
+        c = self._c()
+        async with c:
+            if self._writers_waiting == 0 or holder in self._dead:
+                return False
+            n = self._readers.get(holder, 0) - 1
+            if n > 0:
+                self._readers[holder] = n
+            else:
+                self._readers.pop(holder, None)
+            c.notify_all()
+            await c.wait_for(lambda: holder in self._dead
+                             or (self._writer is None and self._writers_waiting == 0))
+            if holder not in self._dead:
+                self._readers[holder] = self._readers.get(holder, 0) + 1
+            return True
+
     async def acquire_exclusive(self, holder: str = "") -> bool:
         """Wait for no reader and no writer, then hold the gate alone; False if dead."""
         c = self._c()
@@ -113,18 +140,37 @@ class LocalGate:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._held = threading.local()  # this thread's shared holds (yield only inside one)
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
             self._cond.wait_for(lambda: not self._writer and self._writers_waiting == 0)
             self._readers += 1
+        self._held.depth = getattr(self._held, "depth", 0) + 1
         try:
             yield
         finally:
+            self._held.depth -= 1
             with self._cond:
                 self._readers -= 1
                 self._cond.notify_all()
+
+    def yield_to_writers(self) -> bool:
+        """Inside :meth:`shared`: if an exclusive hold waits, let it run first; True if it did.
+
+        Outside a shared hold (of this thread) it does nothing.
+        """
+        if getattr(self._held, "depth", 0) == 0:
+            return False
+        with self._cond:
+            if self._writers_waiting == 0:
+                return False
+            self._readers -= 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._writer and self._writers_waiting == 0)
+            self._readers += 1
+        return True
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -142,21 +188,40 @@ class LocalGate:
 
 
 class GateClient:
-    """Context managers over a :class:`CoreGate` Ray actor handle, on behalf of ``holder``."""
+    """Context managers over a :class:`CoreGate` Ray actor handle, on behalf of ``holder``.
 
-    def __init__(self, handle: Any, holder: str = "") -> None:
+    :meth:`yield_to_writers` asks the gate at most once per ``yield_every_s`` (a round trip to
+    the gate actor costs about a millisecond; a distillation step calls it every step).
+    """
+
+    def __init__(self, handle: Any, holder: str = "", *, yield_every_s: float = 0.05) -> None:
         self._h = handle
         self._holder = holder
+        self._held = 0
+        self._yield_every_s = yield_every_s
+        self._last_yield_check = 0.0
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         import ray
 
         ray.get(self._h.acquire_shared.remote(self._holder))
+        self._held += 1
         try:
             yield
         finally:
+            self._held -= 1
             ray.get(self._h.release_shared.remote(self._holder))
+
+    def yield_to_writers(self) -> bool:
+        """Inside :meth:`shared`: let a waiting exclusive hold run first; True if it did."""
+        now = time.monotonic()
+        if self._held == 0 or now - self._last_yield_check < self._yield_every_s:
+            return False
+        self._last_yield_check = now
+        import ray
+
+        return bool(ray.get(self._h.yield_shared.remote(self._holder)))
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

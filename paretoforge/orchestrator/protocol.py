@@ -89,6 +89,13 @@ class CandidateWorker(Protocol):
             {"total_s": ..., ...}, "worker": index, "node_id": ...}``. ``metrics`` must hold
             every objective and constraint metric of the spec (a missing one fails the trial);
             the artifact directory, when the worker writes one, is complete when this returns.
+            ``latency_p50_ms@PROFILE`` is the figure the study ranks by: the drift-free median
+            (the candidate's latency relative to the run's reference, the base model's fp32
+            artifact timed beside it round by round, times the run's one base latency on the
+            profile), and ``latency_p50_abs_ms@PROFILE`` the absolute median beside it. A
+            worker measures the reference itself (the real one builds it from ``prepared``
+            into ``<run_dir>/reference/``); every worker of a run must scale by the same base
+            latency, so the first one recorded in the run directory is used by all.
 
         Raises:
             BuildError: The candidate cannot be built (surgery, recovery, export, a precision

@@ -5,17 +5,26 @@
 what is about Ray and the machine: which cores it is pinned to, its node's core gate, and which
 node measures a profile (here, or a bench of a node that carries the profile's resource). The
 build itself is :func:`paretoforge.pipeline.build_candidate`.
+
+Every measurement times the candidate beside the run's reference, the base model's fp32
+artifact (:func:`paretoforge.pipeline.stages.reference_artifact`, built once per run in
+``<run_dir>/reference/``), round by round on the same core and inputs. The run's one base
+latency per profile is the reference's median in the first measurement of that profile,
+recorded in ``<run_dir>/reference/<base key>/latency@<profile>.json`` (the first worker to
+write it wins, a resumed run reads it back); each candidate's ranked latency is its relative
+latency times it (:func:`~paretoforge.evaluators.latency.with_base_latency`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import traceback
 from pathlib import Path
 from typing import Any
 
-from paretoforge._system import pin_process, usable_cores
+from paretoforge._system import pin_process, set_yield_point, usable_cores
 from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
 from paretoforge.orchestrator.bench import BenchRef, current_node_id
 from paretoforge.orchestrator.gate import GateClient, LocalGate
@@ -28,6 +37,7 @@ from paretoforge.pipeline import (
     result_from_manifest,
     verify_artifact,
 )
+from paretoforge.pipeline import stages as st
 from paretoforge.search_spaces import CandidateConfig
 from paretoforge.spec import Spec
 
@@ -81,6 +91,11 @@ class Worker:
             recovery = recovery.model_copy(update={"epochs": 0})
         self.context = BuildContext(prepared, recovery=recovery, seed=self.spec.search.seed)
         self.cache = StageCache()
+        self._reference: Path | None = None  # the base's artifact, built on first measurement
+        self._reference_files: Any = None  # its files in Ray's object store, for benches
+        self._base_latency: dict[str, float] = {}
+        # A build yields its shared hold at each distillation step when a measurement waits.
+        set_yield_point(self.gate.yield_to_writers)
 
     # -- public verbs ------------------------------------------------------------------------
 
@@ -108,6 +123,7 @@ class Worker:
         context = (self.context if recovery_epochs is None
                    else self.context.with_recovery_epochs(int(recovery_epochs)))
         try:
+            self.reference()  # built once, before the first build's clock starts
             manifest = build_candidate(
                 context, cfg, run_dir=self.run_dir, artifact_key=key,
                 profiles=list(self.spec.measured_profiles), measurer=self._measure,
@@ -125,30 +141,59 @@ class Worker:
 
     def _measure(self, onnx_path: Path, profile_name: str, inputs: dict[str, Any], *,
                  precision: str = "fp32") -> dict[str, Any]:
-        """Measure ``profile_name`` here, or on a bench of a node that carries its resource.
+        """Measure ``profile_name`` here, or on a bench of a node that carries its resource,
+        beside the run's reference; the record carries the drift-free median.
 
         Here: profiles any node serves, and resource-bound CPU profiles when this worker's node
         carries the resource. A GPU profile always goes to its bench: the worker asked Ray for
-        no GPU, so Ray hides the devices from it.
+        no GPU, so Ray hides the devices from it. The node's gate is held (shared on the
+        worker's own cores, exclusive for more) around the timed calls only.
         """
         from paretoforge.hw_profiles import get_profile
         from paretoforge.orchestrator.bench import measure_profile
 
         profile = get_profile(profile_name)
+        reference = self.reference()
         if profile.resource and self.benches.get(profile.name) and (
                 profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
-            return self._measure_on_bench(onnx_path, profile, inputs, precision)
-        self._check_node_serves(profile)
-        if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
-            # Fits on this worker's own cores: the neighbours build on theirs meanwhile; the
-            # shared hold keeps exclusive measurements (all-core profiles, benches) off the node.
-            with self.gate.shared():
-                return measure_profile(onnx_path, profile, inputs, cores=self.cores,
-                                       node_id=self.node_id, precision=precision)
-        # Needs more cores than this worker owns: hold every build on the node meanwhile.
-        with self.gate.exclusive():
-            return measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
-                                   node_id=self.node_id, precision=precision)
+            rec = self._measure_on_bench(onnx_path, profile, inputs, precision)
+        else:
+            self._check_node_serves(profile)
+            if (profile.intra_op_threads is not None
+                    and profile.intra_op_threads <= len(self.cores)):
+                # Fits on this worker's own cores: the neighbours build on theirs meanwhile;
+                # the shared hold keeps exclusive measurements (all-core profiles, benches)
+                # off the node.
+                rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
+                                      node_id=self.node_id, precision=precision,
+                                      reference=reference, hold=self.gate.shared)
+            else:
+                # Needs more cores than this worker owns: every build on the node yields
+                # while the timed calls run.
+                rec = measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
+                                      node_id=self.node_id, precision=precision,
+                                      reference=reference, hold=self.gate.exclusive)
+        return self._with_base_latency(profile.name, rec)
+
+    def reference(self) -> Path:
+        """The run's reference artifact (the base, fp32), built on first use."""
+        if self._reference is None:
+            with self.gate.shared():  # a build like any other
+                self._reference = st.reference_artifact(self.context, self.run_dir)
+        return self._reference
+
+    def _with_base_latency(self, profile: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """``rec`` with the run's base latency on ``profile`` and the drift-free median."""
+        from paretoforge.evaluators.latency import with_base_latency
+
+        if rec.get("ref_p50_ms") is None:
+            return rec
+        base = self._base_latency.get(profile)
+        if base is None:
+            base = _run_base_latency(self.reference() / f"latency@{profile}.json",
+                                     float(rec["ref_p50_ms"]), {"measured_by": self.index})
+            self._base_latency[profile] = base
+        return with_base_latency(rec, base)
 
     def _measure_on_bench(self, onnx_path: Path, profile: Any, inputs: dict[str, Any],
                           precision: str = "fp32") -> dict[str, Any]:
@@ -175,11 +220,16 @@ class Worker:
         names = (("model.onnx",) if profile.runtime == "onnxruntime"
                  else ("model.onnx", "config.json", "model.safetensors"))
         files = {n: (onnx_path.parent / n).read_bytes() for n in names}
+        if self._reference_files is None:  # once: every bench call passes the same object
+            ref = self.reference()
+            self._reference_files = ray.put({n: (ref / n).read_bytes() for n in
+                                             ("model.onnx", "config.json", "model.safetensors")})
         lost = []
         for b in benches:
             try:
                 return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs,
-                                                               precision)))
+                                                               precision,
+                                                               self._reference_files)))
             except RayTaskError as e:  # the bench ran, and the measurement itself failed
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError
@@ -213,6 +263,21 @@ class Worker:
             "bench for it; it is not measured elsewhere (the driver starts a bench on every "
             "node that carries the resource)"
         )
+
+
+def _run_base_latency(path: Path, measured_ms: float, extra: dict[str, Any]) -> float:
+    """The run's base latency at ``path``: the one recorded there, or ``measured_ms``, which
+    becomes it when no worker recorded one before (an exclusive link: the first one wins)."""
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"ref_p50_ms": measured_ms, **extra}))
+        try:
+            os.link(tmp, path)  # fails when another worker recorded it first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return float(json.loads(path.read_text())["ref_p50_ms"])
 
 
 def _node_carries(node_id: str, resource: str) -> bool:

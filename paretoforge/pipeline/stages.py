@@ -41,7 +41,7 @@ from paretoforge.search_spaces import CandidateConfig
 
 __all__ = ["ARTIFACT_FILES", "QUALITY_BATCH", "BuildContext", "Exported", "Graph", "Measured",
            "Weights", "derive", "export", "latency_samples", "measure", "passes", "recover",
-           "score", "stage_key"]
+           "reference_artifact", "score", "stage_key"]
 
 ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
 # Quality is scored one example per call, as the profiles serve it: dynamic int8 derives its
@@ -330,6 +330,42 @@ def latency_samples(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v[idx] for k, v in train.items()}, record
 
 
+def reference_artifact(ctx: BuildContext, run_dir: str | Path) -> Path:
+    """The base model's fp32 artifact that every candidate of the run is timed against.
+
+    Built once per run through the stages (the unpruned config: derive, export, fp32 graph,
+    no fusion) into ``<run_dir>/reference/<base key>/`` (``model.onnx``, ``config.json``,
+    ``model.safetensors``); a worker that finds it there reuses it. Workers that build it at
+    the same time each write a temporary directory, and the first rename wins.
+
+    Returns:
+        The artifact directory.
+    """
+    import os
+
+    p = ctx.prepared
+    final = Path(run_dir) / "reference" / str(p.base_key)
+    if (final / "model.onnx").is_file():
+        return final
+    cfg = CandidateConfig(layers_kept=p.num_layers, heads_kept=p.num_heads, ffn_kept=1.0,
+                          precision="fp32")
+    tmp = final.parent / f".{p.base_key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        exported = export(ctx, derive(ctx, cfg), tmp)
+        passes(ctx, exported, cfg, tmp / "model.onnx")
+        exported.onnx_fp32.unlink(missing_ok=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another worker's rename came first: theirs is the same artifact
+            if not (final / "model.onnx").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 Measurer = Callable[..., dict[str, Any]]  # (path, profile, samples, *, precision) -> result
 
 
@@ -337,13 +373,22 @@ def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
             measurer: Measurer, *, precision: str = "fp32") -> Measured:
     """Latency of the graph on every profile, each through ``measurer(path, profile,
     samples, precision=...)`` (the worker decides where: its own core, all cores, or a
-    bench; a torch profile builds the candidate's precision in PyTorch)."""
+    bench; a torch profile builds the candidate's precision in PyTorch).
+
+    ``latency_p50_ms@PROFILE``, the figure a search ranks by, is the drift-free median
+    (``drift_free_p50_ms``: the candidate's latency relative to the base's, measured round by
+    round beside it, times the run's one base latency) when the measurer gives one, else the
+    absolute median; ``latency_p50_abs_ms@PROFILE`` is the absolute median either way.
+    ``latency_p90_ms`` and ``latency_mean_ms`` are absolute.
+    """
     out = Measured()
     for name in profiles:
         m = dict(measurer(onnx_path, name, samples, precision=precision))
         out.placement[name] = m.pop("placement", {})
         out.measurements[name] = m
-        out.metrics[f"latency_p50_ms@{name}"] = m["p50_ms"]
+        ranked = m.get("drift_free_p50_ms")
+        out.metrics[f"latency_p50_ms@{name}"] = m["p50_ms"] if ranked is None else ranked
+        out.metrics[f"latency_p50_abs_ms@{name}"] = m["p50_ms"]
         out.metrics[f"latency_p90_ms@{name}"] = m["p90_ms"]
         out.metrics[f"latency_mean_ms@{name}"] = m["mean_ms"]
     return out

@@ -388,7 +388,7 @@ def measure_tiny(profile: HardwareProfile, directory: str | os.PathLike[str]) ->
     onnx.save(model, str(path))
     samples = {"x": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)}
     m = measure_latency(path, profile, samples, warmup=1, min_runs=3, max_runs=3,
-                        max_seconds=0.5)  # fmt: skip
+                        max_seconds=0.5, rounds=1, max_rounds=1)  # fmt: skip
     _expect(m.profile == profile.name and m.batch_size == profile.batch_size,
             f"profile {profile.name!r}: the measurement describes {m.profile!r}, "
             f"batch {m.batch_size}")

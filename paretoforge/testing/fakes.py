@@ -53,7 +53,8 @@ def fake_metrics(cfg: CandidateConfig, profiles: list[str]) -> dict[str, float]:
            "params": float(int(size * 2_500))}
     for i, p in enumerate(profiles):
         lat = (0.1 + 0.05 * size) * (0.7 if int8 else 1.0) * (1.0 + 0.5 * i)
-        out[f"latency_p50_ms@{p}"] = round(lat, 6)
+        out[f"latency_p50_ms@{p}"] = round(lat, 6)  # drift-free: a fake machine never drifts
+        out[f"latency_p50_abs_ms@{p}"] = round(lat, 6)
         out[f"latency_p90_ms@{p}"] = round(lat * 1.1, 6)
         out[f"latency_mean_ms@{p}"] = round(lat * 1.02, 6)
     return out

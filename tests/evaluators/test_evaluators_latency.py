@@ -20,10 +20,14 @@ def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None
     assert isinstance(m, Measurement)
     assert 0 < m.min_ms <= m.p50_ms <= m.p90_ms <= m.p99_ms
     assert m.std_ms >= 0 and m.mean_ms > 0
-    assert FAST["min_runs"] <= m.runs <= FAST["max_runs"]
+    # Rounds (3 to 5 by the profile), each of min_runs..max_runs timed calls.
+    assert 3 <= m.rounds <= 5 and len(m.round_p50_ms) == m.rounds
+    assert m.rounds * FAST["min_runs"] <= m.runs <= m.rounds * FAST["max_runs"]
     assert m.warmup == 2 and m.batch_size == 1 and m.profile == "cpu-1t"
-    assert m.stop_reason in {"converged", "max_runs", "max_seconds"}
-    assert m.converged == (m.ci95_rel <= 0.02) == (m.stop_reason == "converged")
+    assert m.stop_reason in {"converged", "max_rounds", "max_seconds"}
+    # converged is about reproduction: the between-round spread met its target
+    assert m.converged == (m.spread_rel <= m.target_rel_spread) == (m.stop_reason == "converged")
+    assert min(m.round_p50_ms) <= m.p50_ms <= max(m.round_p50_ms)
     assert math.isfinite(m.ci95_rel) and not m.predicted
     for key in (
         "cpu_model",
@@ -47,7 +51,7 @@ def test_measurement_is_consistent(eval_onnx: Path, samples: np.ndarray) -> None
 def test_batch_size_and_few_samples(eval_onnx: Path, samples: np.ndarray) -> None:
     profile = HardwareProfile(name="b8", device="cpu", intra_op_threads=1, batch_size=8)
     m = measure_latency(eval_onnx, profile, {"pixel_values": samples[:3]}, **FAST)
-    assert m.batch_size == 8 and m.runs >= FAST["min_runs"]
+    assert m.batch_size == 8 and m.runs >= m.rounds * FAST["min_runs"]
 
 
 def test_max_runs_caps(eval_onnx: Path, samples: np.ndarray) -> None:
@@ -59,6 +63,8 @@ def test_max_runs_caps(eval_onnx: Path, samples: np.ndarray) -> None:
         min_runs=5,
         max_runs=7,
         target_rel_ci=1e-9,
+        rounds=1,
+        max_rounds=1,
     )
     assert m.runs == 7 and m.stop_reason == "max_runs" and not m.converged
 
@@ -184,3 +190,71 @@ def test_pinned_worker_can_widen_for_an_all_core_profile(eval_onnx: Path,
         assert os.sched_getaffinity(0) == {everything[0]}
     finally:
         os.sched_setaffinity(0, before)
+
+
+def _counting_hold(log: list[str]):
+    import contextlib
+
+    @contextlib.contextmanager
+    def hold():
+        log.append("enter")
+        yield
+        log.append("exit")
+
+    return hold
+
+
+def test_rounds_are_independent_and_spread_decides_convergence(eval_onnx: Path,
+                                                               samples: np.ndarray) -> None:
+    x = {"pixel_values": samples}
+    profile = get_profile("cpu-1t")
+    # an unreachable spread target: every round is taken, and it did not converge
+    m = measure_latency(eval_onnx, profile, x, rounds=2, max_rounds=4, target_rel_spread=1e-9,
+                        **FAST)
+    assert m.rounds == 4 and m.stop_reason == "max_rounds" and not m.converged
+    assert m.env["sessions"] == "fresh per round"
+    med = float(np.median(m.round_p50_ms))
+    assert m.p50_ms == pytest.approx(med)
+    assert m.spread_rel == pytest.approx(
+        (max(m.round_p50_ms) - min(m.round_p50_ms)) / 2 / med)
+    # a target any spread meets: it stops after the rounds it must take
+    m = measure_latency(eval_onnx, profile, x, rounds=3, max_rounds=5, target_rel_spread=0.99,
+                        **FAST)
+    assert m.rounds == 3 and m.converged and m.stop_reason == "converged"
+    assert m.target_rel_spread == 0.99
+    # the profile's settings apply when none are given
+    tight = profile.model_copy(update={"latency_rounds": 2, "latency_max_rounds": 2})
+    assert measure_latency(eval_onnx, tight, x, **FAST).rounds == 2
+    with pytest.raises(MeasurementError, match="rounds"):
+        measure_latency(eval_onnx, profile, x, rounds=3, max_rounds=2)
+
+
+def test_relative_latency_against_a_reference(eval_onnx: Path, samples: np.ndarray,
+                                              tmp_path: Path) -> None:
+    from paretoforge.evaluators.latency import with_base_latency
+
+    log: list[str] = []
+    m = measure_latency(eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples},
+                        reference=eval_onnx, rounds=3, max_rounds=3, hold=_counting_hold(log),
+                        **FAST)
+    assert log == ["enter", "exit"]  # one hold, around the timed calls of every round
+    assert len(m.rel_rounds) == len(m.ref_round_p50_ms) == len(m.round_p50_ms) == m.rounds
+    for rel, c, r in zip(m.rel_rounds, m.round_p50_ms, m.ref_round_p50_ms, strict=True):
+        assert rel == pytest.approx(c / r)
+    assert m.rel_low == min(m.rel_rounds) <= m.rel_p50 <= max(m.rel_rounds) == m.rel_high
+    assert m.rel_p50 == pytest.approx(float(np.median(m.rel_rounds)))
+    assert m.ref_p50_ms == pytest.approx(float(np.median(m.ref_round_p50_ms)))
+    # the spread that decides convergence is the relative one's
+    med = float(np.median(m.rel_rounds))
+    assert m.spread_rel == pytest.approx((m.rel_high - m.rel_low) / 2 / med)
+    assert m.env["reference"] == str(eval_onnx)
+    for stage in ("sessions_s", "warmup_s", "timed_s", "hold_wait_s", "held_s", "total_s"):
+        assert m.cost_s[stage] >= 0, stage
+    # the drift-free figure scales the relative latency by the run's one base latency
+    rec = with_base_latency(m.model_dump(mode="json"), 2.0)
+    assert rec["drift_free_p50_ms"] == pytest.approx(2.0 * m.rel_p50)
+    assert Measurement.model_validate(rec).base_p50_ms == 2.0
+    assert with_base_latency({"p50_ms": 1.0}, 2.0) == {"p50_ms": 1.0}  # nothing to scale
+    with pytest.raises(MeasurementError, match="No ONNX model"):  # a missing reference
+        measure_latency(eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples},
+                        reference=tmp_path / "absent.onnx")

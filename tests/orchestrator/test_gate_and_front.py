@@ -89,3 +89,55 @@ def test_ray_gate_actor(ray_cluster) -> None:
     ray.get(gate.release_exclusive.remote())
     with client.exclusive():
         assert ray.get(gate.state.remote())["writer"] == 1
+
+
+def test_local_gate_build_yields_to_a_waiting_measurement() -> None:
+    """A build inside its shared hold lets an exclusive hold through at its yield point, and
+    never runs beside it; it keeps its hold when nobody waits."""
+    gate = LocalGate()
+    assert not gate.yield_to_writers()  # outside a shared hold: nothing to yield
+    inside = threading.Event()
+    done = threading.Event()
+    overlap: list[bool] = []
+    writer_in = threading.Event()
+    yielded: list[bool] = []
+
+    def build() -> None:
+        with gate.shared():
+            inside.set()
+            while not done.is_set():  # a long build: steps with a yield point each
+                yielded.append(gate.yield_to_writers())
+                overlap.append(writer_in.is_set())
+                time.sleep(0.001)
+
+    t = threading.Thread(target=build)
+    t.start()
+    inside.wait()
+    with gate.exclusive():  # gets in while the build is still inside its shared hold
+        writer_in.set()
+        time.sleep(0.02)
+        writer_in.clear()
+    done.set()
+    t.join()
+    assert any(yielded) and not any(overlap)
+
+
+def test_core_gate_yield_shared() -> None:
+    import asyncio
+
+    async def scenario() -> tuple[bool, bool, dict[str, int]]:
+        gate = CoreGate()
+        await gate.acquire_shared("b")
+        nobody = await gate.yield_shared("b")  # no writer waits: keeps the hold, at once
+        writer = asyncio.ensure_future(gate.acquire_exclusive("m"))
+        await asyncio.sleep(0.01)
+        assert not writer.done()  # the build still holds the gate
+        yielding = asyncio.ensure_future(gate.yield_shared("b"))
+        await writer  # the build let go: the measurement holds the gate alone
+        held = await gate.state()
+        await gate.release_exclusive("m")
+        return nobody, await yielding, held
+
+    nobody, did, held = asyncio.run(scenario())
+    assert not nobody and did
+    assert held == {"readers": 0, "writer": 1, "writers_waiting": 0}

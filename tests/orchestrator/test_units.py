@@ -226,3 +226,13 @@ def test_the_study_carries_the_objectives_names(tmp_path: Path, tiny_spec) -> No
     journal = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL)))
     assert optuna.load_study(study_name=tiny_spec.name, storage=journal).metric_names == names
+
+
+def test_the_first_recorded_base_latency_is_the_runs(tmp_path) -> None:
+    from paretoforge.orchestrator.worker import _run_base_latency
+
+    path = tmp_path / "latency@cpu.json"
+    assert _run_base_latency(path, 0.2, {"measured_by": 0}) == 0.2
+    # a later worker (or a resumed run) measured its own; the run keeps the first
+    assert _run_base_latency(path, 0.3, {"measured_by": 1}) == 0.2
+    assert [p.name for p in tmp_path.iterdir()] == ["latency@cpu.json"]

@@ -159,3 +159,41 @@ def test_a_failed_build_leaves_no_artifact(ctx, tmp_path: Path) -> None:
         build_candidate(ctx, _cfg(precision="int8-static", fusion=True), run_dir=tmp_path,
                         profiles=[], measurer=_fake_measurer([]))
     assert not any((tmp_path / "artifacts").iterdir())
+
+
+def test_measure_ranks_by_the_drift_free_median_and_keeps_the_absolute() -> None:
+    def measurer(path, profile, samples, *, precision):
+        rec = {"p50_ms": 2.0, "p90_ms": 2.5, "mean_ms": 2.1, "placement": {}}
+        if profile == "cpu":  # measured against the reference: relative x base latency
+            rec.update(rel_p50=0.5, base_p50_ms=3.0, drift_free_p50_ms=1.5)
+        return rec
+
+    out = st.measure(Path("m.onnx"), ["cpu", "cpu-1t"], {"x": np.zeros((1, 1))}, measurer)
+    assert out.metrics["latency_p50_ms@cpu"] == 1.5
+    assert out.metrics["latency_p50_abs_ms@cpu"] == 2.0
+    # without a reference the ranked figure is the absolute one
+    assert out.metrics["latency_p50_ms@cpu-1t"] == out.metrics["latency_p50_abs_ms@cpu-1t"]
+    assert out.measurements["cpu"]["rel_p50"] == 0.5
+
+
+def test_reference_artifact_is_the_base_built_once_per_run(ctx, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    ref = st.reference_artifact(ctx, tmp_path)
+    assert ref == tmp_path / "reference" / ctx.prepared.base_key
+    assert {f.name for f in ref.iterdir()} >= set(st.ARTIFACT_FILES)
+    mtime = (ref / "model.onnx").stat().st_mtime_ns
+    assert st.reference_artifact(ctx, tmp_path) == ref  # found, not rebuilt
+    assert (ref / "model.onnx").stat().st_mtime_ns == mtime
+    # it is the unpruned base: the same outputs as the base model in torch
+    import torch
+
+    x = {k: v[:2] for k, v in ctx.prepared.feeds("heldout").items()}
+    sess = ort.InferenceSession(str(ref / "model.onnx"), providers=["CPUExecutionProvider"])
+    head = ctx.task.export_head(ctx.base, ctx.prepared.task_state, ctx.prepared.task)
+    with torch.no_grad():
+        want = head.module(**{k: torch.from_numpy(v) for k, v in x.items()})
+    from paretoforge.kernels.export import default_output_fn
+
+    want = default_output_fn(want)
+    np.testing.assert_allclose(sess.run(None, x)[0], want.numpy(), atol=1e-4)
