@@ -58,6 +58,9 @@ class Prepared:
     # The task itself travels with the bundle, so that a task registered in the user's own
     # module (not imported on the workers) still builds there.
     contract: Task | None = None
+    # Custom search dimensions (search_spaces.Dimension) of the user's own modules: shipped
+    # by value like the task, each registers itself where the bundle is unpickled.
+    dimensions: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.contract is None:
