@@ -116,6 +116,11 @@ class SearchSpace:
         for name, choices in dimensions.items():
             if not choices:
                 raise SpecError(f"space.dimensions.{name}: needs at least one choice")
+            nested = [c for c in choices if isinstance(c, (list, tuple, dict))]
+            if nested:
+                raise SpecError(f"space.dimensions.{name}: bad choice {nested[0]!r}: a choice "
+                                f"is one value; to choose {name} per layer, add it to "
+                                "space.per_layer")
             if len(set(choices)) != len(choices):
                 raise SpecError(f"space.dimensions.{name}: {list(choices)} repeats a choice")
             if name in custom:
@@ -127,10 +132,6 @@ class SearchSpace:
                 except Exception as e:
                     msg = str(e).splitlines()[-1].strip()
                     raise SpecError(f"space.dimensions.{name}: bad choice {c!r}: {msg}") from None
-                if isinstance(c, (list, tuple)):
-                    raise SpecError(f"space.dimensions.{name}: bad choice {c!r}: a choice is "
-                                    f"one value; to choose {name} per layer, add it to "
-                                    "space.per_layer")
         bad = sorted(set(per_layer) - set(PER_LAYER_DIMENSIONS))
         if bad:
             raise SpecError(f"space.per_layer: {bad} cannot be chosen per layer; only "
