@@ -126,3 +126,15 @@ def test_a_yaml_space_chooses_per_layer() -> None:
     d["space"] = {"preset": "vit-prune", "dimensions": {"heads_kept": [[1, 2]]}}
     with pytest.raises(SpecError, match="heads_kept"):
         Spec.from_dict(d)
+
+
+def test_spaces_lists_per_layer_presets_with_their_sizes() -> None:
+    from typer.testing import CliRunner
+
+    from paretoforge.cli import app
+
+    out = CliRunner().invoke(app, ["spaces"])
+    assert out.exit_code == 0
+    assert "vit-per-layer:" in out.output and "heads_kept: [1, 2, 3, 4] per layer" in out.output
+    assert "size: 139,808 configurations" in out.output
+    assert "size: 128 configurations" in out.output
