@@ -308,14 +308,19 @@ def doctor(
 @app.command()
 @_errors
 def spaces() -> None:
-    """List the search-space presets and their dimensions."""
-    from paretoforge.search_spaces import SPACES
+    """List the search-space presets, their dimensions and sizes, and custom dimensions."""
+    from paretoforge.search_spaces import DIMENSIONS, SPACES, SearchSpace
 
     for name in SPACES.names():
         p = SPACES.get(name)
         typer.echo(f"{name}: {p.description}")
         for dim, choices in p.dimensions.items():
-            typer.echo(f"  {dim}: {list(choices)}")
+            typer.echo(f"  {dim}: {list(choices)}{' per layer' if dim in p.per_layer else ''}")
+        typer.echo(f"  size: {SearchSpace.from_preset(name).size():,} configurations")
+    for name in DIMENSIONS.names():
+        d = DIMENSIONS.get(name)
+        typer.echo(f"custom {name} ({d.module}, {d.stage}): {list(d.choices)}, default "
+                   f"{d.default!r}. {d.description}")
 
 
 def run() -> None:

@@ -7,7 +7,8 @@ structure, exactly or nearly so:
 
 * MACs per token are a constant (embeddings, classifier) plus a cost per kept attention head
   and per kept FFN neuron: linear in ``L*h`` and ``L*n`` (L layers, h heads, n neurons per
-  layer), and the same at every precision;
+  layer; for a per-layer config the sums of its layers' heads and neurons), and the same at
+  every precision;
 * weight bytes are the matmul weights at the precision's width (4 bytes fp32, 2 fp16, 1 int8,
   0.625 int4: half a byte plus a float32 scale per block of 32) plus
   the rest (biases, norms, embeddings), linear in ``L``, ``L*h`` and ``L*n``;
@@ -44,6 +45,14 @@ BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-static": 1.0,
 
 def _config_dict(config: Any) -> dict[str, Any]:
     return dict(config.model_dump(mode="json") if hasattr(config, "model_dump") else config)
+
+
+def _per_layer(cfg: Mapping[str, Any], name: str) -> list[float]:
+    """``cfg[name]`` for each kept layer: a per-layer list as is, a single value repeated."""
+    v = cfg[name]
+    if isinstance(v, (list, tuple)):
+        return [float(x) for x in v]
+    return [float(v)] * int(cfg["layers_kept"])
 
 
 class ConfigFeatureEstimator:
@@ -84,6 +93,7 @@ class ConfigFeatureEstimator:
         self._rows.append({
             "config": cfg,
             "neurons": float(widths[0]) if widths else None,
+            "ffn_first": _per_layer(cfg, "ffn_kept")[0],  # the fraction that gave widths[0]
             "macs": base["macs_per_token"],
             "bytes": base["weight_mbytes"] * 1e6,
             "nodes": nodes,
@@ -95,22 +105,22 @@ class ConfigFeatureEstimator:
 
     def ffn_width(self) -> float | None:
         """The base model's FFN width per layer, from the built plans (None: unknown)."""
-        full = [r["neurons"] for r in self._rows
-                if r["neurons"] and float(r["config"].get("ffn_kept", 0)) == 1.0]
+        full = [r["neurons"] for r in self._rows if r["neurons"] and r["ffn_first"] == 1.0]
         if full:
             return max(full)
-        guesses = [r["neurons"] / float(r["config"]["ffn_kept"]) for r in self._rows
-                   if r["neurons"] and float(r["config"].get("ffn_kept", 0)) > 0]
+        guesses = [r["neurons"] / r["ffn_first"] for r in self._rows
+                   if r["neurons"] and r["ffn_first"] > 0]
         return float(round(max(guesses))) if guesses else None
 
     def _terms(self, cfg: Mapping[str, Any], width: float | None) -> dict[str, float]:
         layers = float(cfg["layers_kept"])
-        ffn = float(cfg["ffn_kept"])
-        # The plan keeps max(1, round(fraction * width)) neurons per layer (surgery.py).
-        neurons = max(1.0, float(round(ffn * width))) if width else ffn
+        # The plan keeps max(1, round(fraction * width)) neurons per layer (surgery.py); a
+        # per-layer config sums its layers' heads and neurons.
+        neurons = [max(1.0, float(round(f * width))) if width else f
+                   for f in _per_layer(cfg, "ffn_kept")]
         int8 = 1.0 if str(cfg["precision"]).startswith("int8") else 0.0
-        return {"one": 1.0, "L": layers, "Lh": layers * float(cfg["heads_kept"]),
-                "Ln": layers * neurons, "int8": int8, "int8L": int8 * layers}
+        return {"one": 1.0, "L": layers, "Lh": sum(_per_layer(cfg, "heads_kept")),
+                "Ln": sum(neurons), "int8": int8, "int8L": int8 * layers}
 
     # -- estimate -----------------------------------------------------------------------------
 

@@ -139,46 +139,65 @@ def _count(name: str, value: int, available: int) -> int:
 
 
 def plan_from_importance(
-    imp: Importance, *, layers_kept: int, heads_kept: int, ffn_kept: float | int
+    imp: Importance, *, layers_kept: int, heads_kept: int | Sequence[int],
+    ffn_kept: float | int | Sequence[float | int]
 ) -> PrunePlan:
     """Keep the most important layers, and in each the most important heads and neurons.
 
     Args:
         imp: Importance scores of the model to prune.
         layers_kept: Number of layers to keep (top by layer importance).
-        heads_kept: Heads to keep in every kept layer (top by head importance in that layer).
+        heads_kept: Heads to keep in every kept layer (top by head importance in that layer),
+            or one count per kept layer, in the order of the kept layers in the model.
         ffn_kept: FFN neurons to keep per kept layer: a float in (0, 1] is a fraction of the
-            layer's width (rounded, at least 1), an int is a count.
+            layer's width (rounded, at least 1), an int is a count; or one of those per kept
+            layer, in the order of the kept layers in the model.
 
     Raises:
-        BuildError: A count is out of range for the model.
+        BuildError: A count is out of range for the model, or a per-layer sequence does not
+            have one entry per kept layer.
 
     Example:
         >>> plan = plan_from_importance(imp, layers_kept=3, heads_kept=2, ffn_kept=0.5)
         ... # doctest: +SKIP
+        >>> plan = plan_from_importance(imp, layers_kept=2, heads_kept=(4, 1),
+        ...                             ffn_kept=(1.0, 0.25))  # doctest: +SKIP
     """
     n_layers = len(imp.layers)
     layers_kept = _count("layers_kept", layers_kept, n_layers)
     layers = _top_k(list(imp.layers), layers_kept)
+    head_counts = _per_layer("heads_kept", heads_kept, layers_kept)
+    ffn_values = _per_layer("ffn_kept", ffn_kept, layers_kept)
     heads: list[tuple[int, ...]] = []
     neurons: list[tuple[int, ...]] = []
-    for li in layers:
+    for li, h, f in zip(layers, head_counts, ffn_values, strict=True):
         head_scores = list(imp.head_scores(li))
-        heads.append(_top_k(head_scores, _count("heads_kept", heads_kept, len(head_scores))))
-        width = len(imp.neurons[li])
-        if isinstance(ffn_kept, bool) or not isinstance(ffn_kept, numbers.Real):
-            raise BuildError(f"ffn_kept must be a fraction or a count, got {ffn_kept!r}.")
-        if isinstance(ffn_kept, numbers.Integral):
-            k = _count("ffn_kept", ffn_kept, width)
-        else:
-            if not 0.0 < float(ffn_kept) <= 1.0 or not math.isfinite(float(ffn_kept)):
-                raise BuildError(
-                    f"ffn_kept={ffn_kept!r} as a fraction must be in (0, 1]; "
-                    "pass an int to give a count of neurons."
-                )
-            k = max(1, round(float(ffn_kept) * width))
-        neurons.append(_top_k(list(imp.neurons[li]), k))
+        heads.append(_top_k(head_scores, _count("heads_kept", h, len(head_scores))))
+        neurons.append(_top_k(list(imp.neurons[li]), _ffn_count(f, len(imp.neurons[li]))))
     return PrunePlan(layers=layers, heads=tuple(heads), neurons=tuple(neurons))
+
+
+def _per_layer(name: str, value: Any, layers_kept: int) -> list[Any]:
+    """``value`` for each kept layer: a scalar repeated, or a sequence of ``layers_kept``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return [value] * layers_kept
+    if len(value) != layers_kept:
+        raise BuildError(f"{name}={list(value)} has {len(value)} entries for layers_kept="
+                         f"{layers_kept}; give one per kept layer, or a single value.")
+    return list(value)
+
+
+def _ffn_count(ffn_kept: Any, width: int) -> int:
+    if isinstance(ffn_kept, bool) or not isinstance(ffn_kept, numbers.Real):
+        raise BuildError(f"ffn_kept must be a fraction or a count, got {ffn_kept!r}.")
+    if isinstance(ffn_kept, numbers.Integral):
+        return _count("ffn_kept", ffn_kept, width)
+    if not 0.0 < float(ffn_kept) <= 1.0 or not math.isfinite(float(ffn_kept)):
+        raise BuildError(
+            f"ffn_kept={ffn_kept!r} as a fraction must be in (0, 1]; "
+            "pass an int to give a count of neurons."
+        )
+    return max(1, round(float(ffn_kept) * width))
 
 
 def _check_plan(plan: PrunePlan, model: nn.Module, adapter: FamilyAdapter) -> None:

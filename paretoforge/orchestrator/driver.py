@@ -59,7 +59,7 @@ def check_before_start(spec: Spec) -> SearchSpace:
     """Everything that can be checked before Ray or training starts; raise SpecError."""
     from paretoforge.models.recipes import get_recipe
 
-    space = SearchSpace.from_preset(spec.space.preset, spec.space.dimensions)
+    space: SearchSpace = spec.space.search_space()
     if spec.model.path is not None:
         from paretoforge.pipeline.prepare import checkpoint_shape
 
@@ -72,7 +72,7 @@ def check_before_start(spec: Spec) -> SearchSpace:
         space.check_model(recipe.num_layers, recipe.num_heads)
     from paretoforge.samplers import check_seed_configs
 
-    check_seed_configs(spec.search.seed_configs, space.dimensions)
+    check_seed_configs(spec.search.seed_configs, space.param_choices())
     return space
 
 
@@ -236,7 +236,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             from paretoforge.pipeline.oneshot import attach_supernet
 
             prepared = attach_supernet(prepared, spec, space=space, log=log)
-        _ship_user_task(prepared)
+        prepared = _ship_user_task(prepared, space)
         prepared_ref = ray.put(prepared)
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
@@ -284,16 +284,21 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             ray.shutdown()
 
 
-def _ship_user_task(prepared: Any) -> None:
-    """A task registered in the user's own module (not importable on the workers) travels by
-    value with the prepared bundle; the workers register it from there."""
+def _ship_user_task(prepared: Any, space: SearchSpace) -> Any:
+    """A task or custom dimensions registered in the user's own modules (not importable on
+    the workers) travel by value with the prepared bundle; the workers register them from
+    there. Returns the bundle with the space's custom dimensions."""
+    import dataclasses
     import sys
 
     from ray import cloudpickle
 
-    module = type(prepared.task_impl).__module__
-    if module != "__main__" and not module.startswith("paretoforge.") and module in sys.modules:
-        cloudpickle.register_pickle_by_value(sys.modules[module])
+    dims = space.custom_dimensions()
+    for module in {type(prepared.task_impl).__module__, *(d.module for d in dims)}:
+        if (module != "__main__" and not module.startswith("paretoforge.")
+                and module in sys.modules):
+            cloudpickle.register_pickle_by_value(sys.modules[module])
+    return dataclasses.replace(prepared, dimensions=dims) if dims else prepared
 
 
 def _check_placement(profiles: list[Any]) -> None:

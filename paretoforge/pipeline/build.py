@@ -166,7 +166,7 @@ def _weights_and_export(ctx: st.BuildContext, cfg: CandidateConfig, tmp: Path, t
         derived = st.derive(ctx, cfg)
         rec.key = derived.key
     rkey = st.recover_key(ctx, derived.key)
-    ekey = st.stage_key("export", rkey, ctx.task.name)
+    ekey = st.export_key(ctx, rkey, cfg)
     hit = cache.get_export(ekey) if cache is not None else None
     if hit is not None:  # same weights built before: its files, no retraining
         with timer.stage("recover", "recovery_s") as rec:
@@ -188,7 +188,7 @@ def _weights_and_export(ctx: st.BuildContext, cfg: CandidateConfig, tmp: Path, t
                 cache.put_model(rkey, weights.model)
         rec.key = weights.key
     with timer.stage("export", "export_s") as rec:
-        exported = st.export(ctx, weights, tmp)
+        exported = st.export(ctx, weights, tmp, cfg)
         rec.key = exported.key
         if cache is not None:
             cache.put_export(exported.key, tmp, exported)

@@ -61,6 +61,9 @@ class Prepared:
     # One-shot search: the trained supernet candidates are cut from --
     # {"key", "weights" (safetensors bytes, the base's config), "importance" (rewired), ...}.
     supernet: dict[str, Any] | None = None
+    # Custom search dimensions (search_spaces.Dimension) of the user's own modules: shipped
+    # by value like the task, each registers itself where the bundle is unpickled.
+    dimensions: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.contract is None:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -40,8 +41,8 @@ from paretoforge.pipeline.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
 
 __all__ = ["ARTIFACT_FILES", "QUALITY_BATCH", "BuildContext", "Exported", "Graph", "Measured",
-           "Weights", "derive", "export", "latency_samples", "measure", "passes", "recover",
-           "reference_artifact", "score", "stage_key"]
+           "Weights", "custom_values", "derive", "export", "export_key", "latency_samples",
+           "measure", "passes", "recover", "reference_artifact", "score", "stage_key"]
 
 ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
 # Quality is scored one example per call, as the profiles serve it: dynamic int8 derives its
@@ -198,14 +199,21 @@ def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
                                 ffn_kept=cfg.ffn_kept)
     plan_json = {"layers": list(plan.layers), "heads": [list(h) for h in plan.heads],
                  "neurons_per_layer": [len(n) for n in plan.neurons]}
+    structure: dict[str, Any] = {k: getattr(cfg, k) for k in _STRUCTURE}
+    custom = custom_values(cfg, "derive")
+    if custom:  # absent when none, so keys of configs without custom dimensions stay
+        structure["custom"] = dict(custom)
     source = p.supernet["key"] if from_supernet else p.base_key
-    key = stage_key("derive", source, {k: getattr(cfg, k) for k in _STRUCTURE})
+    key = stage_key("derive", source, structure)
     if from_supernet:
         plan_json["source"] = f"supernet:{source}"
-    if unpruned:
+    if unpruned and not custom:
         return Weights(model=ctx.base, plan=plan_json, key=key, pruned=False)
-    return Weights(model=prune(ctx.source if from_supernet else ctx.base, plan), plan=plan_json,
-                   key=key, pruned=True)
+    model = (copy.deepcopy(ctx.base) if unpruned
+             else prune(ctx.source if from_supernet else ctx.base, plan))
+    for dim, value in _applied(custom):  # the user's derive dimensions, on the student
+        model = _call(dim, value, dim.apply, model, value)
+    return Weights(model=model, plan=plan_json, key=key, pruned=True)
 
 
 def recover_key(ctx: BuildContext, derived_key: str) -> str:
@@ -234,9 +242,22 @@ def recover(ctx: BuildContext, weights: Weights) -> Weights:
 # -- graph ---------------------------------------------------------------------------------
 
 
-def export(ctx: BuildContext, weights: Weights, out: Path) -> Exported:
+def export_key(ctx: BuildContext, recovered_key: str, cfg: CandidateConfig | None = None) -> str:
+    """The content key of :func:`export`'s output: the recovered weights, the task, and the
+    values of custom ``export`` dimensions (absent when none)."""
+    custom = custom_values(cfg, "export") if cfg is not None else ()
+    if custom:
+        return stage_key("export", recovered_key, ctx.task.name, dict(custom))
+    return stage_key("export", recovered_key, ctx.task.name)
+
+
+def export(ctx: BuildContext, weights: Weights, out: Path,
+           cfg: CandidateConfig | None = None) -> Exported:
     """Write ``model.safetensors`` + ``config.json`` (+ the checkpoint's tokenizer / pooling
-    files) into ``out`` and trace the task's export head to ``out/model_fp32.onnx``."""
+    files) into ``out`` and trace the task's export head to ``out/model_fp32.onnx``.
+
+    Custom ``export`` dimensions of ``cfg`` act first, on a copy of the recovered model (the
+    stage cache keeps the recovered model for other candidates)."""
     import torch
 
     from paretoforge.evaluators.size import param_count
@@ -245,6 +266,11 @@ def export(ctx: BuildContext, weights: Weights, out: Path) -> Exported:
 
     p = ctx.prepared
     model = weights.model
+    custom = custom_values(cfg, "export") if cfg is not None else ()
+    if custom:
+        model = copy.deepcopy(model)
+        for dim, value in _applied(custom):
+            model = _call(dim, value, dim.apply, model, value)
     save_pretrained(model, out, side_files_from=p.checkpoint_dir)
     head = ctx.task.export_head(model, p.task_state, p.task)
     example = {k: torch.from_numpy(v[:1]) for k, v in p.feeds("train").items()}
@@ -256,22 +282,33 @@ def export(ctx: BuildContext, weights: Weights, out: Path) -> Exported:
                 "dtype": "float32", **head.extra},
         params=int(param_count(model)), hidden_size=int(model.config.hidden_size),
         model_type=str(model.config.model_type),
-        key=stage_key("export", weights.key, ctx.task.name),
+        key=export_key(ctx, weights.key, cfg),
     )
 
 
 def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Path) -> Graph:
-    """ONNX Runtime's transformer fusions (when ``cfg.fusion``), then the precision (fp32,
-    dynamic / static int8, fp16, int4), into ``dst``; the intermediate graphs are removed."""
+    """ONNX Runtime's transformer fusions (when ``cfg.fusion``), then the custom ``passes``
+    dimensions of ``cfg`` (in name order, each ``apply(onnx_in, onnx_out, value)``), then the
+    precision (fp32, dynamic / static int8, fp16, int4), into ``dst``; the intermediate
+    graphs are removed."""
     from paretoforge.kernels.quantize import apply_precision
 
     src = exported.onnx_fp32
     fusions: dict[str, int] = {}
     fused = dst.parent / "model_fused.onnx"
+    custom = custom_values(cfg, "passes")
+    steps = [dst.parent / f"model_pass{i}.onnx" for i in range(len(custom))]
     try:
         if cfg.fusion:
             fusions = _fuse(ctx, exported, cfg, src, fused)
             src = fused
+        for (dim, value), step in zip(_applied(custom), steps, strict=True):
+            _call(dim, value, dim.apply, src, step, value)
+            if not step.is_file():
+                raise BuildError(f"candidate {cfg.key}: custom dimension {dim.name!r} "
+                                 f"({dim.module}) wrote no graph to {step.name}; its apply("
+                                 "onnx_in, onnx_out, value) must write onnx_out")
+            src = step
         calibration = None
         if cfg.precision == "int8-static":  # activations calibrated on training inputs
             calibration = {k: v[:CALIBRATION_EXAMPLES]
@@ -279,8 +316,51 @@ def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Pat
         apply_precision(src, dst, cfg.precision, calibration=calibration)
     finally:
         fused.unlink(missing_ok=True)
-    return Graph(path=dst, fusions=fusions,
-                 key=stage_key("passes", exported.key, cfg.fusion, cfg.precision))
+        for step in steps:
+            step.unlink(missing_ok=True)
+    key = (stage_key("passes", exported.key, cfg.fusion, cfg.precision, dict(custom))
+           if custom else stage_key("passes", exported.key, cfg.fusion, cfg.precision))
+    return Graph(path=dst, fusions=fusions, key=key)
+
+
+def custom_values(cfg: CandidateConfig, stage: str) -> tuple[tuple[str, Any], ...]:
+    """``cfg``'s custom dimension values (not at their default) that act at ``stage``.
+
+    Raises:
+        BuildError: a value names a dimension not registered in this process.
+    """
+    from paretoforge.search_spaces import DIMENSIONS
+
+    out = []
+    for name, value in cfg.custom:
+        if name not in DIMENSIONS:
+            raise BuildError(f"candidate {cfg.key}: custom dimension {name!r} is not "
+                             f"registered here; {DIMENSIONS.unknown_message(name)} Name the "
+                             "module that registers it under space.modules")
+        if DIMENSIONS.get(name).stage == stage:
+            out.append((name, value))
+    return tuple(out)
+
+
+def _applied(custom: tuple[tuple[str, Any], ...]) -> list[tuple[Any, Any]]:
+    from paretoforge.search_spaces import DIMENSIONS
+
+    return [(DIMENSIONS.get(name), value) for name, value in custom]
+
+
+def _call(dim: Any, value: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """A custom dimension's ``apply``; its failure is a BuildError naming the dimension."""
+    try:
+        out = fn(*args)
+    except BuildError:
+        raise
+    except Exception as e:
+        raise BuildError(f"custom dimension {dim.name!r} ({dim.module}) failed at value "
+                         f"{value!r}: {type(e).__name__}: {e}") from e
+    if dim.stage in ("derive", "export") and out is None:
+        raise BuildError(f"custom dimension {dim.name!r} ({dim.module}): apply(model, value) "
+                         "returned None; return the (changed) model")
+    return out
 
 
 def _fuse(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, src: Path,
@@ -294,6 +374,8 @@ def _fuse(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, src: Path
             "(static QDQ quantization of a fused graph fails); use fusion with fp32, int8, "
             "fp16 or int4, or leave int8-static unfused"
         )
+    if isinstance(cfg.heads_kept, tuple):  # heads differ per layer: the optimizer reads
+        return fuse(src, dst, exported.model_type, num_heads=0, hidden_size=0)  # each's shape
     # every kept layer keeps heads_kept heads of the base model's head size
     head_size = exported.hidden_size // int(ctx.prepared.num_heads)
     return fuse(src, dst, exported.model_type, num_heads=cfg.heads_kept,

@@ -246,9 +246,8 @@ class Spec(_Strict):
         # A measured profile runs every candidate, so it must run every precision the space
         # can suggest; a predicted one is served from another profile's measurements.
         from paretoforge.hw_profiles import PROFILES
-        from paretoforge.search_spaces import SearchSpace
 
-        space = SearchSpace.from_preset(self.space.preset, self.space.dimensions)  # valid by now
+        space = self.space.search_space()  # valid by now
         choices = space.dimensions["precision"]
         for name in self.measured_profiles:
             profile = PROFILES.get(name)
@@ -353,6 +352,7 @@ class Spec(_Strict):
                 f"{path}: the spec must be a mapping of fields (name, model, task, ...), "
                 f"got {type(data).__name__}"
             )
+        _resolve_space_modules(data, path.parent)
         return cls.from_dict(data, source=str(path), check_sources=check_sources)
 
     @classmethod
@@ -385,6 +385,19 @@ class Spec(_Strict):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _resolve_space_modules(data: dict[str, Any], spec_dir: Path) -> None:
+    """``space.modules`` files are relative to the spec file; made absolute here, so the
+    validated spec (and the run's copy of it) names them wherever it is read."""
+    space = data.get("space")
+    if not isinstance(space, dict) or not isinstance(space.get("modules"), list):
+        return
+    space["modules"] = [
+        str((spec_dir / Path(m).expanduser()).resolve())
+        if isinstance(m, str) and m.endswith(".py") else m
+        for m in space["modules"]
+    ]
 
 
 def _one_line(e: ValidationError) -> str:

@@ -150,30 +150,73 @@ class TaskSpec(_Strict):
 
 
 class SpaceSpec(_Strict):
-    """The search space: a preset with optional changes, or every dimension declared here."""
+    """The search space: a preset with optional changes, or every dimension declared here;
+    per-layer dimensions; and the modules that register custom dimensions."""
 
     preset: str | None = Field(
         "vit-prune",
         description="Search-space preset (`paretoforge spaces`); null: `dimensions` declares "
         "the whole space.",
     )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules that register custom dimensions "
+        "(paretoforge.search_spaces.register_dimension): paths of .py files (relative to the "
+        "spec file) or importable module names. Each is imported once before the space is "
+        "checked; its dimensions are searched with their own choices unless `dimensions` "
+        "names them with others.",
+    )
     dimensions: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Replace a dimension's choices, e.g. {layers_kept: [2, 3, 4]}; with "
         "preset null, every dimension (layers_kept, heads_kept, ffn_kept, precision).",
     )
+    per_layer: list[str] | None = Field(
+        None,
+        description="Dimensions chosen for each kept layer on its own (heads_kept, ffn_kept): "
+        "one Optuna parameter per layer position; unset: the preset's (e.g. "
+        "encoder-per-layer), [] for none.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_modules(cls, data: Any) -> Any:
+        # Before the fields: the modules' dimensions join `dimensions`, so every reader of
+        # the spec (and the run's spec.yaml) sees the whole space.
+        if not isinstance(data, dict) or not data.get("modules"):
+            return data
+        from paretoforge.search_spaces import load_dimension_modules
+
+        modules = data["modules"]
+        if not isinstance(modules, list):
+            raise ValueError(f"space.modules: {modules!r} must be a list of module files or "
+                             "names")
+        try:
+            dims = load_dimension_modules(modules)
+        except SpecError as e:
+            raise ValueError(str(e)) from None
+        dimensions = dict(data.get("dimensions") or {})
+        for d in dims:
+            dimensions.setdefault(d.name, list(d.choices))
+        return {**data, "dimensions": dimensions}
 
     @model_validator(mode="after")
     def _valid_space(self) -> SpaceSpec:
-        from paretoforge.search_spaces import SPACES, SearchSpace
+        from paretoforge.search_spaces import SPACES
 
         if self.preset is not None and self.preset not in SPACES:
             raise ValueError(f"space.preset: {SPACES.unknown_message(self.preset)}")
         try:
-            SearchSpace.from_preset(self.preset, self.dimensions)
+            self.search_space()
         except SpecError as e:
             raise ValueError(str(e)) from None
         return self
+
+    def search_space(self) -> Any:
+        """The :class:`~paretoforge.search_spaces.SearchSpace` this section describes."""
+        from paretoforge.search_spaces import SearchSpace
+
+        return SearchSpace.from_preset(self.preset, self.dimensions, per_layer=self.per_layer)
 
 
 class RecoverySpec(_Strict):

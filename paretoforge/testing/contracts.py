@@ -438,8 +438,10 @@ def check_space_suggest(name: str, *, trials: int = 3) -> None:
         trial = study.ask()
         cfg = space.suggest(trial)
         for dim, choices in space.dimensions.items():
-            _expect(getattr(cfg, dim) in choices,
-                    f"preset {name!r}: suggested {dim}={getattr(cfg, dim)!r} not in {choices}")
+            value = getattr(cfg, dim)
+            values = value if dim in space.per_layer and isinstance(value, tuple) else (value,)
+            _expect(all(v in choices for v in values),
+                    f"preset {name!r}: suggested {dim}={value!r} not in {choices}")
         _expect(re.fullmatch(r"[0-9a-f]{16}", cfg.key) is not None,
                 f"preset {name!r}: key {cfg.key!r} is not 16 hex digits")
         again = space.suggest(optuna.trial.FixedTrial(dict(trial.params)))
@@ -465,7 +467,7 @@ def check_space_base_in_space(name: str) -> None:
     """The unpruned fp32 base (trial 0) is in the space of a model as large as its largest
     choices, and, for fitted dimensions, of a model with counts the choices lack."""
     from paretoforge.exceptions import SpecError
-    from paretoforge.search_spaces import CandidateConfig, SearchSpace
+    from paretoforge.search_spaces import SearchSpace
 
     for layers, heads in _fit_shapes(SearchSpace.from_preset(name)):
         space = SearchSpace.from_preset(name)
@@ -475,10 +477,11 @@ def check_space_base_in_space(name: str) -> None:
             raise ContractError(f"preset {name!r} on a {layers}-layer, {heads}-head model: "
                                 f"{e}") from None
         base = space.base_params(layers, heads)
+        params = space.param_choices()
         for dim, value in base.items():
-            _expect(value in space.dimensions[dim], f"preset {name!r}: base {dim}={value!r} is "
-                                                    f"not in {space.dimensions[dim]}")
-        cfg = CandidateConfig(**base)
+            _expect(value in params[dim], f"preset {name!r}: base {dim}={value!r} is "
+                                          f"not in {params[dim]}")
+        cfg = space.config_from_params(base)
         _expect(cfg.is_unpruned(layers, heads) and cfg.precision == "fp32",
                 f"preset {name!r}: base params {base} are not the unpruned fp32 model")
 

@@ -115,3 +115,32 @@ def test_plan_rejects_bad_counts(kwargs, match):
 def test_importance_needs_matching_labels(tiny_model, data):
     with pytest.raises(BuildError, match="as many labels"):
         compute_importance(tiny_model, data[0], data[1][:3])
+
+
+def test_plan_per_layer_counts_follow_the_kept_layers_in_model_order():
+    plan = plan_from_importance(_synthetic(), layers_kept=2, heads_kept=(3, 1),
+                                ffn_kept=(1.0, 1))
+    assert plan.layers == (1, 2)
+    assert plan.heads == ((0, 1, 2), (0,))  # layer 1 keeps 3 heads, layer 2 keeps 1
+    assert plan.neurons == ((0, 1, 2, 3), (0,))
+    uniform = plan_from_importance(_synthetic(), layers_kept=2, heads_kept=2, ffn_kept=0.5)
+    assert plan_from_importance(_synthetic(), layers_kept=2, heads_kept=[2, 2],
+                                ffn_kept=[0.5, 0.5]) == uniform
+    with pytest.raises(BuildError, match="2 entries for layers_kept=3"):
+        plan_from_importance(_synthetic(), layers_kept=3, heads_kept=(1, 2), ffn_kept=1.0)
+    with pytest.raises(BuildError, match="heads_kept=5"):
+        plan_from_importance(_synthetic(), layers_kept=2, heads_kept=(1, 5), ffn_kept=1.0)
+
+
+def test_per_layer_surgery_gives_per_layer_shapes(tiny_model, data):
+    imp = compute_importance(tiny_model, *data, batch_size=64)
+    plan = plan_from_importance(imp, layers_kept=2, heads_kept=(1, 3), ffn_kept=(0.25, 0.75))
+    small = prune(tiny_model, plan)
+    adapter = adapter_for(small)
+    hd = adapter.head_dim(small)
+    layers = adapter.layers(small)
+    assert [adapter.num_heads(layer, hd) for layer in layers] == [1, 3]
+    assert [adapter.ffn_width(layer) for layer in layers] == [16, 48]
+    x = torch.from_numpy(data[0][:4])
+    with torch.no_grad():
+        assert small.eval()(x).logits.shape == (4, 10)
