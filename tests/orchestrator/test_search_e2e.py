@@ -113,9 +113,11 @@ def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
     # activation scales per call, so batching can change a prediction)
     assert manifest["quality_batch_size"] == 1
 
+    def outputs(idx: np.ndarray) -> np.ndarray:
+        return np.concatenate([sess.run(None, {"pixel_values": x[i : i + 1]})[0] for i in idx])
+
     def accuracy(idx: np.ndarray) -> float:
-        logits = np.concatenate([sess.run(None, {"pixel_values": x[i : i + 1]})[0] for i in idx])
-        return float((logits.argmax(1) == digits.target[idx]).mean())
+        return float((outputs(idx).argmax(1) == digits.target[idx]).mean())
 
     # metrics: the search's validation split; test_metrics: the test split, scored after it
     assert accuracy(val_idx) == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-9)
@@ -126,6 +128,7 @@ def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
     assert manifest["test_split"]["n"] == split["n_test"]
     assert set(manifest["base_trial_test_metrics"]) == {"accuracy"}
     idx = held
+    logits = outputs(idx)
 
     if member.config["precision"] == "fp32":
         model = load_pretrained(out)
