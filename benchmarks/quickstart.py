@@ -80,7 +80,8 @@ def main() -> int:
         out = work / "export"
         export_trial(run, best.trial, out)
         manifest = json.loads((out / "manifest.json").read_text())
-        idx = np.asarray(manifest["task"]["heldout_split"]["heldout_indices"])
+        split = manifest["task"]["heldout_split"]  # metrics are on validation: held out - test
+        idx = np.setdiff1d(split["heldout_indices"], split.get("test_indices", []))
         d = load_digits()
         x = (d.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)[idx]
         sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -134,10 +134,13 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
 def front(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print a JSON list; a member's `predicted` names the metrics a latency "
-        "predictor gave, `prediction_error` that predictor's held-out error.")] = False,
+        "--json", help="Print a JSON list; a member's `metrics` hold validation quality (the "
+        "search's), `test_metrics` and `quality.test` the test split's (quote it); "
+        "`predicted` names the metrics a latency predictor gave, `prediction_error` that "
+        "predictor's held-out error.")] = False,
 ) -> None:
-    """Print the Pareto front of a run, and the held-out error of its latency predictors."""
+    """Print the Pareto front of a run: quality on validation (what the search chose on) and
+    on test (never seen by the search; quote it), and its latency predictors' error."""
     from paretoforge.orchestrator.results import load_run
 
     run = load_run(run_dir)
@@ -154,10 +157,13 @@ def _print_front(members: list[Any], objectives: list[str],
     from rich.table import Table
 
     table = Table(title=f"Pareto front ({len(members)} members)")
+    quality = next((m.quality_metric for m in members if getattr(m, "quality_metric", "")), "")
     table.add_column("trial", justify="right")
     table.add_column("config")
     for o in objectives:
-        table.add_column(o, justify="right")
+        table.add_column(f"{o} (validation)" if o == quality else o, justify="right")
+    if quality:
+        table.add_column(f"{quality} (test)", justify="right")
     table.add_column("speed-up (cpu-1t p50)", justify="right")
     table.add_column("size", justify="right")
     for m in members:
@@ -166,12 +172,18 @@ def _print_front(members: list[Any], objectives: list[str],
                 f"FFN{cfg.get('ffn_kept')} {cfg.get('precision')}")
         speed = m.relative.get("speedup_latency_p50_ms@cpu-1t")
         predicted = set(getattr(m, "predicted", []) or [])
+        test = m.test_metrics.get(quality) if quality else None
         table.add_row(str(m.trial), desc,
                       *(("~" if o in predicted else "") + f"{m.objectives[o]:.4g}"
                         for o in objectives),
+                      *(([f"{test:.4g}" if test is not None else "-"]) if quality else []),
                       f"{speed:.2f}x" if speed else "-",
                       f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB")
     Console(width=max(100, Console().width)).print(table)
+    if quality:
+        typer.echo(f"{quality} (validation): the split every search decision used, an optimistic"
+                   f" estimate; {quality} (test): never seen by the search, scored once per "
+                   "member after it -- quote the test number")
     if any(getattr(m, "predicted", None) for m in members):
         typer.echo("~ predicted by a latency predictor (prediction.profiles), not measured")
     from paretoforge.orchestrator.prediction import predictor_lines
@@ -194,6 +206,13 @@ def export(
 
     path = export_trial(load_run(run_dir), trial, out, force=force)
     typer.echo(f"exported trial {trial} to {path}")
+    from paretoforge.manifest import load_manifest
+
+    q = load_manifest(path).quality or {}
+    if q:
+        test = q.get("test")
+        typer.echo(f"{q.get('metric')}: validation {q.get('validation'):.4g}, test "
+                   + (f"{test:.4g}" if test is not None else "not scored (not a front member)"))
 
 
 @app.command()
@@ -225,12 +244,14 @@ def refine(
 
     metric = load_run(run_dir).spec.task.metric
     table = Table(title=f"Refined members ({Path(rows[0]['artifact_dir']).parents[1].name})")
-    for col in ("trial", f"{metric} (search)", f"{metric} (refined)",
+    for col in ("trial", f"{metric} validation (search)", f"{metric} validation (refined)",
+                f"{metric} test (search -> refined)",
                 "latency_p50_ms@cpu-1t (search -> refined)", "checkpoint"):
         table.add_column(col)
     lat = "latency_p50_ms@cpu-1t"
     for r in rows:
         table.add_row(str(r["trial"]), f"{r['search'][metric]:.4f}", f"{r['refined'][metric]:.4f}",
+                      f"{r['search_test'][metric]:.4f} -> {r['refined_test'][metric]:.4f}",
                       f"{r['search'].get(lat, float('nan')):.4g} -> "
                       f"{r['refined'].get(lat, float('nan')):.4g}", r["artifact_dir"])
     Console(width=max(120, Console().width)).print(table)

@@ -51,7 +51,17 @@ class Manifest(BaseModel):
     config: dict[str, Any] = Field(description="The candidate's config (CandidateConfig).")
     key: str = Field(description="The config's content key (its artifact directory's name).")
     metrics: dict[str, float] = Field(
-        description="Metric name -> value; latencies as latency_p50_ms@PROFILE.")
+        description="Metric name -> value; latencies as latency_p50_ms@PROFILE. Quality here "
+        "is on the validation split, the one the search decided on.")
+    test_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Quality on the test split, which no search decision saw: scored once "
+        "after the search for front members (and refined ones); empty until then. Quote "
+        "this one.")
+    test_split: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The test split test_metrics were scored on: size, sha256 of its indices, "
+        "examples per call.")
     files: dict[str, str] = Field(description="File (relative path) -> sha256.")
     plan: dict[str, Any] = Field(default_factory=dict,
                                  description="Pruning plan: layers, heads, neurons per layer.")
@@ -65,7 +75,8 @@ class Manifest(BaseModel):
     fusions: dict[str, int] = Field(default_factory=dict,
                                     description="ONNX Runtime fusions applied: op -> count.")
     task: dict[str, Any] = Field(default_factory=dict,
-                                 description="Task name, metric, held-out split and size.")
+                                 description="Task name, metric, the split record (train, "
+                                 "validation, test sizes and index sha256s).")
     inputs: list[dict[str, Any]] = Field(default_factory=list,
                                          description="ONNX inputs: name, shape, dtype.")
     outputs: list[dict[str, Any]] = Field(default_factory=list,
@@ -92,6 +103,11 @@ class Manifest(BaseModel):
         None, description="Exported: metrics a latency predictor gave, with its error.")
     base_trial_metrics: dict[str, float] | None = Field(
         None, description="Exported: the unpruned base trial's metrics.")
+    base_trial_test_metrics: dict[str, float] | None = Field(
+        None, description="Exported: the unpruned base trial's quality on the test split.")
+    quality: dict[str, Any] | None = Field(
+        None, description="Exported: the quality metric on validation (every search decision "
+        "used it) and on test (never seen by the search; the number to quote), side by side.")
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + fsync + rename)."""

@@ -1,4 +1,5 @@
-"""The names several layers share: trial user attributes, stop reasons, failure kinds, precisions.
+"""The names several layers share: trial and study user attributes, stop reasons, failure kinds,
+precisions.
 
 A name written here is written nowhere else: the driver sets a trial's user attributes under
 :class:`TrialAttr`, and results, reports, predictors, benchmarks and tests read them back under
@@ -19,7 +20,8 @@ from enum import StrEnum
 from typing import Final, Literal, get_args
 
 __all__ = [
-    "PRECISIONS", "TORCH_PRECISIONS", "FailKind", "Phase", "Precision", "StopReason", "TrialAttr",
+    "PRECISIONS", "TORCH_PRECISIONS", "FailKind", "Phase", "Precision", "StopReason", "StudyAttr",
+    "TrialAttr",
 ]
 
 
@@ -75,6 +77,29 @@ class Phase(StrEnum):
 
     ONE_SHOT = "one-shot"  # a sub-network cut from the supernet, no recovery: seconds
     FINISH = "finish"  # a front candidate recovered by distillation (one rung of halving)
+
+
+class StudyAttr:
+    """Names of the user attributes the driver sets on the study (``study.user_attrs[...]``).
+
+    What is known only after the search goes here, keyed by trial number: Optuna refuses a
+    user attribute on a finished trial, and a value set after the search can never have fed
+    a search decision.
+    """
+
+    __slots__ = ()
+
+    # {str(trial number): {quality metric: value on the test split}}, for the front members
+    # and the base trial, scored once after the search (the manifest's test_metrics).
+    TEST_METRICS: Final = "test_metrics"
+
+    def __new__(cls) -> StudyAttr:
+        raise TypeError("StudyAttr is a namespace of names; use StudyAttr.TEST_METRICS")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every attribute name, in declaration order."""
+        return tuple(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
 
 
 class FailKind(StrEnum):

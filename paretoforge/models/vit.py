@@ -287,7 +287,7 @@ def get_base_model(
         "task": task.describe(),
         "train_seconds": round(time.perf_counter() - start, 3),
         "torch_threads": torch.get_num_threads(),
-        "heldout_accuracy": accuracy(model, task.x_heldout, task.y_heldout),
+        "heldout_accuracy": accuracy(model, task.x_validation, task.y_validation),
     }
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.", suffix=".tmp"))

@@ -198,7 +198,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.bench import start_benches, stop_benches
     from paretoforge.orchestrator.loop import SearchLoop
     from paretoforge.orchestrator.pool import WorkerPool
-    from paretoforge.orchestrator.results import load_run
+    from paretoforge.orchestrator.results import load_run, score_test_split
     from paretoforge.orchestrator.storage import open_storage, open_study
     from paretoforge.orchestrator.worker import Worker
     from paretoforge.pipeline import package_versions
@@ -237,7 +237,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
 
             prepared = attach_supernet(prepared, spec, space=space, log=log)
         prepared = _ship_user_task(prepared, space)
-        prepared_ref = ray.put(prepared)
+        prepared_ref = ray.put(prepared.for_workers())  # no test split on the workers
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
@@ -264,6 +264,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
                         c).is_unpruned(*base_shape))
             stats.wall_s = loop.stats.wall_s
         run = load_run(run_dir)
+        score_test_split(run, prepared, study=study, log=log)  # once, after every decision
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])
         return SearchSummary(run_dir=run_dir, completed=loop.completed, failed=loop.failed,

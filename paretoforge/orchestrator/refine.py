@@ -5,20 +5,27 @@ During the search every pruned candidate gets the same short distillation budget
 front is known, its pruned members can be distilled again from the base model with a larger
 budget: ``paretoforge refine RUN --epochs 12``. Each member is rebuilt from scratch with the
 same surgery (the importance ranking is the search's: same model, data and seed), recovered
-with the new budget, exported, quantized, scored on the same held-out split and measured on the
-same profiles, by the same worker code, one member after the other on this machine.
+with the new budget, exported, quantized, scored on the same validation split and measured on the
+same profiles, by the same worker code, one member after the other on this machine. The members
+are the search's front (chosen on validation); the worker gets no test split. Once rebuilt,
+each refined member is scored once on the test split, as the search's members were after the
+search, and that number is recorded beside the validation one, never used to choose.
 
 Nothing in the search is changed: the study, its front and the artifacts under
 ``<run>/artifacts/`` keep their search-time numbers. The refined checkpoints go to
 ``<run>/refined/<setting>/artifacts/<key>/`` (each complete and deployable, with its own
 manifest and checksums) and ``<run>/refined/<setting>/refined.json`` lists, per member, the
-search-time metrics beside the refined ones, with the recovery used for each.
+search-time metrics beside the refined ones (validation and test), with the recovery used for
+each.
 
 Example:
     >>> rows = refine_front("runs/minilm", epochs=12)  # doctest: +SKIP
     >>> r = rows[0]  # doctest: +SKIP
     >>> r["search"]["embedding_cosine"], r["refined"]["embedding_cosine"]  # doctest: +SKIP
     (0.874, 0.912)
+    >>> r["search_test"]["embedding_cosine"], r["refined_test"]["embedding_cosine"]
+    ... # doctest: +SKIP
+    (0.869, 0.905)
 """
 
 from __future__ import annotations
@@ -55,14 +62,18 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
 
     Returns:
         One row per refined member: ``trial``, ``config``, ``search`` (its metrics in the
-        search), ``refined`` (the new metrics), ``artifact_dir`` (the refined checkpoint),
-        ``timings``; also written to ``<run>/refined/<setting>/refined.json``.
+        search, quality on validation), ``refined`` (the new metrics, validation),
+        ``search_test`` and ``refined_test`` (quality on the test split, scored once after
+        the rebuild), ``artifact_dir`` (the refined checkpoint), ``timings``; also written to
+        ``<run>/refined/<setting>/refined.json``.
 
     Raises:
         SpecError: a trial is not a completed trial of the run, or the budget is not larger.
     """
+    from paretoforge.manifest import read_manifest
     from paretoforge.orchestrator.results import load_run
     from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline.final import describe_test_split, record_test_metrics, score_test
     from paretoforge.pipeline.prepare import prepare_cached
     from paretoforge.search_spaces import CandidateConfig
     from paretoforge.spec import Spec
@@ -97,7 +108,22 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
     out_dir = run.dir / "refined" / _setting_name(recovery)
     prepared = prepare_cached(rspec, log=log)
     affinity = usable_cores()
-    worker = Worker(prepared, rspec.model_dump(mode="json"), str(out_dir), index=0)
+    # the worker builds and scores on validation only: it never gets the test split
+    worker = Worker(prepared.for_workers(), rspec.model_dump(mode="json"), str(out_dir), index=0)
+    test_record = describe_test_split(prepared)
+    scored = run.test_metrics()
+
+    def test_of(directory: Any, known: dict[str, float] | None = None) -> dict[str, float]:
+        if known:
+            return known
+        manifest = read_manifest(directory)
+        if manifest is not None and manifest.test_metrics and \
+                manifest.test_split.get("indices_sha256") == test_record["indices_sha256"]:
+            return dict(manifest.test_metrics)
+        metrics = score_test(prepared, directory, batch_size=test_record["batch_size"])
+        record_test_metrics(directory, metrics, test_record)
+        return metrics
+
     rows: list[dict[str, Any]] = []
     try:
         for number, config, metrics in members:
@@ -107,12 +133,17 @@ def refine_front(run_dir: str | os.PathLike[str], *, epochs: int | None = None,
                 continue
             t0 = time.perf_counter()
             res = worker.evaluate(number, config)
+            refined_dir = out_dir / res["artifact_dir"]
+            # the test split, once each, after every choice is made
+            search_test = test_of(run.artifact_dir(run.trial(number)), scored.get(number))
+            refined_test = test_of(refined_dir)
             rows.append({"trial": number, "config": config, "search": metrics,
-                         "refined": res["metrics"],
-                         "artifact_dir": str(out_dir / res["artifact_dir"]),
+                         "refined": res["metrics"], "search_test": search_test,
+                         "refined_test": refined_test, "artifact_dir": str(refined_dir),
                          "timings": res["timings"], "wall_s": time.perf_counter() - t0})
-            log(f"trial {number}: {prepared.task.metric} {metrics[prepared.task.metric]:.4f} -> "
-                f"{res['metrics'][prepared.task.metric]:.4f}")
+            q = prepared.task.metric
+            log(f"trial {number}: {q} validation {metrics[q]:.4f} -> {res['metrics'][q]:.4f}, "
+                f"test {search_test[q]:.4f} -> {refined_test[q]:.4f}")
             atomic_write_json(out_dir / "refined.json", {
                 "run": str(run.dir), "search_recovery": search_recovery, "recovery": recovery,
                 "metric": prepared.task.metric, "members": rows,

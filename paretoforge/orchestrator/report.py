@@ -5,8 +5,11 @@ completed candidate, the front in that projection, the base model), the hypervol
 completed trial (reference point: the worst observed value of each objective, stated on the
 panel), and the failed trials by reason. The HTML page inlines that PNG (base64) and holds the
 tables: the run (with one line per latency predictor: its data and held-out error), the front,
-the failures and every trial; it loads nothing from anywhere. Latency on a profile served by
-prediction (``prediction.profiles``) is labelled predicted wherever it appears.
+the failures and every trial; it loads nothing from anywhere. The front's quality is given
+twice, labelled: on validation (the split every search decision used; the figure plots it)
+and on test (never seen by the search, scored once per member after it: the one to quote).
+Latency on a profile served by prediction (``prediction.profiles``) is labelled predicted
+wherever it appears.
 
 Example:
     >>> html_path, png_path = write_report("runs/quickstart")  # doctest: +SKIP
@@ -136,6 +139,13 @@ def _provenance(run: Run) -> str:
             "the median on each profile.")
 
 
+def _quality_note(quality: str) -> str:
+    return (f"{quality} (validation): on the validation split, which every search decision "
+            "used (the study's values, constraints, pre-screening, the choice of this front), "
+            f"so it is an optimistic estimate. {quality} (test): on the test split, which no "
+            "decision saw, scored once per member after the search. Quote the test number.")
+
+
 def _feasible(t: Any) -> bool:
     return all(c <= 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or []))
 
@@ -216,11 +226,19 @@ def render_html(run: Run, png: bytes) -> str:
     for line in predictor_lines(run.predictors()):
         name, _, text = line.removeprefix("latency predictor ").partition(": ")
         summary[f"latency predictor {name}"] = text
+    quality = _quality_metric(run)
     front_rows = []
     for m in front:
-        r: dict[str, Any] = {"trial": m.trial, **{d: m.config.get(d) for d in dims},
-                             **{(f"{k} (predicted)" if k in predicted_metrics else k): v
-                                for k, v in m.objectives.items()}}
+        r: dict[str, Any] = {"trial": m.trial, **{d: m.config.get(d) for d in dims}}
+        for k, v in m.objectives.items():
+            label = (f"{k} (predicted)" if k in predicted_metrics
+                     else f"{k} (validation)" if k == quality else k)
+            r[label] = v
+            if k == quality:
+                r[f"{k} (test)"] = m.test_metrics.get(quality)
+        if quality not in m.objectives:
+            r[f"{quality} (validation)"] = m.metrics.get(quality)
+            r[f"{quality} (test)"] = m.test_metrics.get(quality)
         for k, v in m.relative.items():
             if k.startswith("speedup_latency_p50"):
                 r[k.replace("speedup_latency_p50_ms@", "speed-up@")] = v
@@ -245,6 +263,7 @@ def render_html(run: Run, png: bytes) -> str:
 <p class="muted">{html.escape(_provenance(run))}</p>
 <dl>{info}</dl>
 <h2>Pareto front</h2>
+<p class="muted">{html.escape(_quality_note(quality))}</p>
 {_table(front_rows, front_cols)}
 <h2>Figures</h2>
 <img alt="front per profile, hypervolume by trial, failures by reason"

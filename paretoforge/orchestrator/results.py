@@ -7,7 +7,14 @@ Layout of a run directory::
     study.journal     the Optuna study (journal storage), unless the spec names a storage URL
     artifacts/<key>/  model.onnx, model.safetensors, config.json, manifest.json per candidate
     front.json        the Pareto front, written when the search ends
+    artifacts/<key>/manifest.json  also holds test_metrics once the search has ended (front
+                      members and the base), as does the study's test_metrics user attribute
     predictors.json   per profile: the latency predictor, its data and held-out error
+
+Quality has two numbers. ``metrics`` (and the study's values) are on the validation split,
+which every search decision used, so a front member's validation quality is an optimistic
+estimate; ``test_metrics`` are on the test split, which no decision saw, scored once per front
+member after the search (:func:`score_test_split`). Quote the test number.
 
 A metric a latency predictor gave (a profile under ``prediction.profiles``) is listed in the
 trial's ``predicted_metrics`` user attr, a front member's ``predicted``, and an exported
@@ -29,14 +36,14 @@ from typing import Any
 
 from paretoforge._io import sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
-from paretoforge.manifest import Manifest, load_manifest
-from paretoforge.names import FailKind, Phase, TrialAttr
+from paretoforge.manifest import Manifest, load_manifest, read_manifest
+from paretoforge.names import FailKind, Phase, StudyAttr, TrialAttr
 from paretoforge.orchestrator.storage import open_study
 from paretoforge.pipeline.artifacts import files_match
 from paretoforge.spec import Spec
 
 __all__ = ["Checkpoint", "FrontMember", "Run", "export_trial", "load_run", "non_dominated",
-           "open_study"]
+           "open_study", "score_test_split"]
 
 def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> list[int]:
     """Indices of the points no other point dominates (duplicates of a point all stay).
@@ -61,7 +68,9 @@ def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> lis
 
 @dataclass
 class FrontMember:
-    """One Pareto-optimal trial."""
+    """One Pareto-optimal trial. ``metrics`` (and ``objectives``) hold validation quality,
+    the search's; ``test_metrics`` the test split's, scored once after the search (empty
+    until then, or for a run without real artifacts)."""
 
     trial: int
     config: dict[str, Any]
@@ -78,6 +87,14 @@ class FrontMember:
     phase: str | None = None
     recovery_epochs: int | None = None
     one_shot: dict[str, Any] | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)  # quality on the test split
+    quality_metric: str = ""
+
+    @property
+    def quality(self) -> dict[str, float | None]:
+        """The quality metric on validation (the search's) and on test (the one to quote)."""
+        q = self.quality_metric
+        return {"validation": self.metrics.get(q), "test": self.test_metrics.get(q)}
 
     @property
     def feasible(self) -> bool:
@@ -85,7 +102,9 @@ class FrontMember:
 
     def to_json(self) -> dict[str, Any]:
         return {"trial": self.trial, "config": self.config, "objectives": self.objectives,
-                "metrics": self.metrics, "relative_to_base": self.relative,
+                "metrics": self.metrics, "test_metrics": self.test_metrics,
+                "quality": {"metric": self.quality_metric, **self.quality},
+                "relative_to_base": self.relative,
                 "feasible": self.feasible, "constraint_violation": self.constraint_violation,
                 "misses": self.misses, "predicted": self.predicted,
                 "prediction_error": self.prediction_error, "artifacts": self.artifacts,
@@ -140,6 +159,19 @@ class Run:
         return {name: {k: v for k, v in entry.items() if k != "model"}
                 for name, entry in self.predictors().items()}
 
+    def test_metrics(self) -> dict[int, dict[str, float]]:
+        """Trial number -> its quality on the test split, for the trials scored on it after
+        the search (front members and the base); ``{}`` before that."""
+        raw = self.study.user_attrs.get(StudyAttr.TEST_METRICS) or {}
+        return {int(k): dict(v) for k, v in raw.items()}
+
+    def _test_metrics_of(self, t: Any, scored: dict[int, dict[str, float]]) -> dict[str, float]:
+        if t.number in scored:
+            return scored[t.number]
+        rel = t.user_attrs.get(TrialAttr.ARTIFACT_DIR)
+        manifest = read_manifest(self.dir / rel) if rel else None
+        return dict(manifest.test_metrics) if manifest is not None else {}
+
     def trials(self, *, states: tuple[str, ...] | None = ("COMPLETE",)) -> list[Any]:
         out = []
         for t in self.study.get_trials(deepcopy=False):
@@ -193,7 +225,8 @@ class Run:
                             [o.direction for o in self.spec.objectives])
         base = self.base_trial()
         errors = self.predictor_errors()
-        members = [self._member(pool[i], base, errors) for i in idx]
+        scored = self.test_metrics()
+        members = [self._member(pool[i], base, errors, scored) for i in idx]
         first = self.objective_names[0]
         return sorted(members, key=lambda m: m.objectives[first])
 
@@ -225,8 +258,11 @@ class Run:
         return sorted([*unpruned, *best.values()], key=lambda t: t.number)
 
     def _member(self, t: Any, base: Any | None,
-                errors: dict[str, dict[str, Any]] | None = None) -> FrontMember:
+                errors: dict[str, dict[str, Any]] | None = None,
+                scored: dict[int, dict[str, float]] | None = None) -> FrontMember:
         metrics = dict(t.user_attrs.get(TrialAttr.METRICS, {}))
+        scored = self.test_metrics() if scored is None else scored
+        test_metrics = self._test_metrics_of(t, scored)
         predicted = list(t.user_attrs.get(TrialAttr.PREDICTED_METRICS) or [])
         prediction_error = {}
         for m in predicted:
@@ -244,6 +280,9 @@ class Run:
             quality = self.spec.task.quality_metric
             if quality in bm and quality in metrics:
                 relative[f"{quality}_delta"] = metrics[quality] - bm[quality]
+            base_test = self._test_metrics_of(base, scored)
+            if quality in base_test and quality in test_metrics:
+                relative[f"{quality}_test_delta"] = test_metrics[quality] - base_test[quality]
         art = self.artifact_dir(t)
         artifacts = {name: str(art / name) for name in
                      ("model.onnx", "model.safetensors", "config.json", "manifest.json")}
@@ -255,6 +294,7 @@ class Run:
             phase=t.user_attrs.get(TrialAttr.PHASE),
             recovery_epochs=t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS),
             one_shot=self._one_shot_of(t),
+            test_metrics=test_metrics, quality_metric=self.spec.task.quality_metric,
         )
 
     def _one_shot_of(self, t: Any) -> dict[str, Any] | None:
@@ -408,10 +448,12 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     """Copy a trial's checkpoint to ``out`` with a complete manifest; atomic (temp dir + rename).
 
     The export holds ``model.onnx``, ``model.safetensors`` + ``config.json`` and
-    ``manifest.json`` (objectives, metrics with their profile, held-out split, input spec,
-    preprocessing, package versions, sha256 of every file). Metrics a latency predictor gave
-    are in ``metrics`` too, named under ``predicted`` with their predictor's held-out error,
-    and their ``measurements`` entry says ``"predicted": true``.
+    ``manifest.json`` (objectives, metrics with their profile, the split record, input spec,
+    preprocessing, package versions, sha256 of every file), with ``quality`` giving the
+    validation and the test quality side by side (``test_metrics``: the test split's).
+    Metrics a latency predictor gave are in ``metrics`` too, named under ``predicted`` with
+    their predictor's held-out error, and their ``measurements`` entry says
+    ``"predicted": true``.
     """
     t = run.trial(number)
     if t.state.name != "COMPLETE":
@@ -454,8 +496,21 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
                                          "predicted": True, "stop_reason": "predicted"}
             update["measurements"] = measurements
         base = run.base_trial()
+        scored = run.test_metrics()
         if base is not None:
             update["base_trial_metrics"] = base.user_attrs.get(TrialAttr.METRICS, {})
+            update["base_trial_test_metrics"] = run._test_metrics_of(base, scored)
+        test = run._test_metrics_of(t, scored)
+        quality = run.spec.task.quality_metric
+        update["test_metrics"] = test
+        update["quality"] = {
+            "metric": quality, "validation": manifest.metrics.get(quality),
+            "test": test.get(quality),
+            "note": "validation: the split every search decision used (optimistic); test: "
+                    "never seen by the search, scored once after it -- quote test"
+                    + ("" if test else "; this trial was not scored on test (only front "
+                       "members and the base are)"),
+        }
         update["files"] = {name: sha256_file(tmp / name) for name in manifest.files}
         manifest.model_copy(update=update).write(tmp / "manifest.json")
         if out.exists():
@@ -474,3 +529,55 @@ def _structure(config: dict[str, Any]) -> tuple[Any, ...]:
 
 def _violation(t: Any) -> float:
     return float(sum(max(0.0, c) for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])))
+
+
+def score_test_split(run: Run, prepared: Any, *, study: Any | None = None,
+                     log: Any = print) -> dict[int, dict[str, float]]:
+    """Score the test split once for each front member and the base trial, after the search.
+
+    Each artifact's ``model.onnx`` is scored on the test split of ``prepared`` (the driver's
+    bundle: the workers never had it); the result goes into the artifact's manifest
+    (``test_metrics``) and, keyed by trial number, into the study's
+    :attr:`~paretoforge.names.StudyAttr.TEST_METRICS` user attribute. A trial already scored
+    is not scored again, and nothing here is told to the study as a value. Artifacts that are
+    not a real build's (a stand-in worker's) are skipped.
+
+    Args:
+        run: The finished run.
+        prepared: The full :class:`~paretoforge.pipeline.prepare.Prepared` bundle.
+        study: Where to record it (the driver's study; default: the run's).
+        log: Where the one summary line goes.
+
+    Returns:
+        Trial number -> ``{quality metric: test value}``, every trial scored so far.
+    """
+    from paretoforge.pipeline.final import describe_test_split, record_test_metrics, score_test
+
+    study = study if study is not None else run.study
+    done = run.test_metrics()
+    wanted = [m.trial for m in run.front()] if run.trials() else []
+    base = run.base_trial()
+    if base is not None:
+        wanted.append(base.number)
+    record = describe_test_split(prepared)
+    new = 0
+    for number in dict.fromkeys(wanted):
+        if number in done:
+            continue
+        directory = run.artifact_dir(run.trial(number))
+        manifest = read_manifest(directory)
+        if manifest is None:
+            continue  # not a real build's artifact: nothing to score
+        if manifest.test_metrics and manifest.test_split.get("indices_sha256") == \
+                record["indices_sha256"]:
+            done[number] = dict(manifest.test_metrics)  # a twin's artifact, scored already
+            continue
+        done[number] = score_test(prepared, directory, batch_size=record["batch_size"])
+        record_test_metrics(directory, done[number], record)
+        new += 1
+    if new or done:
+        study.set_user_attr(StudyAttr.TEST_METRICS, {str(k): v for k, v in done.items()})
+    if new:
+        log(f"test split ({record['n']} examples, never seen by the search): scored "
+            f"{new} trial(s): the front's members and the base")
+    return done

@@ -138,7 +138,10 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
             placement=measured.placement, quality_batch_size=st.QUALITY_BATCH,
             graph=graph_summary(graph.path), fusions=graph.fusions,
             task={"name": p.task.name, "metric": p.task.metric,
-                  "heldout_split": p.task.split, "n_heldout": int(len(p.task.y_heldout))},
+                  "heldout_split": p.task.split, "n_heldout": int(p.task.split.get(
+                      "n_heldout", len(p.task.y_validation))),
+                  "metrics_split": "validation",
+                  "n_validation": int(len(p.task.y_validation))},
             inputs=[{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
                     for k, v in train.items()],
             outputs=[exported.output],

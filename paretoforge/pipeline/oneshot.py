@@ -68,7 +68,7 @@ def attach_supernet(prepared: Prepared, spec: Any, *, space: Any | None = None,
     options = supernet_options(spec, space, prepared.num_layers, prepared.num_heads)
     workers = spec.one_shot.train_workers or spec.cluster.workers
     t0 = time.perf_counter()
-    path = train_supernet(prepared, options, workers=workers,
+    path = train_supernet(prepared.for_workers(), options, workers=workers,
                           cpus_per_worker=max(1, int(spec.cluster.cpus_per_worker)), log=log)
     sn = Supernet.load(path)
     seconds = time.perf_counter() - t0

@@ -4,6 +4,10 @@ The base model is a built-in recipe (trained once, cached) or a local Hugging Fa
 (``model.path``: loaded offline, its tokenizer drives the text task). The bundle travels to the
 workers through the Ray object store: weights as safetensors bytes (never pickled modules),
 data as numpy arrays (one per model input), importance as plain lists.
+
+The test split stays on the driver: :meth:`Prepared.for_workers` is the bundle without it (and
+without the task's state for it), which is what the search's workers get. The driver scores
+it once per front member after the search (:func:`paretoforge.pipeline.score_test`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ def cache_dir() -> Path:
 class Prepared:
     """The shared inputs of every candidate build, computed once on the driver."""
 
-    task: TaskData  # the data, already preprocessed, with its held-out split
+    task: TaskData  # the data, already preprocessed: train, validation and (driver) test
     base_config_json: str
     base_weights: bytes  # safetensors serialisation of the base state dict
     base_info: dict[str, Any]
@@ -64,6 +68,8 @@ class Prepared:
     # Custom search dimensions (search_spaces.Dimension) of the user's own modules: shipped
     # by value like the task, each registers itself where the bundle is unpickled.
     dimensions: tuple[Any, ...] = ()
+    # Task.prepare_state for the test split: driver only, for the test score after the search.
+    test_state: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.contract is None:
@@ -79,7 +85,8 @@ class Prepared:
         return self.contract or TASKS.get(self.task.name)
 
     def feeds(self, split: str) -> dict[str, np.ndarray]:
-        """``{input name: array}`` of ``split`` (``"train"`` or ``"heldout"``)."""
+        """``{input name: array}`` of ``split`` (``"train"``, ``"validation"`` or ``"test"``,
+        the last on the driver only)."""
         return self.task.feeds(split)
 
     def load_supernet(self) -> Any:
@@ -93,6 +100,16 @@ class Prepared:
             Path(d, "config.json").write_text(self.base_config_json)
             Path(d, "model.safetensors").write_bytes(self.supernet["weights"])
             return load_pretrained(d)
+
+    def for_workers(self) -> Prepared:
+        """This bundle without the test split and its state: what the search's workers get,
+        so that no search decision can see a test example.
+
+        Example:
+            >>> prepared.for_workers().task.has_test  # doctest: +SKIP
+            False
+        """
+        return replace(self, task=self.task.without_test(), test_state=None)
 
     def load_base(self) -> Any:
         """Rebuild the base model from safetensors bytes + config (no pickle involved)."""
@@ -148,20 +165,22 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     torch.set_num_threads(idle_cores())
     model, info = get_base_model(recipe, task, cache_dir() / "base")
     timings["base_s"] = time.perf_counter() - t0
-    log(f"base model: held-out {task.metric} {info['heldout_accuracy']:.4f} "
+    log(f"base model: validation {task.metric} {info['heldout_accuracy']:.4f} "
         f"({'cached' if info.get('cached') else 'trained'} in {timings['base_s']:.1f}s)")
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    state, imp = _state_and_importance(model, task)
+    state, test_state, imp = _state_and_importance(model, task)
     timings["importance_s"] = time.perf_counter() - t0
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return Prepared(
-        task=task, base_config_json=model.config.to_json_string(), base_weights=st_save(state),
+        task=task, base_config_json=model.config.to_json_string(),
+        base_weights=st_save(weights),
         base_info={k: v for k, v in info.items() if _jsonable(v)},
         importance=imp.to_dict(), num_layers=int(model.config.num_hidden_layers),
         num_heads=int(model.config.num_attention_heads), timings=timings, task_state=state,
+        test_state=test_state,
     )
 
 
@@ -211,7 +230,7 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    state, imp = _state_and_importance(model, task)
+    state, test_state, imp = _state_and_importance(model, task)
     quality = TASKS.get(task.name).describe_base(model, task)
     timings["importance_s"] = time.perf_counter() - t0
     log(f"base model: {spec.model.path} ({type(model).__name__}, "
@@ -228,7 +247,7 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
         base_info={"path": spec.model.path, "directory": str(ckpt),
                    "architecture": type(model).__name__, "model_type": model.config.model_type},
         importance=imp.to_dict(), num_layers=layers, num_heads=heads, timings=timings,
-        checkpoint_dir=str(ckpt), task_state=state,
+        checkpoint_dir=str(ckpt), task_state=state, test_state=test_state,
     )
 
 
@@ -248,16 +267,20 @@ def prepare_cached(spec: Spec, *, log: Any = print) -> Prepared:
     return _LAST[key]
 
 
-def _state_and_importance(model: Any, task: TaskData) -> tuple[dict[str, Any], Any]:
-    """The task's state from the unpruned base, then importance on the training split with
-    the loss the task asks for (its labels' loss by default)."""
+def _state_and_importance(model: Any,
+                          task: TaskData) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The task's state from the unpruned base for validation (the search's) and for test
+    (the driver's), then importance on the training split with the loss the task asks for
+    (its labels' loss by default)."""
     from paretoforge.models.importance import compute_importance
 
     impl = TASKS.get(task.name)
-    state = impl.prepare_state(model, task)
+    state = impl.prepare_state(model, task.scoring("validation"))
+    test_state = impl.prepare_state(model, task.scoring("test"))
     loss_fn = impl.importance_loss(state)
     labels = None if loss_fn is not None else task.y_train
-    return state, compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
+    imp = compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
+    return state, test_state, imp
 
 
 def _jsonable(v: Any) -> bool:

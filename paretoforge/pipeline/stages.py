@@ -4,7 +4,7 @@
     recover (distillation from the base on the training split)        -> Weights
     export  (safetensors + config.json, the task's head traced to ONNX) -> Exported
     passes  (ONNX Runtime fusions, then the precision)                -> Graph
-    score   (the task's quality metric on the held-out split, ONNX Runtime) -> float
+    score   (the task's quality metric on the validation split, ONNX Runtime) -> float
     measure (latency per profile, through the caller's measurer)      -> Measured
 
 Each stage's output has a content key (:func:`stage_key`) made of what determines it: the
@@ -386,13 +386,14 @@ def _fuse(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, src: Path
 
 
 def score(ctx: BuildContext, onnx_path: Path, *, batch_size: int = QUALITY_BATCH) -> float:
-    """The task's quality metric of the ONNX model on the held-out split, on ONNX Runtime,
-    ``batch_size`` examples per call (default 1, as deployed)."""
+    """The task's quality metric of the ONNX model on the validation split, on ONNX Runtime,
+    ``batch_size`` examples per call (default 1, as deployed). This is the search's value;
+    the test split is scored after the search (:func:`paretoforge.pipeline.score_test`)."""
     from paretoforge.evaluators.quality import onnx_logits
 
     p = ctx.prepared
-    out = onnx_logits(onnx_path, p.feeds("heldout"), batch_size=batch_size)
-    return float(ctx.task.score(out, p.task, p.task_state))
+    out = onnx_logits(onnx_path, p.feeds("validation"), batch_size=batch_size)
+    return float(ctx.task.score(out, p.task.scoring("validation"), p.task_state))
 
 
 def latency_samples(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -77,10 +77,17 @@ class ModelSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """How the task data is split; the held-out part is never trained on."""
+    """How the task data is split; the held-out part (validation + test) is never trained on."""
 
     heldout_fraction: float = Field(
-        0.25, gt=0.0, lt=1.0, description="Fraction of the data held out for quality."
+        0.25, gt=0.0, lt=1.0,
+        description="Fraction of the data held out from training (validation + test)."
+    )
+    test_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="Fraction of the held-out part that is the test split, scored once per "
+        "front member after the search and never fed back; the rest is validation, which "
+        "every search decision uses."
     )
     seed: int = Field(0, description="Seed of the stratified split.")
 
@@ -105,7 +112,8 @@ class TaskSpec(_Strict):
         "(x images, y labels) or a folder with one subfolder of images per class; digits "
         "brings its own.",
     )
-    split: SplitSpec = Field(default_factory=SplitSpec, description="Train / held-out split.")
+    split: SplitSpec = Field(default_factory=SplitSpec,
+                             description="Train / validation / test split.")
     metric: str | None = Field(
         None,
         description="Quality metric on held-out data: one of the task's metrics (accuracy for "

@@ -18,14 +18,17 @@ Example:
     ...     name = "doc-parity"
     ...     metrics = {"accuracy": "maximize"}
     ...     sources = ("recipe",)
-    ...     def load(self, heldout_fraction: float = 0.25, seed: int = 0) -> TaskData:
-    ...         d = TASKS.get("digits").load(heldout_fraction=heldout_fraction, seed=seed)
+    ...     def load(self, heldout_fraction: float = 0.25, test_fraction: float = 0.5,
+    ...              seed: int = 0) -> TaskData:
+    ...         d = TASKS.get("digits").load(heldout_fraction=heldout_fraction,
+    ...                                      test_fraction=test_fraction, seed=seed)
     ...         return TaskData(name=self.name, x_train=d.x_train, y_train=d.y_train % 2,
-    ...                         x_heldout=d.x_heldout, y_heldout=d.y_heldout % 2,
+    ...                         x_validation=d.x_validation, y_validation=d.y_validation % 2,
+    ...                         x_test=d.x_test, y_test=d.y_test % 2,
     ...                         num_classes=2, input_name=d.input_name, metric="accuracy",
     ...                         preprocessing=d.preprocessing + "; label % 2", split=d.split)
     ...     def score(self, outputs: np.ndarray, data: TaskData, state: dict) -> float:
-    ...         return float((outputs.argmax(-1) == data.y_heldout).mean())
+    ...         return float((outputs.argmax(-1) == data.y_scored).mean())
     >>> TASKS.get("doc-parity").quality_metric
     'accuracy'
 """
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from paretoforge.exceptions import SpecError
 from paretoforge.registry import Registry
+from paretoforge.tasks._base import DEFAULT_TEST_FRACTION
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,9 +78,12 @@ class Task(ABC):
     """A task paretoforge can search for. Subclass it, fill the class attributes, implement
     :meth:`load`, and :func:`register_task` it.
 
-    Each method states who calls it and when. The data a task returns has a training split
-    (importance scores, distillation, calibration: everything that fits weights) and a
-    held-out split (every search decision); nothing the search trains on is held out.
+    Each method states who calls it and when. The data a task returns has three splits: train
+    (importance scores, distillation, calibration: everything that fits weights), validation
+    (every search decision: the study's values, constraints, pre-screening, the front and
+    what ``refine`` rebuilds) and test, which no search decision sees: it is withheld from
+    the workers and scored once per front member after the search (and after ``refine``),
+    by :meth:`score` on ``data.scoring("test")``. Test quality is the number to quote.
 
     Class attributes:
         name: The registered name (``task.name`` in the spec).
@@ -90,7 +97,9 @@ class Task(ABC):
             description of the data it reads from ``task.data``.
         data_required: Whether ``task.data`` must be given (else the task has a default).
         data_may_be_dir: Whether ``task.data`` may be a folder (else a file).
-        split_params: The ``task.split`` fields the loader takes (``heldout_fraction``).
+        split_params: The ``task.split`` fields the loader takes (``heldout_fraction``,
+            ``test_fraction``). A loader without ``test_fraction`` (an older task) has its
+            held-out part divided in half by :class:`TaskData`.
         distill_losses: The distillation losses it supports beyond hidden states:
             ``"logits"`` (soft labels, temperature) and/or ``"pooled"`` (pooled embedding).
     """
@@ -103,7 +112,7 @@ class Task(ABC):
     data: ClassVar[str | None] = None
     data_required: ClassVar[bool] = False
     data_may_be_dir: ClassVar[bool] = False
-    split_params: ClassVar[tuple[str, ...]] = ("heldout_fraction",)
+    split_params: ClassVar[tuple[str, ...]] = ("heldout_fraction", "test_fraction")
     distill_losses: ClassVar[tuple[str, ...]] = ("logits",)
 
     # -- what it is -------------------------------------------------------------------------
@@ -125,10 +134,12 @@ class Task(ABC):
 
     @abstractmethod
     def load(self, **params: Any) -> TaskData:
-        """Load and split the data into model inputs. Called once per search, on the driver,
-        before the base model is loaded; ``params`` are the spec's ``task.params`` plus
-        ``checkpoint`` (the checkpoint directory, for tasks that preprocess with it), ``path``
-        (``task.data``), ``seed`` and the :attr:`split_params`. Raises SpecError on bad data.
+        """Load and split the data into model inputs: train, validation and test
+        (``x_validation`` / ``x_test`` of :class:`TaskData`; an older task's ``x_heldout`` is
+        divided in half). Called once per search, on the driver, before the base model is
+        loaded; ``params`` are the spec's ``task.params`` plus ``checkpoint`` (the checkpoint
+        directory, for tasks that preprocess with it), ``path`` (``task.data``), ``seed`` and
+        the :attr:`split_params`. Raises SpecError on bad data.
         """
 
     def load_params(self) -> list[str]:
@@ -138,9 +149,11 @@ class Task(ABC):
 
     def prepare_state(self, base: nn.Module, data: TaskData) -> dict[str, Any]:
         """What every candidate's scoring and recovery need from the unpruned base, computed
-        once by prepare (after :meth:`load`, before importance) on the training split and
-        the held-out inputs; JSON-able values and numpy arrays only (it travels to the
-        workers). Default: nothing.
+        by prepare (after :meth:`load`, before importance) on the training split and the
+        inputs of the scored split ``data.scored``. Called twice: with ``"validation"`` (that
+        state travels to the workers and is what :meth:`importance_loss` and
+        :meth:`distill_options` get) and with ``"test"`` (kept on the driver for the test
+        score only). JSON-able values and numpy arrays only. Default: nothing.
         """
         return {}
 
@@ -165,8 +178,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, outputs: np.ndarray, data: TaskData, state: Mapping[str, Any]) -> float:
         """The quality metric of a candidate from its exported head's ``outputs`` on the
-        held-out inputs (one row per held-out example, in order). Called by the pipeline's
-        score stage, once per candidate, on ONNX Runtime outputs."""
+        inputs of the scored split ``data.scored`` (one row per example of
+        ``data.x_scored``, in order; its labels are ``data.y_scored``), with the ``state``
+        :meth:`prepare_state` gave for that split. Called on ONNX Runtime outputs by the
+        pipeline's score stage, once per candidate, for ``"validation"`` (the search's value),
+        and once per front member after the search for ``"test"``."""
 
     def distill_options(self, data: TaskData, state: Mapping[str, Any],
                         recovery: Any) -> dict[str, Any]:
@@ -239,13 +255,29 @@ def load_task(name: str, **params: Any) -> TaskData:
     Example:
         >>> load_task("digits", seed=1).split["seed"]
         1
+        >>> load_task("digits", test_fraction=0.4).split["test_fraction"]
+        0.4
     """
     task = TASKS.get(name)
     accepted = task.load_params()
+    if "test_fraction" in params and "test_fraction" not in accepted:
+        # an older task, whose loader returns x_heldout / y_heldout: TaskData halves it
+        fraction = params.pop("test_fraction")
+        if fraction != DEFAULT_TEST_FRACTION:
+            raise SpecError(
+                f"task {name!r}: its load() takes no test_fraction, so its held-out part is "
+                f"divided in half (test_fraction {DEFAULT_TEST_FRACTION}), not {fraction!r}. "
+                "Remove task.split.test_fraction, or give load() a test_fraction parameter "
+                "and return x_validation / x_test."
+            )
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise SpecError(
             f"Unknown parameter(s) {', '.join(map(repr, unknown))} for task {name!r}. "
             f"Valid parameters: {', '.join(accepted) or '(none)'}."
         )
-    return task.load(**params)
+    data = task.load(**params)
+    if not data.has_test:
+        raise SpecError(f"task {name!r}: load() returned no test split; pass x_test / y_test "
+                        "to TaskData (or an older task's x_heldout / y_heldout).")
+    return data

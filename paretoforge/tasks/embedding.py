@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TaskData
+from paretoforge.tasks._base import TaskData, check_split_params, divide_heldout
 from paretoforge.tasks._contract import ExportHead, Task, register_task
 
 if TYPE_CHECKING:
@@ -368,15 +368,18 @@ def load_embedding_task(
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
     text_column: str = "text",
+    test_fraction: float = 0.5,
 ) -> TaskData:
-    """Sentences for distilling (train) and scoring (held-out) an encoder's embeddings.
+    """Sentences for distilling (train) and scoring (validation, test) an encoder's embeddings.
 
     The texts are the user's (``path``: a ``.txt`` file with one text per line, or the
     ``text_column`` of a ``.csv`` / ``.tsv`` / ``.jsonl`` file; duplicates dropped) or, without
     ``path``, the :func:`pydoc_sentences`. They are shuffled by ``seed``; the first
     ``n_heldout`` are held out, the rest (or the first ``n_train`` of the rest) are for
-    importance and distillation, so the two sets never share a text. Texts are tokenized with
-    the checkpoint's tokenizer to ``max_length`` tokens.
+    importance and distillation, so the two sets never share a text. The held-out texts are
+    divided by a seeded shuffle into validation (the search's) and test (``test_fraction`` of
+    them, scored once per front member after the search). Texts are tokenized with the
+    checkpoint's tokenizer to ``max_length`` tokens.
 
     Labels do not exist: ``y_*`` are ``-1`` and ``num_classes`` is 0; quality is
     :func:`embedding_fidelity` against the unpruned model, pooled as
@@ -397,12 +400,13 @@ def load_embedding_task(
     else:
         sentences = pydoc_sentences()
         source = "pydoc_data.topics sentences"
-    for name, value, low in (("n_heldout", n_heldout, 1), ("max_length", max_length, 2),
+    for name, value, low in (("n_heldout", n_heldout, 2), ("max_length", max_length, 2),
                              ("seed", seed, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise SpecError(
                 f"embedding-fidelity: {name} must be an integer >= {low}, got {value!r}."
             )
+    check_split_params("embedding-fidelity", 0.5, seed, test_fraction)
     if n_heldout >= len(sentences):
         raise SpecError(
             f"embedding-fidelity: n_heldout={n_heldout} leaves no training texts; there are "
@@ -421,14 +425,19 @@ def load_embedding_task(
     pooling = Pooling.from_checkpoint(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
     enc_train = tokenize(tokenizer, [sentences[i] for i in train_idx], max_length)
-    enc_heldout = tokenize(tokenizer, [sentences[i] for i in heldout_idx], max_length)
+    val_idx, test_idx, division = divide_heldout(heldout_idx, None, test_fraction, seed,
+                                                 task="embedding-fidelity")
+    enc_val = tokenize(tokenizer, [sentences[i] for i in val_idx], max_length)
+    enc_test = tokenize(tokenizer, [sentences[i] for i in test_idx], max_length)
     sha = hashlib.sha256(np.asarray(heldout_idx, dtype="<i8").tobytes()).hexdigest()
     return TaskData(
         name="embedding-fidelity",
         x_train=enc_train,
         y_train=np.full(len(train_idx), -1, dtype=np.int64),
-        x_heldout=enc_heldout,
-        y_heldout=np.full(len(heldout_idx), -1, dtype=np.int64),
+        x_validation=enc_val,
+        y_validation=np.full(len(val_idx), -1, dtype=np.int64),
+        x_test=enc_test,
+        y_test=np.full(len(test_idx), -1, dtype=np.int64),
         num_classes=0,
         input_name="input_ids",
         metric="embedding_cosine",
@@ -446,6 +455,7 @@ def load_embedding_task(
             "n_heldout": len(heldout_idx),
             "n_sentences": len(sentences),
             "heldout_indices_sha256": sha,
+            **division,
             "pooling": pooling.to_dict(),
         },
     )
@@ -478,25 +488,26 @@ class EmbeddingFidelityTask(Task):
     metrics = {"embedding_cosine": "maximize"}
     families = ("bert", "distilbert", "roberta")
     data = "your texts: a .txt file with one text per line, or a .csv/.tsv/.jsonl text column"
-    split_params = ()  # n_heldout / n_train in task.params
+    split_params = ("test_fraction",)  # n_heldout / n_train in task.params
     distill_losses = ("logits", "pooled")
 
     def load(self, checkpoint: str, n_heldout: int = 500, n_train: int | None = None,
              max_length: int = 64, seed: int = 0, path: str | os.PathLike[str] | None = None,
-             text_column: str = "text") -> TaskData:
+             text_column: str = "text", test_fraction: float = 0.5) -> TaskData:
         return load_embedding_task(checkpoint, n_heldout=n_heldout, n_train=n_train,
                                    max_length=max_length, seed=seed, path=path,
-                                   text_column=text_column)
+                                   text_column=text_column, test_fraction=test_fraction)
 
     @staticmethod
     def pooling(data: TaskData) -> Pooling:
         return Pooling(**data.split["pooling"])
 
     def prepare_state(self, base: nn.Module, data: TaskData) -> dict[str, Any]:
-        """The pooling and the unpruned model's held-out embeddings (the reference)."""
+        """The pooling and the unpruned model's embeddings of the scored split (the
+        reference): called for validation (the search's state) and for test."""
         pool = self.pooling(data)
         return {"pooling": pool.to_dict(),
-                "reference": sentence_embeddings(base, data.feeds("heldout"), pool).numpy()}
+                "reference": sentence_embeddings(base, data.feeds(data.scored), pool).numpy()}
 
     def importance_loss(self, state: Any) -> Callable[..., Any]:
         return contrastive_loss(Pooling(**state["pooling"]))

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TaskData, check_split_params, classification_accuracy
+from paretoforge.tasks._base import (
+    DEFAULT_TEST_FRACTION,
+    TaskData,
+    check_split_params,
+    classification_accuracy,
+    divide_heldout,
+)
 from paretoforge.tasks._contract import Task, register_task
 
 if TYPE_CHECKING:
@@ -311,6 +317,7 @@ def load_image_classification_task(
     heldout_path: str | None = None,
     heldout_fraction: float = 0.2,
     seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> TaskData:
     """Load an image classification task, preprocessed as the checkpoint's image processor.
 
@@ -322,6 +329,8 @@ def load_image_classification_task(
             images or more; seeded by ``seed``).
         heldout_fraction: Fraction of ``path`` held out when there is no ``heldout_path``.
         seed: Seed of the split.
+        test_fraction: Fraction of the held-out images that become the test split
+            (stratified where possible); the rest are validation.
 
     Returns:
         The task: ``x_*`` are float32 ``(N, C, H, W)`` ``pixel_values``.
@@ -332,7 +341,7 @@ def load_image_classification_task(
     """
     import numpy as np
 
-    check_split_params(TASK, heldout_fraction, seed)
+    check_split_params(TASK, heldout_fraction, seed, test_fraction)
     proc = ImageProcessing.from_checkpoint(checkpoint)
     images, y_all, names = read_images(path, proc)
     split: dict[str, Any] = {"seed": int(seed), "path": str(path)}
@@ -364,14 +373,18 @@ def load_image_classification_task(
         )
     x_all = proc.apply(images)
     sha = hashlib.sha256(np.asarray(heldout_idx, dtype="<i8").tobytes()).hexdigest()
+    val_idx, test_idx, division = divide_heldout(heldout_idx, y_all[heldout_idx], test_fraction,
+                                                 seed, task=TASK)
     split.update(n_train=int(len(train_idx)), n_heldout=int(len(heldout_idx)),
-                 heldout_indices_sha256=sha, label_names=names)
+                 heldout_indices_sha256=sha, label_names=names, **division)
     return TaskData(
         name=TASK,
         x_train=np.ascontiguousarray(x_all[train_idx]),
         y_train=y_all[train_idx],
-        x_heldout=np.ascontiguousarray(x_all[heldout_idx]),
-        y_heldout=y_all[heldout_idx],
+        x_validation=np.ascontiguousarray(x_all[val_idx]),
+        y_validation=y_all[val_idx],
+        x_test=np.ascontiguousarray(x_all[test_idx]),
+        y_test=y_all[test_idx],
         num_classes=proc.num_labels,
         input_name="pixel_values",
         metric="accuracy",
@@ -393,9 +406,11 @@ class ImageClassificationTask(Task):
     data_may_be_dir = True
 
     def load(self, path: str, checkpoint: str, heldout_path: str | None = None,
-             heldout_fraction: float = 0.2, seed: int = 0) -> TaskData:
+             heldout_fraction: float = 0.2, seed: int = 0,
+             test_fraction: float = DEFAULT_TEST_FRACTION) -> TaskData:
         return load_image_classification_task(path, checkpoint, heldout_path=heldout_path,
-                                              heldout_fraction=heldout_fraction, seed=seed)
+                                              heldout_fraction=heldout_fraction, seed=seed,
+                                              test_fraction=test_fraction)
 
     def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
-        return classification_accuracy(outputs, data.y_heldout)
+        return classification_accuracy(outputs, data.y_scored)

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import SpecError
-from paretoforge.tasks._base import TaskData, check_split_params, classification_accuracy
+from paretoforge.tasks._base import (
+    DEFAULT_TEST_FRACTION,
+    TaskData,
+    check_split_params,
+    classification_accuracy,
+    divide_heldout,
+)
 from paretoforge.tasks._contract import Task, register_task
 
 if TYPE_CHECKING:
@@ -243,8 +249,9 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
     }
 
 
-def _check_params(heldout_fraction: float, seed: int, max_length: int) -> None:
-    check_split_params("text-classification", heldout_fraction, seed)
+def _check_params(heldout_fraction: float, seed: int, max_length: int,
+                  test_fraction: float) -> None:
+    check_split_params("text-classification", heldout_fraction, seed, test_fraction)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise SpecError(
             f"text-classification: max_length must be an integer >= 2, got {max_length!r}."
@@ -261,6 +268,7 @@ def load_text_classification_task(
     num_labels: int | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> TaskData:
     """Load a text classification task, tokenized with the checkpoint's tokenizer.
 
@@ -275,6 +283,9 @@ def load_text_classification_task(
         num_labels: Number of classes; default: inferred from the labels.
         text_column: Name of the text column / field.
         label_column: Name of the label column / field.
+        test_fraction: Fraction of the held-out examples (from ``heldout_path`` or the
+            ``heldout_fraction``) that become the test split, stratified; the rest are
+            validation.
 
     Returns:
         The task: ``x_*`` are ``{"input_ids", "attention_mask"}`` int64 ``(N, max_length)``.
@@ -285,7 +296,7 @@ def load_text_classification_task(
     """
     import numpy as np
 
-    _check_params(heldout_fraction, seed, max_length)
+    _check_params(heldout_fraction, seed, max_length, test_fraction)
     texts, raw = read_examples(path, text_column=text_column, label_column=label_column)
     split: dict[str, Any] = {"seed": int(seed), "max_length": int(max_length)}
     if heldout_path is not None:
@@ -320,16 +331,20 @@ def load_text_classification_task(
     tokenizer = load_tokenizer(checkpoint)
     enc = tokenize(tokenizer, all_texts, max_length)
     sha = hashlib.sha256(np.asarray(heldout_idx, dtype="<i8").tobytes()).hexdigest()
+    val_idx, test_idx, division = divide_heldout(heldout_idx, y_all[heldout_idx], test_fraction,
+                                                 seed, task="text-classification")
     split.update(
         path=str(path), n_train=int(len(train_idx)), n_heldout=int(len(heldout_idx)),
-        heldout_indices_sha256=sha, label_names=names,
+        heldout_indices_sha256=sha, label_names=names, **division,
     )  # fmt: skip
     return TaskData(
         name="text-classification",
         x_train={k: v[train_idx] for k, v in enc.items()},
         y_train=y_all[train_idx],
-        x_heldout={k: v[heldout_idx] for k, v in enc.items()},
-        y_heldout=y_all[heldout_idx],
+        x_validation={k: v[val_idx] for k, v in enc.items()},
+        y_validation=y_all[val_idx],
+        x_test={k: v[test_idx] for k, v in enc.items()},
+        y_test=y_all[test_idx],
         num_classes=len(names),
         input_name="input_ids",
         metric="accuracy",
@@ -355,11 +370,12 @@ class TextClassificationTask(Task):
     def load(self, path: str, checkpoint: str, heldout_path: str | None = None,
              heldout_fraction: float = 0.2, seed: int = 0, max_length: int = 128,
              num_labels: int | None = None, text_column: str = "text",
-             label_column: str = "label") -> TaskData:
+             label_column: str = "label",
+             test_fraction: float = DEFAULT_TEST_FRACTION) -> TaskData:
         return load_text_classification_task(
             path, checkpoint, heldout_path=heldout_path, heldout_fraction=heldout_fraction,
             seed=seed, max_length=max_length, num_labels=num_labels, text_column=text_column,
-            label_column=label_column)
+            label_column=label_column, test_fraction=test_fraction)
 
     def score(self, outputs: np.ndarray, data: TaskData, state: Any) -> float:
-        return classification_accuracy(outputs, data.y_heldout)
+        return classification_accuracy(outputs, data.y_scored)

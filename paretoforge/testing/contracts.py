@@ -517,7 +517,9 @@ def check_task(task: Any) -> None:
     params = task.load_params()
     _expect("seed" in params, f"{task.name}: load() takes no seed")
     for p in task.split_params:
-        _expect(p in params, f"{task.name}: load() takes no split parameter {p!r}")
+        # an older task's loader takes no test_fraction: TaskData halves its held-out part
+        _expect(p in params or p == "test_fraction",
+                f"{task.name}: load() takes no split parameter {p!r}")
     if "checkpoint" in task.sources:
         _expect("checkpoint" in params, f"{task.name}: load() takes no checkpoint")
     if task.data is not None:
@@ -528,8 +530,9 @@ def check_task(task: Any) -> None:
 
 def check_task_data(task: Any, data: Any) -> None:
     """What :meth:`Task.load` returned: the task's name and quality metric, one label per
-    example on each split, the same inputs on both, a JSON-able split record, and the task's
-    score of constant outputs is a finite number."""
+    example on each of train, validation and test, the same inputs on all three, a JSON-able
+    split record whose sizes are the arrays', and the task's score of constant outputs is a
+    finite number on validation and on test."""
     import json
     import math
 
@@ -538,16 +541,28 @@ def check_task_data(task: Any, data: Any) -> None:
     _expect(data.name == task.name, f"{task.name}: data is named {data.name!r}")
     _expect(data.metric == task.quality_metric,
             f"{task.name}: data scored by {data.metric!r}, not {task.quality_metric!r}")
-    train, held = data.feeds("train"), data.feeds("heldout")
-    _expect(set(train) == set(held) and data.input_name in train,
-            f"{task.name}: inputs {sorted(train)} vs {sorted(held)}")
-    for k in train:
-        _expect(len(train[k]) == len(data.y_train) and len(held[k]) == len(data.y_heldout),
-                f"{task.name}: input {k!r} and labels differ in length")
-        _expect(train[k].shape[1:] == held[k].shape[1:], f"{task.name}: {k!r} shapes differ")
-    _expect(len(data.y_heldout) > 0 and len(data.y_train) > 0, f"{task.name}: empty split")
+    _expect(data.has_test, f"{task.name}: no test split")
+    feeds = {s: data.feeds(s) for s in ("train", "validation", "test")}
+    train = feeds["train"]
+    _expect(data.input_name in train, f"{task.name}: no input {data.input_name!r}")
+    for split, x in feeds.items():
+        _expect(set(x) == set(train), f"{task.name}: inputs {sorted(train)} vs {sorted(x)}")
+        n = len(data.labels(split))
+        _expect(n > 0, f"{task.name}: empty {split} split")
+        for k in x:
+            _expect(len(x[k]) == n, f"{task.name}: {split} input {k!r} and labels differ")
+            _expect(x[k].shape[1:] == train[k].shape[1:], f"{task.name}: {k!r} shapes differ")
+    for split in ("validation", "test"):
+        key = f"n_{split}"
+        _expect(data.split.get(key) == len(data.labels(split)),
+                f"{task.name}: split[{key!r}] is {data.split.get(key)!r}, not "
+                f"{len(data.labels(split))}")
+        _expect(isinstance(data.split.get(f"{split}_indices_sha256"), str),
+                f"{task.name}: split has no {split}_indices_sha256")
     json.dumps(data.split)
     width = max(1, int(data.num_classes))
-    value = task.score(np.zeros((len(data.y_heldout), width), np.float32), data, {})
-    _expect(isinstance(value, float) and math.isfinite(value),
-            f"{task.name}: score of constant outputs is {value!r}")
+    for split in ("validation", "test"):
+        view = data.scoring(split)
+        value = task.score(np.zeros((len(view.y_scored), width), np.float32), view, {})
+        _expect(isinstance(value, float) and math.isfinite(value),
+                f"{task.name}: score of constant outputs on {split} is {value!r}")

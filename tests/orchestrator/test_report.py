@@ -74,6 +74,22 @@ def test_report_is_self_contained(tiny_run, tmp_path: Path) -> None:
     assert "Pareto front" in html and "All trials" in html and "reference: worst observed" in html
     for m in run.front():
         assert f"<td>{m.trial}</td>" in html
+    # quality twice, labelled: the search's validation number and the test number to quote
+    assert "<th>accuracy (validation)</th><th>accuracy (test)</th>" in html
+    assert "Quote the test number" in html
+    for m in run.front():
+        assert m.test_metrics, "every front member is scored on test after the search"
+        assert f"<td>{m.test_metrics['accuracy']:.4g}</td>" in html
+
+
+def test_front_table_shows_validation_and_test(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    result = CliRunner().invoke(app, ["front", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy (validation)" in result.output and "accuracy (test)" in result.output
+    assert "quote the test number" in result.output
+    for m in load_run(run_dir).front():
+        assert f"{m.test_metrics['accuracy']:.4g}" in result.output
 
 
 def test_report_of_a_run_with_failures(ray_cluster, make_spec, tmp_path: Path) -> None:

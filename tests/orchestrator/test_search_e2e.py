@@ -66,8 +66,14 @@ def test_front_json_cli(tiny_run) -> None:
     members = json.loads(result.stdout)
     assert members
     for m in members:
-        assert set(m) >= {"trial", "config", "objectives", "metrics", "artifacts"}
+        assert set(m) >= {"trial", "config", "objectives", "metrics", "artifacts",
+                          "test_metrics", "quality"}
         assert "latency_p50_ms@cpu-1t" in m["metrics"]
+        # validation and test quality side by side, both scored
+        assert m["quality"]["metric"] == "accuracy"
+        assert m["quality"]["validation"] == m["metrics"]["accuracy"]
+        assert m["quality"]["test"] == m["test_metrics"]["accuracy"]
+        assert 0.0 <= m["quality"]["test"] <= 1.0
         assert Path(m["artifacts"]["model.onnx"]).is_file()
 
 
@@ -91,11 +97,14 @@ def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
     assert "latency_p50_ms@cpu-1t" in manifest["metrics"]
     assert manifest["inputs"][0]["name"] == "pixel_values"
 
-    # Rebuild the held-out set from sklearn alone, with the manifest's indices and preprocessing
-    # (pixels / 16 as float32, shaped (N, 1, 8, 8)).
+    # Rebuild the validation and test sets from sklearn alone, with the manifest's indices and
+    # preprocessing (pixels / 16 as float32, shaped (N, 1, 8, 8)).
     split = manifest["task"]["heldout_split"]
-    idx = np.asarray(split["heldout_indices"])
-    assert len(idx) == split["n_heldout"]
+    held = np.asarray(split["heldout_indices"])
+    assert len(held) == split["n_heldout"]
+    test_idx = np.asarray(split["test_indices"])
+    val_idx = np.setdiff1d(held, test_idx)
+    assert len(val_idx) == split["n_validation"] and len(test_idx) == split["n_test"]
     assert "divided by 16" in manifest["preprocessing"]
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
@@ -103,9 +112,23 @@ def test_export_round_trip(tiny_run, tmp_path: Path) -> None:
     # one example per call, as the manifest says quality was scored (dynamic int8 computes its
     # activation scales per call, so batching can change a prediction)
     assert manifest["quality_batch_size"] == 1
-    logits = np.concatenate([sess.run(None, {"pixel_values": x[i : i + 1]})[0] for i in idx])
-    acc = float((logits.argmax(1) == digits.target[idx]).mean())
-    assert acc == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-9)
+
+    def outputs(idx: np.ndarray) -> np.ndarray:
+        return np.concatenate([sess.run(None, {"pixel_values": x[i : i + 1]})[0] for i in idx])
+
+    def accuracy(idx: np.ndarray) -> float:
+        return float((outputs(idx).argmax(1) == digits.target[idx]).mean())
+
+    # metrics: the search's validation split; test_metrics: the test split, scored after it
+    assert accuracy(val_idx) == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-9)
+    assert accuracy(test_idx) == pytest.approx(manifest["test_metrics"]["accuracy"], abs=1e-9)
+    q = manifest["quality"]
+    assert q["metric"] == "accuracy" and q["validation"] == manifest["metrics"]["accuracy"]
+    assert q["test"] == manifest["test_metrics"]["accuracy"] and "quote test" in q["note"]
+    assert manifest["test_split"]["n"] == split["n_test"]
+    assert set(manifest["base_trial_test_metrics"]) == {"accuracy"}
+    idx = held
+    logits = outputs(idx)
 
     if member.config["precision"] == "fp32":
         model = load_pretrained(out)

@@ -77,6 +77,17 @@ def test_task_splits_sentences_disjointly(tokenizer_dir):
                       n_train=100, max_length=24)  # fmt: skip
     assert len(small.y_train) == 100
     np.testing.assert_array_equal(small.x_heldout["input_ids"], task.x_heldout["input_ids"])
+    # the 300 held-out texts: half validation (the search's), half test, seeded
+    assert task.split["n_validation"] == len(task.y_validation) == 150
+    assert task.split["n_test"] == len(task.y_test) == 150
+    assert task.x_test["input_ids"].shape == (150, 24)
+    np.testing.assert_array_equal(small.x_test["input_ids"], task.x_test["input_ids"])
+    other = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=300,
+                      max_length=24, test_fraction=0.2)  # fmt: skip
+    assert other.split["n_test"] == 60 and other.split["heldout_indices_sha256"] == \
+        task.split["heldout_indices_sha256"]
+    with pytest.raises(SpecError, match="n_heldout must be an integer >= 2"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=1)
     with pytest.raises(SpecError, match="n_heldout=99999 leaves no training texts"):
         load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=99999)
 

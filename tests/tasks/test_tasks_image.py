@@ -75,9 +75,12 @@ def test_npz_shapes_preprocessing_and_split(tmp_path, vit_dir, layout):
                      heldout_fraction=0.2, seed=0)
     assert task.input_name == "pixel_values" and task.metric == "accuracy"
     assert task.num_classes == 3
-    assert task.x_train.shape == (24, 3, 16, 16) and task.x_heldout.shape == (6, 3, 16, 16)
+    assert task.x_train.shape == (24, 3, 16, 16)
+    assert task.x_validation.shape == task.x_test.shape == (3, 3, 16, 16)
     assert task.x_train.dtype == np.float32 and task.y_train.dtype == np.int64
-    assert np.bincount(task.y_heldout).tolist() == [2, 2, 2]  # stratified
+    # stratified twice: the held-out part, then its division into validation and test
+    assert np.bincount(task.y_validation).tolist() == np.bincount(task.y_test).tolist() == \
+        [1, 1, 1]
     raw = np.load(path)["x"]
     raw = raw if layout == "nhwc" else raw.transpose(0, 2, 3, 1)
     first_train = int(np.setdiff1d(np.arange(30), _heldout_indices(task))[0])
@@ -86,7 +89,8 @@ def test_npz_shapes_preprocessing_and_split(tmp_path, vit_dir, layout):
         task.preprocessing
     again = load_task("image-classification", path=str(path), checkpoint=str(vit_dir),
                       heldout_fraction=0.2, seed=0)
-    np.testing.assert_array_equal(again.x_heldout, task.x_heldout)
+    np.testing.assert_array_equal(again.x_validation, task.x_validation)
+    np.testing.assert_array_equal(again.x_test, task.x_test)
     other = load_task("image-classification", path=str(path), checkpoint=str(vit_dir),
                       heldout_fraction=0.2, seed=1)
     assert other.split["heldout_indices_sha256"] != task.split["heldout_indices_sha256"]
@@ -121,7 +125,8 @@ def test_folder_resizes_like_the_image_processor_and_separate_heldout(tmp_path, 
     held = _folder(tmp_path / "held", n=1)
     task = load_task("image-classification", path=str(train), checkpoint=str(vit_dir),
                      heldout_path=str(held))
-    assert task.x_train.shape == (12, 3, 16, 16) and task.x_heldout.shape == (3, 3, 16, 16)
+    assert task.x_train.shape == (12, 3, 16, 16)
+    assert len(task.x_validation) + len(task.x_test) == 3 and len(task.x_test) >= 1
     assert task.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert task.split["label_names"] == ["cat", "dog", "fox"]
     assert task.split["method"] == "separate held-out data"

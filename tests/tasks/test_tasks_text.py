@@ -40,19 +40,22 @@ def test_loads_tokenized_fixed_length_inputs(tmp_path, tokenizer_dir, suffix):
                      max_length=12, heldout_fraction=0.25, seed=0)  # fmt: skip
     assert task.input_names == ("input_ids", "attention_mask")
     n = len(_rows())
-    assert len(task.y_train) + len(task.y_heldout) == n and len(task.y_heldout) == n // 4
-    for split in ("train", "heldout"):
+    n_val, n_test = len(task.y_validation), len(task.y_test)
+    assert len(task.y_train) + n_val + n_test == n and n_val + n_test == n // 4
+    assert task.split["n_validation"] == n_val and task.split["n_test"] == n_test
+    for split in ("train", "validation", "test"):
         feeds = task.feeds(split)
         for arr in feeds.values():
             assert arr.dtype == np.int64 and arr.shape[1] == 12
         mask = feeds["attention_mask"]
         assert (mask[:, 0] == 1).all() and (mask == 0).any()  # right padding
         assert (feeds["input_ids"][mask == 0] == 0).all()  # [PAD]
-    assert task.num_classes == 2 and set(task.y_heldout) == {0, 1}  # stratified
+    assert task.num_classes == 2 and set(task.y_validation) == set(task.y_test) == {0, 1}
     assert task.describe()["input_shapes"] == {"input_ids": [12], "attention_mask": [12]}
     again = load_task("text-classification", path=str(path), checkpoint=str(tokenizer_dir),
                       max_length=12, heldout_fraction=0.25, seed=0)  # fmt: skip
-    np.testing.assert_array_equal(again.x_heldout["input_ids"], task.x_heldout["input_ids"])
+    np.testing.assert_array_equal(again.x_validation["input_ids"], task.x_validation["input_ids"])
+    np.testing.assert_array_equal(again.x_test["input_ids"], task.x_test["input_ids"])
 
 
 def test_string_labels_and_separate_heldout_file(tmp_path, tokenizer_dir):
@@ -61,7 +64,9 @@ def test_string_labels_and_separate_heldout_file(tmp_path, tokenizer_dir):
     task = load_task("text-classification", path=str(train), checkpoint=str(tokenizer_dir),
                      heldout_path=str(held), max_length=8)  # fmt: skip
     assert task.split["label_names"] == ["neg", "pos"]
-    assert task.y_heldout.tolist() == [1, 0] and len(task.y_train) == 10
+    # the held-out file's two examples: one validation, one test
+    assert len(task.y_validation) == len(task.y_test) == 1 and len(task.y_train) == 10
+    assert sorted(task.y_validation.tolist() + task.y_test.tolist()) == [0, 1]
 
 
 def test_errors_name_the_file_and_the_fix(tmp_path, tokenizer_dir):
