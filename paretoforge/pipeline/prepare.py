@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,11 +30,9 @@ _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its
 
 def cache_dir() -> Path:
     """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
-    env = os.environ.get("PARETOFORGE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
+    from paretoforge.models.recipes import cache_root
+
+    return cache_root()
 
 
 @dataclass

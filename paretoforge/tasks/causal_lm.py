@@ -359,7 +359,7 @@ class CausalLMTask(Task):
 
     name = "causal-lm"
     metrics = METRICS  # type: ignore[assignment]
-    families = ("gpt2",)
+    families = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
     data = "your text: a .txt file (paragraphs) or a .jsonl file with a text field"
     distill_losses = ("logits",)
 
