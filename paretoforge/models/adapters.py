@@ -6,7 +6,7 @@ interface only; adding a family means adding one adapter in :mod:`paretoforge.mo
 Example:
     >>> from paretoforge.models.adapters import ADAPTERS
     >>> ADAPTERS.names()
-    ['bert', 'deit', 'distilbert', 'gpt2', 'roberta', 'vit']
+    ['bert', 'deit', 'distilbert', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'roberta', 'vit']
 """
 
 from __future__ import annotations

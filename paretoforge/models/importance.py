@@ -177,11 +177,12 @@ def compute_importance(
     layer_sum = torch.zeros(len(layers), dtype=torch.float64)
     gates: dict[str, list[torch.Tensor]] = {}
 
-    def head_hook(i: int):  # o's input is (B, T, nh * hd), head by head
+    def head_hook(i: int):  # o's input is (B, T, nh * hd), head (or GQA group) by head
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             inp = args[0]
             b = inp.shape[0]
-            split = inp.reshape(*inp.shape[:-1], n_heads[i], hd)  # (B, T, nh, hs)
+            # a unit is a head, or a GQA group's query heads: (B, T, nh, unit features)
+            split = inp.reshape(*inp.shape[:-1], n_heads[i], -1)
             gate = gates["heads"][i].view(b, *([1] * (inp.dim() - 2)), n_heads[i], 1)
             return ((split * gate).reshape(inp.shape), *args[1:])  # (B, T, nh * hs)
 

@@ -24,7 +24,6 @@ from paretoforge.models.adapters import (
     SOURCE_LAYERS_ATTR,
     adapter_for,
     layer_shapes,
-    slice_projection,
 )
 from paretoforge.models.surgery import slice_heads
 
@@ -315,7 +314,6 @@ def _apply_shapes(model: nn.Module, shapes: Any, config_path: Path) -> None:
             f"{len(widths)} FFN widths for num_hidden_layers={len(layers)}; they must agree."
         )
     for i, (layer, n_heads, width) in enumerate(zip(layers, heads, widths, strict=True)):
-        up, down = adapter.ffn(layer)
         max_heads, max_width = adapter.num_heads(layer, hd), adapter.ffn_width(layer)
         if not (isinstance(n_heads, int) and 1 <= n_heads <= max_heads):
             raise BuildError(
@@ -328,6 +326,5 @@ def _apply_shapes(model: nn.Module, shapes: Any, config_path: Path) -> None:
                 f"1..{max_width}."
             )
         slice_heads(adapter, layer, range(n_heads), hd)
-        slice_projection(up, out_idx=range(width))
-        slice_projection(down, in_idx=range(width))
+        adapter.slice_ffn(layer, range(width))
     adapter.set_layer_shapes(model)

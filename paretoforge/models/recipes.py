@@ -9,12 +9,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from paretoforge.exceptions import SpecError
 from paretoforge.registry import Registry
 
-__all__ = ["RECIPES", "get_recipe"]
+__all__ = ["CHECKPOINT_RECIPES", "RECIPES", "cache_root", "get_recipe", "recipe_checkpoint"]
 
 # name -> zero-argument factory of the recipe dataclass (imported lazily: it pulls in torch).
 RECIPES: Registry[Any] = Registry("model recipe")
@@ -25,6 +27,38 @@ def _vit_digits() -> Any:
     from paretoforge.models.vit import DEFAULT_DIGITS_RECIPE
 
     return DEFAULT_DIGITS_RECIPE
+
+
+# name -> (zero-argument recipe factory, (recipe, cache dir) -> checkpoint directory): recipes
+# that come as a whole Hugging Face checkpoint with its tokenizer (``model.path: recipe:NAME``).
+CHECKPOINT_RECIPES: Registry[Any] = Registry("checkpoint recipe")
+
+
+@CHECKPOINT_RECIPES.register("tiny-llama")
+def _tiny_llama() -> Any:
+    from paretoforge.models.tiny_llama import DEFAULT_TINY_LLAMA, tiny_llama_checkpoint
+
+    return DEFAULT_TINY_LLAMA, tiny_llama_checkpoint
+
+
+def cache_root() -> Path:
+    """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
+    env = os.environ.get("PARETOFORGE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
+
+
+def recipe_checkpoint(name: str) -> Path:
+    """The checkpoint directory of the built-in checkpoint recipe ``name``, trained once into
+    ``cache_root()/base/<recipe key>/`` (minutes, the first time) and found there afterwards.
+
+    Raises:
+        UnknownComponentError: no checkpoint recipe of that name.
+    """
+    recipe, build = CHECKPOINT_RECIPES.get(name)()
+    return Path(build(recipe, cache_root() / "base"))
 
 
 def get_recipe(name: str, **overrides: Any) -> Any:

@@ -103,13 +103,23 @@ def slice_heads(
 ) -> None:
     """Keep only attention ``heads`` of ``layer``: rows of q/k/v (or of each fused block), and
     the matching inputs of the output projection. In place; attributes are synced later."""
-    feat = head_indices(heads, head_dim)  # (len(heads) * hd,)
-    for proj in adapter.head_projections(layer):
-        # A fused projection holds head_sections blocks of (nh * hd) features: q | k | v.
-        block = adapter.num_heads(layer, head_dim) * head_dim
+    # Read before slicing: a unit is per[i] heads of projection i (a GQA group: its query
+    # heads in q, its one head in k and v).
+    units = adapter.num_heads(layer, head_dim)
+    per = adapter.unit_heads(layer, head_dim)
+    for proj, k in zip(adapter.head_projections(layer), per, strict=True):
+        feat = head_indices(_expand(heads, k), head_dim)  # (len(heads) * k * hd,)
+        # A fused projection holds head_sections blocks of (units * k * hd) features: q | k | v.
+        block = units * k * head_dim
         idx = torch.cat([feat + s * block for s in range(adapter.head_sections)])
         slice_projection(proj, out_idx=idx)
-    slice_projection(adapter.out_projection(layer), in_idx=feat)
+    slice_projection(adapter.out_projection(layer),
+                     in_idx=head_indices(_expand(heads, per[0]), head_dim))
+
+
+def _expand(units: Sequence[int], k: int) -> list[int]:
+    """Head indices of ``units`` of ``k`` consecutive heads each (unit ``u``: ``u*k..``)."""
+    return [int(u) * k + j for u in units for j in range(k)]
 
 
 def identity_plan(model: nn.Module) -> PrunePlan:
@@ -233,7 +243,9 @@ def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """A new dense model keeping only what ``plan`` keeps; ``model`` is left untouched.
 
     Heads: outputs of q/k/v (or of each block of a fused qkv, and their biases) and inputs of o
-    are sliced head by head. Neurons: outputs of up (and its bias) and inputs of down. Layers:
+    are sliced head by head; a grouped-query family's unit is a whole key/value group (its
+    query heads and its key and value head), so the result is still valid GQA. Neurons:
+    outputs of up (and gate, for a gated MLP; their biases) and inputs of down. Layers:
     dropped from the layer list. The config gets ``num_hidden_layers``, ``paretoforge_shapes``
     (per-layer heads and FFN widths) and ``paretoforge_source_layers`` (each kept layer's index
     in the original, unpruned model, composed over repeated pruning).
@@ -258,10 +270,8 @@ def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
     kept_layers = nn.ModuleList([old_layers[i] for i in plan.layers])
     for layer, hs, ns in zip(kept_layers, plan.heads, plan.neurons, strict=True):
         slice_heads(adapter, layer, hs, hd)
-        up, down = adapter.ffn(layer)
-        slice_projection(up, out_idx=ns)
-        slice_projection(down, in_idx=ns)
+        adapter.slice_ffn(layer, ns)
     adapter.set_layers(new, kept_layers)
-    adapter.set_layer_shapes(new)
     setattr(new.config, SOURCE_LAYERS_ATTR, [int(source[i]) for i in plan.layers])
+    adapter.set_layer_shapes(new)  # after the source record: per-layer config lists follow it
     return new.train(model.training)

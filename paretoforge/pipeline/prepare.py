@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -35,11 +34,9 @@ _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its
 
 def cache_dir() -> Path:
     """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
-    env = os.environ.get("PARETOFORGE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
+    from paretoforge.models.recipes import cache_root
+
+    return cache_root()
 
 
 @dataclass
@@ -185,7 +182,8 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
 
 
 def checkpoint_shape(path: str) -> tuple[int, int]:
-    """``(layers, heads)`` of the checkpoint at ``path`` (``pkg:`` paths too), from config.json.
+    """``(layers, heads)`` of the checkpoint at ``path`` (``pkg:`` paths too), from config.json;
+    a grouped-query checkpoint's heads are its key/value groups (what pruning keeps or drops).
 
     Raises:
         SpecError: the config has no layer or head count.
@@ -197,8 +195,9 @@ def checkpoint_shape(path: str) -> tuple[int, int]:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     layers = next((config[k] for k in ("num_hidden_layers", "n_layers", "n_layer")
                    if k in config), None)  # fmt: skip
-    heads = next((config[k] for k in ("num_attention_heads", "n_heads", "n_head")
-                  if k in config), None)  # fmt: skip
+    # Grouped-query attention prunes whole key/value groups: those are its head units.
+    heads = next((config[k] for k in ("num_key_value_heads", "num_attention_heads", "n_heads",
+                                      "n_head") if config.get(k) is not None), None)  # fmt: skip
     if not isinstance(layers, int) or not isinstance(heads, int):
         raise SpecError(f"model.path: {str(config_path)!r} gives no layer / head count")
     return layers, heads

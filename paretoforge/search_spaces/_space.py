@@ -63,6 +63,18 @@ SPACES.add("encoder-prune", SpacePreset(
     "int8, static int8). Layer and head choices fit the checkpoint: counts above its own "
     "are dropped and its own count is added.",
     dimensions=_ENCODER, fit_to_model=_FIT))
+SPACES.add("decoder-prune", SpacePreset(
+    description="Structured pruning of a decoder checkpoint (GPT-2, Llama, Qwen2/3, "
+    "Mistral): layers, attention heads per layer (for grouped-query attention: key/value "
+    "groups, each with its query heads), FFN width x precision (fp32, dynamic int8). Layer "
+    "and head choices fit the checkpoint.",
+    dimensions={
+        "layers_kept": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+        "heads_kept": (1, 2, 4, 8, 12),
+        "ffn_kept": (0.25, 0.5, 0.75, 1.0),
+        "precision": ("fp32", "int8"),
+    },
+    fit_to_model=("layers_kept", "heads_kept")))
 SPACES.add("vit-per-layer", SpacePreset(
     description="vit-prune with heads and FFN width chosen for each kept layer on its own "
     "(HAT-style): layers x (heads x FFN width) per layer x precision (fp32, dynamic int8).",

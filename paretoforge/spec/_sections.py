@@ -483,12 +483,18 @@ class PredictionSpec(_Strict):
 
 def resolve_model_path(path: str) -> Path:
     """A checkpoint path as a directory: ``pkg:MODULE/SUBDIR`` is looked up in the installed
-    package MODULE (importlib.resources); anything else is a filesystem path (``~`` expanded).
+    package MODULE (importlib.resources); ``recipe:NAME`` is a built-in checkpoint recipe
+    (e.g. ``recipe:tiny-llama``), trained on first use and cached; anything else is a
+    filesystem path (``~`` expanded).
 
     Example:
         >>> resolve_model_path("pkg:paretoforge/search_spaces").name
         'search_spaces'
     """
+    if path.startswith("recipe:"):  # a built-in checkpoint recipe, trained once and cached
+        from paretoforge.models.recipes import recipe_checkpoint
+
+        return recipe_checkpoint(path[len("recipe:"):])
     if path.startswith("pkg:"):
         import importlib.resources
 

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from paretoforge.tasks import digits as _digits  # noqa: E402,F401,I001  (registers "digits")
+from paretoforge.tasks import causal_lm as _causal_lm  # noqa: E402,F401,I001  ("causal-lm")
+from paretoforge.tasks import digits as _digits  # noqa: E402,F401  (registers "digits")
 from paretoforge.tasks import embedding as _embedding  # noqa: E402,F401  ("embedding-fidelity")
 from paretoforge.tasks import image as _image  # noqa: E402,F401  ("image-classification")
 from paretoforge.tasks import text as _text  # noqa: E402,F401  ("text-classification")

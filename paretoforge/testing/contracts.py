@@ -160,16 +160,18 @@ def check_family_builds(family: str) -> nn.Module:
         heads = adapter.num_heads(layer, hd)
         _expect(heads >= 2, f"family {family!r}: layer {i} of the tiny model has {heads} head(s); "
                             "it needs >= 2 to drop one")
-        for proj in adapter.head_projections(layer):
-            _expect(out_features(proj) == adapter.head_sections * heads * hd,
+        per = adapter.unit_heads(layer, hd)  # heads per unit (a GQA group: q_per_kv in q)
+        for proj, k in zip(adapter.head_projections(layer), per, strict=True):
+            _expect(out_features(proj) == adapter.head_sections * heads * k * hd,
                     f"family {family!r}: head projection of layer {i} has {out_features(proj)} "
-                    f"outputs, not head_sections * heads * head_dim")
-        _expect(in_features(adapter.out_projection(layer)) == heads * hd,
+                    f"outputs, not head_sections * heads * unit_heads * head_dim")
+        _expect(in_features(adapter.out_projection(layer)) == heads * per[0] * hd,
                 f"family {family!r}: the output projection of layer {i} does not take "
-                f"heads * head_dim inputs")
+                f"heads * unit_heads * head_dim inputs")
         up, down = adapter.ffn(layer)
-        _expect(out_features(up) == in_features(down) == adapter.ffn_width(layer),
-                f"family {family!r}: FFN up and down of layer {i} disagree on the width")
+        _expect(all(out_features(p) == adapter.ffn_width(layer)
+                    for p in adapter.ffn_inputs(layer)) and in_features(down) == out_features(up),
+                f"family {family!r}: FFN up (gate) and down of layer {i} disagree on the width")
     out = _forward(model, tiny_inputs(model, 2, seed=0))
     _expect(out.shape[0] == 2, f"family {family!r}: output batch axis is {out.shape}")
     return model

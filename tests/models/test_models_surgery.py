@@ -150,9 +150,8 @@ def test_unknown_family_lists_supported_types():
     class T5Like(torch.nn.Module):
         config = SimpleNamespace(model_type="t5")
 
-    with pytest.raises(
-        UnknownComponentError, match="Available: bert, deit, distilbert, gpt2, roberta, vit"
-    ):
+    with pytest.raises(UnknownComponentError, match="Available: bert, deit, distilbert, gpt2, "
+                                                    "llama, mistral, qwen2, qwen3, roberta, vit"):
         adapter_for(T5Like())
     with pytest.raises(UnknownComponentError, match="vit"):
         adapter_for(torch.nn.Linear(2, 2))

@@ -139,7 +139,8 @@ def test_text_classification_search_of_a_local_checkpoint(ray_cluster, tmp_path)
         (lambda d: (d / "empty").mkdir() or d / "empty", "has no config.json"),
         (lambda d: _config_only(d, "bert", weights=False), "no *.safetensors"),
         (lambda d: _config_only(d, "t5"), "model_type 't5', which is not supported; "
-                                          "supported: bert, distilbert, roberta, vit, deit"),
+                                          "supported: gpt2, llama, mistral, qwen2, qwen3, "
+                                          "bert, distilbert, roberta, vit, deit"),
     ],
 )
 def test_model_path_errors_are_one_line_before_ray(tmp_path, make, expect) -> None:

@@ -156,6 +156,28 @@ class FamilyAdapter(ABC):
     def head_dim(self, model: nn.Module) -> int:
         """Features per attention head (the same in every layer; pruning keeps it)."""
 
+    def unit_heads(self, layer: nn.Module, head_dim: int) -> tuple[int, ...]:
+        """For each of :meth:`head_projections`, the attention heads of one prunable *unit*.
+
+        A unit is what :meth:`num_heads` counts and pruning keeps or drops: one head (the
+        default, ``(1, 1, 1)``), or, for grouped-query attention, one key/value group: its
+        query heads in q and its one head in k and v (``(q_per_kv, 1, 1)``). The first
+        projection's count is also the unit's share of the output projection's inputs.
+        """
+        return (1,) * len(self.head_projections(layer))
+
+    def ffn_inputs(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        """Projections whose outputs are the FFN neurons: ``up`` (the default), or ``gate``
+        and ``up`` of a gated (SwiGLU) MLP; :meth:`slice_ffn` slices them together."""
+        return (self.ffn(layer)[0],)
+
+    def slice_ffn(self, layer: nn.Module, neurons: Sequence[int] | torch.Tensor) -> None:
+        """Keep FFN ``neurons`` of ``layer``: the outputs of every :meth:`ffn_inputs`
+        projection and the inputs of ``down``, in place (a permutation reorders them)."""
+        for proj in self.ffn_inputs(layer):
+            slice_projection(proj, out_idx=neurons)
+        slice_projection(self.ffn(layer)[1], in_idx=neurons)
+
     def embedding(self, model: nn.Module) -> nn.Module:
         """The input embedding (token or patch embedding)."""
         return model.get_input_embeddings()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from paretoforge.exceptions import BuildError
-from paretoforge.models.adapters import adapter_for, slice_projection
+from paretoforge.models.adapters import adapter_for, in_features
 from paretoforge.models.importance import Importance
 from paretoforge.models.surgery import PrunePlan, _check_plan, head_indices, slice_heads
 
@@ -78,9 +78,7 @@ def rewire(model: nn.Module, importance: Importance) -> tuple[nn.Module, Importa
             )
         h_order, n_order = _descending(h_scores), _descending(n_scores)
         slice_heads(adapter, layer, h_order, hd)  # a permutation: every head stays
-        up, down = adapter.ffn(layer)
-        slice_projection(up, out_idx=n_order)
-        slice_projection(down, in_idx=n_order)
+        adapter.slice_ffn(layer, n_order)
         heads[i, :n_heads] = h_scores[h_order]
         neurons.append(n_scores[n_order])
     rewired = Importance(
@@ -155,8 +153,9 @@ def masked(
         heads, neurons = kept[i]
         n_heads, width = adapter.num_heads(layer, hd), adapter.ffn_width(layer)
         if len(heads) < n_heads:
-            mask = torch.zeros(n_heads * hd)  # (nh * hd,): o's input is head by head
-            mask[head_indices(heads, hd)] = 1.0
+            unit = in_features(adapter.out_projection(layer)) // n_heads  # a head or a group
+            mask = torch.zeros(n_heads * unit)  # (nh * unit,): o's input is unit by unit
+            mask[head_indices(heads, unit)] = 1.0
             handles.append(
                 adapter.out_projection(layer).register_forward_pre_hook(_input_mask_hook(mask))
             )
