@@ -166,10 +166,13 @@ def _print_front(members: list[Any], objectives: list[str],
         table.add_column(f"{quality} (test)", justify="right")
     table.add_column("speed-up (cpu-1t p50)", justify="right")
     table.add_column("size", justify="right")
+    one_shot = any(getattr(m, "phase", None) for m in members)
+    if one_shot:
+        table.add_column(f"one-shot {quality or objectives[0]}", justify="right")
     for m in members:
         cfg = m.config
-        desc = (f"L{cfg.get('layers_kept')} H{cfg.get('heads_kept')} "
-                f"FFN{cfg.get('ffn_kept')} {cfg.get('precision')}")
+        desc = (f"L{cfg.get('layers_kept')} H{_compact(cfg.get('heads_kept'))} "
+                f"FFN{_compact(cfg.get('ffn_kept'))} {cfg.get('precision')}")
         speed = m.relative.get("speedup_latency_p50_ms@cpu-1t")
         predicted = set(getattr(m, "predicted", []) or [])
         test = m.test_metrics.get(quality) if quality else None
@@ -178,8 +181,13 @@ def _print_front(members: list[Any], objectives: list[str],
                         for o in objectives),
                       *(([f"{test:.4g}" if test is not None else "-"]) if quality else []),
                       f"{speed:.2f}x" if speed else "-",
-                      f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB")
+                      f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB",
+                      *([_one_shot_cell(m, quality or objectives[0])] if one_shot else []))
     Console(width=max(100, Console().width)).print(table)
+    if one_shot:
+        typer.echo("one-shot: the member's values as cut from the supernet, before finishing; "
+                   "'(trial N, +E ep)': recovered for E epochs from that one-shot trial; "
+                   "'as built': not recovered (the base at a precision)")
     if quality:
         typer.echo(f"{quality} (validation): the split every search decision used, an optimistic"
                    f" estimate; {quality} (test): never seen by the search, scored once per "
@@ -191,6 +199,20 @@ def _print_front(members: list[Any], objectives: list[str],
     for line in predictor_lines(predictors or {}):
         typer.echo(line)
 
+
+
+def _compact(v: Any) -> str:
+    """A per-layer list as ``[4,1,2]``; a single value as is."""
+    return "[" + ",".join(f"{x:g}" for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+
+def _one_shot_cell(m: Any, metric: str) -> str:
+    src = getattr(m, "one_shot", None)
+    if not src:
+        return "as built"
+    v = src.get("metrics", {}).get(metric, src.get("objectives", {}).get(metric))
+    value = f"{v:.4g}" if isinstance(v, (int, float)) else "-"
+    return f"{value} (trial {src['trial']}, +{m.recovery_epochs} ep)"
 
 
 @app.command()
