@@ -226,16 +226,18 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         from paretoforge.pipeline.prepare import prepare_cached
 
         prepared = prepare_cached(spec, log=log)
-        atomic_write_json(run_dir / "run.json", {
-            "study": spec.name, "objectives": [o.model_dump() for o in spec.objectives],
-            "base_model": prepared.base_info, "prepare_timings": prepared.timings,
-            "versions": package_versions(),
-        })
         one_shot = spec.search.strategy == "one-shot"
         if one_shot:
             from paretoforge.pipeline.oneshot import attach_supernet
 
             prepared = attach_supernet(prepared, spec, space=space, log=log)
+        atomic_write_json(run_dir / "run.json", {
+            "study": spec.name, "objectives": [o.model_dump() for o in spec.objectives],
+            "base_model": prepared.base_info, "prepare_timings": prepared.timings,
+            "versions": package_versions(),
+            "supernet": None if prepared.supernet is None else {
+                k: v for k, v in prepared.supernet.items() if k not in ("weights", "importance")},
+        })
         prepared = _ship_user_task(prepared, space)
         prepared_ref = ray.put(prepared.for_workers())  # no test split on the workers
         spec_json = spec.model_dump(mode="json")
