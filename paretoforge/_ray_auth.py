@@ -35,7 +35,9 @@ from paretoforge.exceptions import PlacementError
 __all__ = ["CONNECT_TIMEOUT_S", "LOCAL_SYSTEM_CONFIG", "connect_cluster", "ensure_ray_auth",
            "start_local_cluster"]
 
-CONNECT_TIMEOUT_S = 30.0
+# How long an address may take to answer as a Ray cluster; PARETOFORGE_RAY_CONNECT_TIMEOUT_S
+# changes it (a cluster across a slow link).
+CONNECT_TIMEOUT_S = float(os.environ.get("PARETOFORGE_RAY_CONNECT_TIMEOUT_S", "30"))
 
 # GCS health checks of the raylets, for a cluster on one machine. Ray's defaults (a check
 # every 3 s, each allowed 10 s, dead after 5 failures: about a minute) suit a data centre,
@@ -165,14 +167,15 @@ def _answers_as_gcs(address: str, host_port: tuple[str, int], deadline: float) -
         raise _fail(address, f"{type(err).__name__}: {first}")
 
 
-def connect_cluster(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
+def connect_cluster(address: str, *, timeout_s: float | None = None,
                     debug: bool = False, **init_kwargs: Any) -> None:
     """Join the running Ray cluster at ``address``, or raise within about ``timeout_s``.
 
     Args:
         address: ``HOST:PORT`` of the head's GCS, ``auto`` (the cluster Ray's current-cluster
             file names: asked for, so allowed) or a Ray Client ``ray://`` address.
-        timeout_s: How long the address may take to answer as a Ray GCS.
+        timeout_s: How long the address may take to answer as a Ray GCS (default
+            :data:`CONNECT_TIMEOUT_S`, 30 s).
         debug: Ray's logs to the terminal at DEBUG level.
         **init_kwargs: More ``ray.init`` arguments.
 
@@ -188,7 +191,7 @@ def connect_cluster(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
     """  # noqa: E501
     import ray
 
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + (CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
     target = address
     if address == "auto":
         from ray._private import services
