@@ -208,7 +208,8 @@ def transfer_record(name: str, entry: Any, machines: Mapping[str, Mapping[str, A
     profile = get_profile(name)
     wanted = entry.source_profile or name
     sources = source_machines(entry.source, wanted)
-    nodes = [n for n in _target_nodes(profile, resources) if "error" not in machines.get(n, {})]
+    nodes = [n for n in _target_nodes(profile, resources)
+             if n in machines and "error" not in machines[n]]
     differences: dict[str, list[str]] = {}
     if sources:
         for nid in nodes:
