@@ -301,7 +301,8 @@ def report(
 @_errors
 def profiles(
     address: Annotated[str | None, typer.Option("--address", help="Also check which profiles "
-                                                "this Ray cluster can serve.")] = None,
+                                                "this Ray cluster can serve, and show each "
+                                                "node's CPU features and calibration.")] = None,
 ) -> None:
     """List the hardware profiles."""
     from rich.console import Console
@@ -310,38 +311,53 @@ def profiles(
     from paretoforge.hw_profiles import PROFILES
 
     served: set[str] | None = None
+    machines: dict[str, Any] = {}
     if address:
         import ray
 
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        res = ray.cluster_resources()
-        ray.shutdown()
+        from paretoforge._ray_auth import connect_cluster
+        from paretoforge.hw_profiles.doctor import node_machines
+
+        connect_cluster(address)
+        try:
+            res = ray.cluster_resources()
+            machines = node_machines()
+        finally:
+            ray.shutdown()
         from paretoforge.hw_profiles import served_profiles
 
         served = {n for n, ok in served_profiles(res).items() if ok}
     table = Table(title="Hardware profiles")
     for col in ("name", "device", "runtime", "provider", "threads", "batch", "resource",
-                "description") + (("served",) if served is not None else ()):
+                "requires", "description") + (("served",) if served is not None else ()):
         table.add_column(col)
     for n in PROFILES.names():
         p = PROFILES.get(n)
         row = [n, p.device, p.runtime, p.provider,
                "all" if p.intra_op_threads is None else str(p.intra_op_threads),
-               str(p.batch_size), p.resource or "any node", p.description]
+               str(p.batch_size), p.resource or "any node", " ".join(p.requires) or "-",
+               p.description]
         if served is not None:
             row.append("yes" if n in served else "no")
         table.add_row(*row)
     Console(width=max(120, Console().width)).print(table)
+    if machines:
+        from paretoforge.hw_profiles.doctor import format_machine
+
+        for nid, ident in machines.items():
+            typer.echo(f"node {nid[:12]}: {format_machine(ident)}")
 
 
 @app.command()
 @_errors
 def doctor(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster to probe; "
-                                                "unset probes a local one.")] = None,
+                                                "unset starts and probes a local one of its "
+                                                "own.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Probe the cluster: nodes, their resources, runtime providers, which profiles it serves."""
+    """Probe the cluster: nodes, their CPU features and calibration, resources, runtime
+    providers, and which profiles it serves."""
     from paretoforge.hw_profiles.doctor import doctor_report, format_doctor
 
     report = doctor_report(address)

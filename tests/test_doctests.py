@@ -24,6 +24,7 @@ CHEAP_MODULES = [
     "paretoforge.registry",
     "paretoforge._io",
     "paretoforge._sysinfo",
+    "paretoforge._ray_auth",
     "paretoforge.names",
     "paretoforge.samplers",
     "paretoforge.search_spaces",

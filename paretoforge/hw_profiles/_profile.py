@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from paretoforge._sysinfo import ISA_FEATURES
 from paretoforge.exceptions import PlacementError
 from paretoforge.names import PRECISIONS, TORCH_PRECISIONS
 
@@ -117,6 +118,14 @@ class HardwareProfile(BaseModel):
             "'hw:<name>'. null: any node."
         ),
     )
+    requires: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "CPU instruction-set features a node must have to measure this profile, e.g. "
+            "[avx512_vnni] (Linux /proc/cpuinfo names, one of " + ", ".join(ISA_FEATURES)
+            + "). A search whose nodes that may measure it lack one is refused at start."
+        ),
+    )
 
     latency_rounds: int = Field(
         default=3, ge=1, le=50,
@@ -156,6 +165,30 @@ class HardwareProfile(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"precisions {list(v)} repeat a value; list each precision once")
         return v
+
+    @field_validator("requires")
+    @classmethod
+    def _known_features(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import difflib
+
+        for f in v:
+            if f not in ISA_FEATURES:
+                close = difflib.get_close_matches(f.lower(), ISA_FEATURES, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"requires: unknown CPU feature {f!r}; {hint}the features are "
+                                 f"{', '.join(ISA_FEATURES)}")
+        return tuple(sorted(set(v)))
+
+    def missing_features(self, isa: list[str] | tuple[str, ...] | None) -> list[str]:
+        """The features in ``requires`` that a machine with features ``isa`` lacks.
+
+        Example:
+            >>> p = HardwareProfile(name="vnni", device="cpu", requires=["avx512_vnni"])
+            >>> p.missing_features(["avx2", "fma"]), p.missing_features(["avx512_vnni"])
+            (['avx512_vnni'], [])
+        """
+        have = set(isa or ())
+        return [f for f in self.requires if f not in have]
 
     @model_validator(mode="after")
     def _torch_runs_its_precisions(self) -> HardwareProfile:

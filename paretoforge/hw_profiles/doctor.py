@@ -1,8 +1,12 @@
 """What each node of a cluster offers, and which hardware profiles the cluster can serve.
 
 ``paretoforge doctor`` runs :func:`probe_node` on every alive node (a Ray task pinned to the
-node) and prints :func:`format_doctor`. :func:`served_profiles` is the cheap check the driver
-does before a search: a profile bound to a Ray resource is served only when a node carries it.
+node) and prints :func:`format_doctor`: each node's CPU, instruction-set features and
+calibration (:func:`paretoforge._sysinfo.machine_identity`), runtimes and resources, then which
+profiles it can serve. :func:`served_profiles` is the cheap check the driver does before a
+search: a profile bound to a Ray resource is served only when a node carries it;
+:func:`node_machines` is the per-node identity the driver checks ``requires`` and predictor
+transfers against.
 
 Cheap to import: Ray, torch and onnxruntime are imported inside the functions.
 
@@ -22,12 +26,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from paretoforge._sysinfo import cpu_model
+from paretoforge._sysinfo import cpu_model, machine_identity
 from paretoforge._system import available_cores
 from paretoforge.hw_profiles._builtin import PROFILES
 from paretoforge.hw_profiles._profile import HardwareProfile
 
-__all__ = ["doctor_report", "format_doctor", "probe_node", "profile_problems", "served_profiles"]
+__all__ = ["doctor_report", "format_doctor", "format_machine", "node_machines", "probe_node",
+           "profile_problems", "served_profiles"]
 
 
 def served_profiles(
@@ -71,7 +76,9 @@ def probe_node() -> dict[str, Any]:
 
     Returns:
         ``{"hostname", "machine", "platform", "python", "cpu_model", "logical_cores",
-        "usable_cores", "memory_gb", "loadavg", "onnxruntime": {"version", "providers"},
+        "usable_cores", "identity" (:func:`~paretoforge._sysinfo.machine_identity`: ISA
+        features, physical cores, fingerprint, calibration), "memory_gb", "loadavg",
+        "onnxruntime": {"version", "providers"},
         "torch": {"version", "cuda_available", "cuda_version", "devices"},
         "cuda_visible_devices", "nvidia_smi", "ray": {"node_id", "resources"}}``.
         Inside a Ray task that asked for no GPU, Ray empties ``CUDA_VISIBLE_DEVICES``, so
@@ -88,6 +95,7 @@ def probe_node() -> dict[str, Any]:
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "nvidia_smi": _nvidia_smi(),
+        "identity": machine_identity(),
     }
     try:
         import psutil
@@ -139,6 +147,10 @@ def profile_problems(profile: HardwareProfile, probe: Mapping[str, Any]) -> list
         'onnxruntime lacks CUDAExecutionProvider '
     """
     problems = []
+    missing = profile.missing_features((probe.get("identity") or {}).get("isa"))
+    if missing and probe.get("identity"):
+        problems.append(f"CPU lacks {', '.join(missing)} (the profile requires "
+                        f"{', '.join(profile.requires)})")
     if profile.runtime == "onnxruntime":
         ort_info = probe.get("onnxruntime") or {}
         providers = ort_info.get("providers")
@@ -168,9 +180,11 @@ def profile_problems(profile: HardwareProfile, probe: Mapping[str, Any]) -> list
 def doctor_report(address: str | None = None, *, timeout_s: float = 120.0) -> dict[str, Any]:
     """Probe every alive node of the cluster and check every registered profile against it.
 
-    Connects to ``address`` (or ``RAY_ADDRESS``; with neither, starts a local cluster) unless
-    Ray is already initialised, runs :func:`probe_node` on each alive node as a zero-CPU task
-    pinned with ``NodeAffinitySchedulingStrategy``, and disconnects again if it connected.
+    Connects to ``address`` (or ``RAY_ADDRESS``; with neither, starts a local cluster of its
+    own, never the one Ray's current-cluster file names) unless Ray is already initialised;
+    an address that does not answer raises PlacementError within about 30 s. Runs
+    :func:`probe_node` on each alive node as a zero-CPU task pinned with
+    ``NodeAffinitySchedulingStrategy``, and disconnects again if it connected.
 
     Args:
         address: Ray cluster address, e.g. ``"10.0.0.1:6379"`` or ``"auto"``.
@@ -182,15 +196,12 @@ def doctor_report(address: str | None = None, *, timeout_s: float = 120.0) -> di
         "probe"}], "profiles": {name: {"served", "resource", "nodes", "usable_nodes",
         "problems"}}}``.
     """
-    import logging
-
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        _connect(address)
         started = True
     try:
         alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -233,6 +244,67 @@ def doctor_report(address: str | None = None, *, timeout_s: float = 120.0) -> di
             "profiles": profiles}
 
 
+def _connect(address: str | None) -> None:
+    from paretoforge._ray_auth import connect_cluster, start_local_cluster
+
+    addr = address or os.environ.get("RAY_ADDRESS")
+    if addr:
+        connect_cluster(addr)
+    else:
+        start_local_cluster(num_cpus=available_cores(), object_store_memory=80 * 1024**2)
+
+
+def node_machines(*, timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
+    """Each alive node's :func:`~paretoforge._sysinfo.machine_identity`, calibration included.
+
+    One zero-CPU Ray task pinned to each node (the first on a node calibrates it, a few hundred
+    milliseconds; later ones read the node's cache). Ray must be initialised.
+
+    Returns:
+        Node id -> identity; a node that did not answer in ``timeout_s`` maps to
+        ``{"error": ...}``.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(machine_identity)
+    refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote() for n in ray.nodes() if n.get("Alive")}
+    ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    out: dict[str, dict[str, Any]] = {}
+    for nid, ref in refs.items():
+        try:
+            out[nid] = dict(ray.get(ref, timeout=0))
+        except Exception as err:
+            out[nid] = {"error": f"no answer within {timeout_s:g}s: {type(err).__name__}"}
+    return out
+
+
+def format_machine(identity: Mapping[str, Any]) -> str:
+    """One line: ISA features, cores and calibration of a machine identity.
+
+    Example:
+        >>> format_machine({"isa": ["avx2", "fma"], "physical_cores": 2, "logical_cores": 4,
+        ...                 "fingerprint": "ab12", "calibration": {"fp32_gflops": 40.0,
+        ...                 "int8_gops": 30.0, "int8_speedup": 0.75}})
+        'isa avx2 fma; 2 physical / 4 logical cores; fingerprint ab12; calibration fp32 40 GFLOP/s, int8 30 GOP/s (int8 0.75x fp32)'
+    """  # noqa: E501
+    if "error" in identity:
+        return str(identity["error"])
+    cal = identity.get("calibration") or {}
+    if "error" in cal:
+        cal_text = f"calibration failed: {cal['error']}"
+    elif cal:
+        cal_text = (f"calibration fp32 {cal.get('fp32_gflops', 0):.3g} GFLOP/s, int8 "
+                    f"{cal.get('int8_gops', 0):.3g} GOP/s (int8 {cal.get('int8_speedup', 0):.2f}x"
+                    " fp32)")
+    else:
+        cal_text = "not calibrated"
+    return (f"isa {' '.join(identity.get('isa') or []) or '(unknown)'}; "
+            f"{identity.get('physical_cores')} physical / {identity.get('logical_cores')} "
+            f"logical cores; fingerprint {identity.get('fingerprint')}; {cal_text}")
+
+
 def format_doctor(report: Mapping[str, Any]) -> str:
     """The report as plain text: one block per node, then one line per profile with the fix.
 
@@ -257,6 +329,8 @@ def format_doctor(report: Mapping[str, Any]) -> str:
         lines.append(f"  {p.get('hostname')}  {p.get('machine')}  {p.get('cpu_model')}  "
                      f"{p.get('usable_cores')}/{p.get('logical_cores')} cores  {mem} GB  "
                      f"load {', '.join(f'{x:.2f}' for x in p.get('loadavg') or [])}")
+        if p.get("identity"):
+            lines.append(f"  {format_machine(p['identity'])}")
         o = p.get("onnxruntime", {})
         lines.append(f"  onnxruntime {o.get('version', '-')}: "
                      f"{', '.join(o.get('providers', [])) or o.get('error')}")

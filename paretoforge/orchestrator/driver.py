@@ -79,33 +79,26 @@ def check_before_start(spec: Spec) -> SearchSpace:
 def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) -> bool:
     """Connect to ``address`` / spec / RAY_ADDRESS, or start a local cluster; True if started.
 
-    A local cluster gets exactly the CPUs the workers reserve (at least the machine's), no
-    dashboard unless the spec asks for one (then on 127.0.0.1 only).
+    Joining a cluster is explicit: with none of the three, a new local cluster of this process
+    starts, never the one Ray's current-cluster file names. It gets exactly the CPUs the
+    workers reserve (at least one), listens on 127.0.0.1 only, and has no dashboard unless
+    the spec asks for one (then on 127.0.0.1). An address that does not answer as a Ray
+    cluster raises PlacementError within about 30 s
+    (:func:`~paretoforge._ray_auth.connect_cluster`).
     """
-    import logging
-
     import ray
+
+    from paretoforge._ray_auth import connect_cluster, start_local_cluster
 
     if ray.is_initialized():
         return False
     addr = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
-    common: dict[str, Any] = {"logging_level": logging.DEBUG if debug else logging.WARNING,
-                              "log_to_driver": debug}
     if addr:
-        try:
-            ray.init(address=addr, **common)
-        except Exception as e:
-            raise PlacementError(
-                f"could not connect to the Ray cluster at {addr!r}: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}. Check the address (ray status on "
-                "the head node); a cluster with token auth needs RAY_AUTH_TOKEN set here"
-            ) from None
+        connect_cluster(addr, debug=debug)
         return True
     need = spec.cluster.workers * spec.cluster.cpus_per_worker
-    num_cpus = max(int(-(-need // 1)), 1)
-    # address="local": a new cluster of our own, never one another process started here
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=spec.cluster.dashboard,
-             dashboard_host="127.0.0.1", object_store_memory=256 * 1024**2, **common)
+    start_local_cluster(num_cpus=max(int(-(-need // 1)), 1), dashboard=spec.cluster.dashboard,
+                        debug=debug)
     return True
 
 
@@ -214,7 +207,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     gates: dict[str, Any] = {}
     benches: dict[str, list[Any]] = {}
     try:
-        _check_placement(profiles)
+        _check_placement(profiles, spec)
         log(f"ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):.0f} CPUs;"
             f" run directory {run_dir}")
         # Gates and benches before any build: a bench that cannot be placed refuses the run now.
@@ -304,12 +297,17 @@ def _ship_user_task(prepared: Any, space: SearchSpace) -> Any:
     return dataclasses.replace(prepared, dimensions=dims) if dims else prepared
 
 
-def _check_placement(profiles: list[Any]) -> None:
+def _check_placement(profiles: list[Any], spec: Spec | None = None) -> None:
     """A profile bound to a Ray resource is measured only where a node carries it: on a worker
-    whose node does, else on a bench of such a node (:mod:`paretoforge.orchestrator.bench`)."""
+    whose node does, else on a bench of such a node (:mod:`paretoforge.orchestrator.bench`).
+    A profile that ``requires`` CPU features is refused unless every node that may measure
+    it has them; a ``prediction.profiles`` source measured on a machine that differs from
+    its profile's nodes is refused (:func:`~paretoforge.orchestrator.prediction.check_transfers`).
+    Asking each node for its machine identity also calibrates it, before any measurement."""
     import ray
 
     from paretoforge.hw_profiles import served_profiles
+    from paretoforge.orchestrator.prediction import check_transfers, cluster_machines
 
     served = served_profiles(ray.cluster_resources(), [p.name for p in profiles])
     for p in profiles:
@@ -321,6 +319,37 @@ def _check_placement(profiles: list[Any]) -> None:
                 f"from measurements taken on that hardware earlier: `prediction: {{profiles: "
                 f"{{{p.name}: {{source: RUN_DIR}}}}}}`"
             )
+    machines, resources = cluster_machines()
+    for p in profiles:
+        _check_requires(p, machines, resources)
+    if spec is not None:
+        check_transfers(spec, machines, resources)
+
+
+def _check_requires(profile: Any, machines: dict[str, Any], resources: dict[str, Any]) -> None:
+    """Refuse ``profile`` when a node that may measure it lacks a feature it ``requires``."""
+    if not profile.requires:
+        return
+    res = profile.resource
+    may = [n for n, r in resources.items()
+           if (float(r.get("CPU", 0)) > 0 if res in (None, "CPU") else float(r.get(res, 0)) > 0)]
+    lacking = {n: profile.missing_features(machines.get(n, {}).get("isa")) for n in may}
+    lacking = {n: f for n, f in lacking.items() if f}
+    if not lacking:
+        return
+    nid, missing = next(iter(lacking.items()))
+    if len(lacking) == len(may):
+        fix = "run the search on a machine that has them, or drop `requires` from the profile"
+    else:
+        fix = (f"give the nodes that have them a Ray resource (`ray start ... --resources "
+               f"'{{\"hw:{profile.name}\": 1}}'`) and set `resource: hw:{profile.name}` on "
+               f"the profile")
+    raise PlacementError(
+        f"profile {profile.name!r} requires {', '.join(profile.requires)} and "
+        f"{len(lacking)} of the {len(may)} node(s) that may measure it lack "
+        f"{', '.join(missing)} (node {nid[:12]}: "
+        f"{' '.join(machines.get(nid, {}).get('isa') or []) or 'features unknown'}); {fix}"
+    )
 
 
 def _start_gates() -> dict[str, Any]:

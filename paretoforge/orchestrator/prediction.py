@@ -17,9 +17,20 @@ candidate is built, whether it is predicted to violate a latency constraint, or 
 dominated by a trial already measured, by more than a safety margin of
 ``max(10%, 2 x held-out MAPE)``.
 
-``<run>/predictors.json`` holds, per profile, the number of measurements, the held-out error
-and the fitted model (:meth:`LatencyPredictor.to_dict`); it is rewritten atomically after
-every built candidate and rebuilt from the manifests when a search resumes.
+A predictor is transferred only between machines that agree: before a search starts,
+:func:`check_transfers` compares the machine each ``prediction.profiles`` source was measured
+on (``env.machine`` of its measurements: instruction-set features and calibration) with every
+node of the cluster that is that profile's hardware (any node for ``resource: null``, the
+nodes carrying its resource otherwise), and refuses when they differ
+(:func:`paretoforge._sysinfo.machine_differences`, within the entry's ``transfer_tolerance``)
+unless the entry says ``allow_transfer: true``. What was compared, and the verdict, is
+recorded as the profile's ``transfer`` in ``predictors.json``: a transferred prediction says
+where it came from.
+
+``<run>/predictors.json`` holds, per profile, the number of measurements, the held-out error,
+the fitted model (:meth:`LatencyPredictor.to_dict`), the machines a measured profile's
+measurements came from (``machines``) and a predicted profile's ``transfer``; it is rewritten
+atomically after every built candidate and rebuilt from the manifests when a search resumes.
 
 Example:
     >>> preds = SearchPredictors(spec, run_dir)  # doctest: +SKIP
@@ -35,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge._io import atomic_write_json
+from paretoforge._sysinfo import machine_differences
 from paretoforge.evaluators.config_features import ConfigFeatureEstimator
 from paretoforge.evaluators.predictor import (
     PREDICTORS_FORMAT,
@@ -48,8 +60,9 @@ from paretoforge.names import TrialAttr
 from paretoforge.spec import Spec, parse_metric
 from paretoforge.tasks import task_metrics
 
-__all__ = ["PREDICTED_METRIC", "Screen", "SearchPredictors", "predictor_lines",
-           "read_predictors"]
+__all__ = ["PREDICTED_METRIC", "Screen", "SearchPredictors", "check_transfers",
+           "cluster_machines", "predictor_lines", "read_predictors", "source_machines",
+           "transfer_record"]
 
 # The latency a predictor serves (the median: the latency objectives' usual choice).
 PREDICTED_METRIC = "latency_p50_ms"
@@ -97,6 +110,9 @@ def predictor_lines(predictors: Mapping[str, Any]) -> list[str]:
             kind = f"predicted from {p.get('source')}"
             if p.get("source_profile") not in (None, name):
                 kind += f" (its profile {p['source_profile']})"
+            verdict = (p.get("transfer") or {}).get("verdict")
+            if verdict:
+                kind += f", {verdict}"
         if ho.get("mape") is None:
             err = "no held-out measurement yet"
         else:
@@ -107,6 +123,160 @@ def predictor_lines(predictors: Mapping[str, Any]) -> list[str]:
                      f"measurement(s); {err}")
     return lines
 
+# -- machines --------------------------------------------------------------------------------
+
+_MACHINE_KEYS = ("cpu_model", "arch", "isa", "physical_cores", "logical_cores", "fingerprint",
+                 "calibration")
+
+
+def _machine_of(measurement: Any) -> dict[str, Any] | None:
+    env = measurement.get("env") if isinstance(measurement, Mapping) else None
+    m = env.get("machine") if isinstance(env, Mapping) else None
+    if not isinstance(m, Mapping) or not m.get("fingerprint"):
+        return None
+    return {k: m[k] for k in _MACHINE_KEYS if k in m}
+
+
+def _add_machine(machines: dict[str, dict[str, Any]], m: dict[str, Any] | None) -> None:
+    """Keep one record per kind of CPU, the first one with a calibration."""
+    if m is None:
+        return
+    have = machines.get(m["fingerprint"])
+    if have is None or (not have.get("calibration") and m.get("calibration")):
+        machines[m["fingerprint"]] = m
+
+
+def source_machines(source: str | Path, profile: str) -> list[dict[str, Any]]:
+    """The machines the measurements of ``profile`` in ``source`` came from (one per kind of
+    CPU); empty where the source does not say (a single predictor file, an old run).
+
+    Args:
+        source: A run directory, its ``predictors.json``, or a predictor JSON file.
+        profile: The profile the measurements are stored under there.
+    """
+    import json
+
+    path = Path(source).expanduser()
+    machines: dict[str, dict[str, Any]] = {}
+    if path.is_dir():
+        for f in sorted(path.glob("artifacts/*/manifest.json")):
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            _add_machine(machines, _machine_of((data.get("measurements") or {}).get(profile)))
+        if machines:
+            return list(machines.values())
+        path = path / "predictors.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    entry = (data.get("profiles") or {}).get(profile) if isinstance(data, Mapping) else None
+    listed = (entry or {}).get("machines") if isinstance(entry, Mapping) else None
+    if listed is None and isinstance(data, Mapping):
+        listed = data.get("machines")
+    return [dict(m) for m in listed or [] if isinstance(m, Mapping) and m.get("fingerprint")]
+
+
+def _target_nodes(profile: Any, resources: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The nodes that are ``profile``'s hardware: every node for ``resource: null``, else the
+    nodes carrying its resource."""
+    if profile.resource is None or profile.resource == "CPU":
+        return sorted(resources)
+    return sorted(n for n, r in resources.items() if float(r.get(profile.resource, 0)) > 0)
+
+
+def transfer_record(name: str, entry: Any, machines: Mapping[str, Mapping[str, Any]],
+                    resources: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Compare where predicted profile ``name``'s source was measured with the cluster.
+
+    Args:
+        name: The predicted profile.
+        entry: Its :class:`~paretoforge.spec.PredictedProfileSpec`.
+        machines: Node id -> :func:`~paretoforge._sysinfo.machine_identity` of the node.
+        resources: Node id -> the node's Ray resources.
+
+    Returns:
+        ``{"source", "source_profile", "source_machines", "nodes", "differences", "refused",
+        "verdict"}``: ``differences`` maps each node of the profile's hardware that differs to
+        how (and ``"requires"`` to the required features the source machine lacks);
+        ``refused`` is True when some differ and ``allow_transfer`` is off.
+    """
+    from paretoforge.hw_profiles import get_profile
+
+    profile = get_profile(name)
+    wanted = entry.source_profile or name
+    sources = source_machines(entry.source, wanted)
+    nodes = [n for n in _target_nodes(profile, resources)
+             if n in machines and "error" not in machines[n]]
+    differences: dict[str, list[str]] = {}
+    if sources:
+        for nid in nodes:
+            # the closest source machine speaks for the node
+            diffs = min((machine_differences(m, machines[nid],
+                                             tolerance=entry.transfer_tolerance)
+                         for m in sources), key=len)
+            if diffs:
+                differences[nid] = diffs
+        lacking = sorted({f for m in sources for f in profile.missing_features(m.get("isa"))})
+        if profile.requires and lacking:
+            differences["requires"] = [f"the source machine lacks {', '.join(lacking)}, which "
+                                       f"profile {name!r} requires"]
+    src = ", ".join(f"{m.get('fingerprint')} ({m.get('cpu_model')})" for m in sources)
+    if not sources:
+        verdict = "source machine not recorded: not compared"
+    elif differences:
+        verdict = (f"measured on {src}, transferred to differing machines (allow_transfer)"
+                   if entry.allow_transfer else f"measured on {src}: refused")
+    elif nodes:
+        verdict = f"measured on {src}, the same machine as {len(nodes)} node(s) here"
+    else:
+        verdict = f"measured on {src}; no node here is that hardware, not compared"
+    return {"source": entry.source, "source_profile": wanted, "source_machines": sources,
+            "nodes": {n: machines[n].get("fingerprint") for n in nodes},
+            "differences": differences, "allowed": entry.allow_transfer,
+            "refused": bool(differences) and not entry.allow_transfer, "verdict": verdict}
+
+
+def check_transfers(spec: Spec, machines: Mapping[str, Mapping[str, Any]],
+                    resources: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Any]]:
+    """:func:`transfer_record` of every ``prediction.profiles`` entry; raise on a refusal.
+
+    Raises:
+        SpecError: a source was measured on a machine that differs from the nodes that are
+            its profile's hardware, and the entry does not set ``allow_transfer: true``; one
+            line naming the profile, the node, the differences and both fixes.
+    """
+    out = {}
+    for name, entry in spec.prediction.profiles.items():
+        rec = transfer_record(name, entry, machines, resources)
+        if rec["refused"]:
+            where, diffs = next(iter(rec["differences"].items()))
+            whom = "" if where == "requires" else f" than node {where[:12]} ("
+            what = "; ".join(diffs)
+            raise SpecError(
+                f"prediction.profiles.{name}: the source {entry.source!r} was measured on a "
+                f"different machine{whom}{what}{')' if whom else ''}; its latencies do not "
+                f"carry over. Measure {name!r} here instead (drop it from prediction.profiles), "
+                f"point to a run measured on this hardware, or set prediction.profiles.{name}."
+                f"allow_transfer: true (or a larger transfer_tolerance than "
+                f"{entry.transfer_tolerance:g})"
+            )
+        out[name] = rec
+    return out
+
+
+def cluster_machines() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Each alive node's machine identity and Ray resources (Ray must be initialised)."""
+    import ray
+
+    from paretoforge.hw_profiles.doctor import node_machines
+
+    resources = {n["NodeID"]: dict(n.get("Resources", {})) for n in ray.nodes()
+                 if n.get("Alive")}
+    return node_machines(), resources
+
 
 class SearchPredictors:
     """The per-profile latency predictors of one search; see the module docstring.
@@ -114,12 +284,18 @@ class SearchPredictors:
     Args:
         spec: The search spec (measured profiles, ``prediction`` section, constraints).
         run_dir: Where ``predictors.json`` is written.
+        machines: ``(node id -> machine identity, node id -> Ray resources)`` of the cluster
+            the search runs on, for :func:`check_transfers`; default: asked of Ray when it is
+            initialised and a profile is predicted, else nothing is compared.
 
     Raises:
-        SpecError: a ``prediction.profiles`` source cannot serve its profile.
+        SpecError: a ``prediction.profiles`` source cannot serve its profile, or was measured
+            on a machine that differs from this cluster's (:func:`check_transfers`).
     """
 
-    def __init__(self, spec: Spec, run_dir: str | Path) -> None:
+    def __init__(self, spec: Spec, run_dir: str | Path, *,
+                 machines: tuple[Mapping[str, Mapping[str, Any]],
+                                 Mapping[str, Mapping[str, float]]] | None = None) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir)
         n = spec.prediction.min_samples
@@ -136,6 +312,14 @@ class SearchPredictors:
             self.predicted[name] = pred
             if pred.n_samples >= MIN_HELD_OUT:  # else no held-out error: never pre-screened
                 self.source_error[name] = cross_validated_error(pred)
+        if machines is None and spec.prediction.profiles:
+            import sys
+
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                machines = cluster_machines()
+        self.transfers = check_transfers(spec, *(machines or ({}, {})))
+        self.machines: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in self.measured}
         self.estimator = ConfigFeatureEstimator()
         self._seen: set[str] = set()
 
@@ -158,6 +342,7 @@ class SearchPredictors:
             m = (manifest.get("measurements") or {}).get(name)
             if not isinstance(m, Mapping) or m.get("predicted") or not m.get("p50_ms"):
                 continue
+            _add_machine(self.machines[name], _machine_of(m))
             if pred.is_ready:
                 feats = self.estimator.features(cfg, profile=name)
                 if feats is not None:
@@ -307,14 +492,16 @@ class SearchPredictors:
         for name, pred in self.measured.items():
             profiles[name] = {"kind": "measured", "metric": PREDICTED_METRIC,
                               "n_samples": pred.n_samples, "min_samples": pred.min_samples,
-                              "held_out": self.held_out(name), "model": pred.to_dict()}
+                              "held_out": self.held_out(name), "model": pred.to_dict(),
+                              "machines": list(self.machines[name].values())}
         for name, pred in self.predicted.items():
             entry = self.spec.prediction.profiles[name]
             profiles[name] = {"kind": "predicted", "metric": PREDICTED_METRIC,
                               "source": entry.source,
                               "source_profile": entry.source_profile or name,
                               "n_samples": pred.n_samples, "min_samples": pred.min_samples,
-                              "held_out": self.held_out(name), "model": pred.to_dict()}
+                              "held_out": self.held_out(name), "model": pred.to_dict(),
+                              "transfer": self.transfers.get(name)}
         return {"format": PREDICTORS_FORMAT, "profiles": profiles,
                 "config_features": {"built_candidates": self.estimator.n_manifests}}
 

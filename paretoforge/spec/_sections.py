@@ -454,6 +454,22 @@ class PredictedProfileSpec(_Strict):
         description="The profile the measurements are stored under in `source`, when it is "
         "not this profile's name.",
     )
+    allow_transfer: bool = Field(
+        False,
+        description="Use the source's predictor even where the machine its measurements came "
+        "from differs from the nodes that are this profile's hardware (other instruction-set "
+        "features, or a calibration beyond transfer_tolerance). Off: such a search is refused "
+        "at start, because latencies do not carry over between such machines.",
+    )
+    transfer_tolerance: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How far the calibrations of the source's machine and of a node may differ "
+        "and still count as the same machine: each of fp32 GEMM throughput, int8 GEMM "
+        "throughput and the int8 speed-up within a factor 1 + transfer_tolerance (0.5: 1.5x; "
+        "one machine's own calibration drifts by up to about 1.2x when it is busy).",
+    )
 
     @field_validator("source")
     @classmethod

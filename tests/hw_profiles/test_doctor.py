@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from paretoforge.hw_profiles import PROFILES, get_profile, served_profiles
+from paretoforge._sysinfo import ISA_FEATURES, isa_features
+from paretoforge.hw_profiles import PROFILES, get_profile, parse_profile, served_profiles
 from paretoforge.hw_profiles.doctor import (
     doctor_report,
     format_doctor,
+    format_machine,
+    node_machines,
     probe_node,
     profile_problems,
 )
@@ -28,6 +31,9 @@ def test_probe_node_describes_this_machine() -> None:
         assert p[key] not in (None, ""), key
     assert "CPUExecutionProvider" in p["onnxruntime"]["providers"]
     assert isinstance(p["torch"]["cuda_available"], bool)
+    ident = p["identity"]
+    assert ident["isa"] == isa_features() and ident["physical_cores"] >= 1
+    assert ident["calibration"]["fp32_gflops"] > 0 and ident["calibration"]["int8_gops"] > 0
 
 
 def _probe(providers: list[str], machine: str = "x86_64", gpus: list[str] | None = None) -> dict:
@@ -78,7 +84,36 @@ def test_doctor_report_probes_every_node_of_a_real_cluster() -> None:
     node = report["nodes"][0]
     assert "error" not in node["probe"], node["probe"]
     assert node["probe"]["ray"]["node_id"] == node["node_id"]  # ran on the node it names
+    ident = node["probe"]["identity"]  # measured on the node: features and a calibration
+    assert ident["isa"] == isa_features() and ident["calibration"]["int8_gops"] > 0
     assert report["profiles"]["cpu-1t"]["served"]
     assert report["profiles"]["cpu-1t"]["usable_nodes"] == [node["node_id"]]
     assert not report["profiles"]["edge-arm"]["served"]
-    assert "paretoforge doctor" in format_doctor(report)
+    text = format_doctor(report)
+    assert "paretoforge doctor" in text
+    assert f"isa {' '.join(ident['isa'])}" in text and "GFLOP/s" in text and "GOP/s" in text
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_node_machines_identify_each_node() -> None:
+    import ray
+
+    machines = node_machines()
+    assert set(machines) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    for ident in machines.values():
+        assert ident["isa"] == isa_features() and ident["calibration"]["fp32_gflops"] > 0
+        assert format_machine(ident).startswith("isa ")
+
+
+def test_profile_problems_name_missing_cpu_features() -> None:
+    have = isa_features()
+    lacking = next(f for f in ISA_FEATURES if f not in have)
+    probe = {**_probe(["CPUExecutionProvider"]), "identity": {"isa": have}}
+    needs = parse_profile({"name": "hwtest-needs", "device": "cpu", "resource": None,
+                           "requires": [lacking]})
+    assert profile_problems(needs, probe) == [
+        f"CPU lacks {lacking} (the profile requires {lacking})"]
+    if have:
+        fine = parse_profile({"name": "hwtest-fine", "device": "cpu", "resource": None,
+                              "requires": have[:1]})
+        assert profile_problems(fine, probe) == []

@@ -195,3 +195,16 @@ def test_spec_hardware_errors(hardware: object, profiles: list[str], match: str)
                                   "intra_op_threads": 1}]})
     with pytest.raises(SpecError, match=match):
         Spec.from_dict({"hardware": hardware, "profiles": profiles})
+
+
+def test_requires_takes_known_cpu_features_only() -> None:
+    p = parse_profile({"name": "hwtest-vnni", "device": "cpu",
+                       "requires": ["avx512_vnni", "avx2", "avx2"]})
+    assert p.requires == ("avx2", "avx512_vnni")  # sorted, once each
+    assert p.missing_features(["avx2", "fma"]) == ["avx512_vnni"]
+    assert p.missing_features(["avx2", "avx512_vnni"]) == []
+    assert parse_profile({"name": "hwtest-any", "device": "cpu"}).requires == ()
+    with pytest.raises(SpecError, match=r"requires: unknown CPU feature 'avx512vnni'; did you "
+                                        r"mean 'avx512_vnni'\?") as err:
+        parse_profile({"name": "hwtest-bad", "device": "cpu", "requires": ["avx512vnni"]})
+    assert "\n" not in str(err.value) and "sse4_2" in str(err.value)  # lists the features
