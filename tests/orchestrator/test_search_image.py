@@ -37,7 +37,7 @@ def _spec(ckpt, data) -> dict:
         "objectives": [{"metric": "accuracy", "direction": "maximize"},
                        {"metric": "latency_p50_ms@cpu-1t", "direction": "minimize"}],
         "profiles": ["cpu-1t"],
-        "search": {"trials": 4, "population_size": 4, "seed": 0},
+        "search": {"trials": 4, "population_size": 4, "seed": 0, "strategy": "per-candidate"},
         "cluster": {"workers": 2},
     }
 

@@ -64,7 +64,7 @@ def _spec(ckpt: Path, task: dict[str, Any], quality: str) -> dict[str, Any]:
         "objectives": [{"metric": quality, "direction": "maximize"},
                        {"metric": "latency_p50_ms@cpu-1t", "direction": "minimize"}],
         "profiles": ["cpu-1t"],
-        "search": {"trials": 4, "population_size": 4, "seed": 0},
+        "search": {"trials": 4, "population_size": 4, "seed": 0, "strategy": "per-candidate"},
         "cluster": {"workers": 2},
     }
 
@@ -170,7 +170,8 @@ def test_search_in_a_user_declared_yaml_space(ray_cluster, tiny_spec_dict, tmp_p
     declared = {"layers_kept": [1, 2], "heads_kept": [2], "ffn_kept": [0.5, 1.0],
                 "precision": ["fp32", "int8-static"]}
     d = dict(tiny_spec_dict, space={"preset": None, "dimensions": declared},
-             search={"trials": 4, "population_size": 4, "seed": 1})
+             search={"trials": 4, "population_size": 4, "seed": 1,
+                     "strategy": "per-candidate"})
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(d))
     spec = Spec.from_file(path)

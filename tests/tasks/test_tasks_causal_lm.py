@@ -53,8 +53,11 @@ def test_registered_with_its_metrics_and_families() -> None:
 def test_pydoc_blocks_are_full_and_the_split_shares_no_document(llama_dir) -> None:
     data = load_task("causal-lm", checkpoint=str(llama_dir), block_size=32, seed=3,
                      max_train_blocks=40, max_heldout_blocks=12)
-    x, h = data.feeds("train"), data.feeds("heldout")
+    x, v, t = data.feeds("train"), data.feeds("validation"), data.feeds("test")
+    h = {"input_ids": np.concatenate([v["input_ids"], t["input_ids"]])}
+    # the 12 held-out blocks, divided into validation and test
     assert x["input_ids"].shape == (40, 32) and h["input_ids"].shape == (12, 32)
+    assert len(v["input_ids"]) == len(t["input_ids"]) == 6
     assert x["input_ids"].dtype == np.int64 and (x["attention_mask"] == 1).all()
     assert (x["input_ids"] == 2).any()  # documents joined by </s>
     n = data.split["n_documents"]
@@ -63,7 +66,8 @@ def test_pydoc_blocks_are_full_and_the_split_shares_no_document(llama_dir) -> No
     assert data.split["n_heldout_documents"] == len(held)
     again = load_task("causal-lm", checkpoint=str(llama_dir), block_size=32, seed=3,
                       max_train_blocks=40, max_heldout_blocks=12)
-    assert np.array_equal(again.x_heldout["input_ids"], h["input_ids"])
+    assert np.array_equal(again.feeds("validation")["input_ids"], v["input_ids"])
+    assert np.array_equal(again.feeds("test")["input_ids"], t["input_ids"])
     other = load_task("causal-lm", checkpoint=str(llama_dir), block_size=32, seed=4,
                       max_train_blocks=40, max_heldout_blocks=12)
     assert other.split["heldout_indices_sha256"] != data.split["heldout_indices_sha256"]
