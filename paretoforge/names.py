@@ -123,6 +123,7 @@ class StopReason(StrEnum):
 
     MAX_FAILURES = "max_failures"  # search.max_failures trials failed in this session
     TIME_BUDGET = "time_budget"  # search.timeout_s passed: no new trial starts
+    EXHAUSTED = "exhausted"  # one-shot: the sampler keeps proposing configs already evaluated
 
 
 Precision = Literal["fp32", "int8", "int8-static", "fp16", "int4"]

@@ -250,7 +250,8 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             loop.phase = Phase.ONE_SHOT.value
         with progress:
             stats = loop.run()
-            if one_shot and spec.one_shot.finish_candidates and stats.stop_reason is None:
+            if one_shot and spec.one_shot.finish_candidates and stats.stop_reason in (
+                    None, StopReason.EXHAUSTED):
                 from paretoforge.orchestrator.finish import finish_front
 
                 base_shape = (prepared.num_layers, prepared.num_heads)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from paretoforge.names import Phase, TrialAttr
+from paretoforge.names import Phase, StopReason, TrialAttr
 
 __all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_sizes",
            "select"]
@@ -183,6 +183,6 @@ def finish_front(loop: Any, spec: Any, *, is_unpruned: Callable[[dict[str, Any]]
             "from their supernet weights")
         loop.run_fixed(jobs, phase=Phase.FINISH.value)
         ran += len(jobs)
-        if loop.stats.stop_reason is not None:
+        if loop.stats.stop_reason not in (None, StopReason.EXHAUSTED):
             break
     return ran

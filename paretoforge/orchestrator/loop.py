@@ -167,6 +167,11 @@ class SearchLoop:
         # Fixed trials (params, user attrs) to run instead of asking the sampler (finishing).
         self.fixed: deque[tuple[dict[str, Any], dict[str, Any]]] | None = None
         self._recovered = False
+        # One-shot: `search.trials` counts distinct sub-networks (a duplicate costs nothing
+        # and says nothing); a sampler that only repeats itself ends the phase.
+        self.distinct = spec.search.strategy == "one-shot"
+        self._repeats_in_a_row = 0
+        self._max_repeats = max(200, 2 * spec.search.trials)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class SearchLoop:
             self._recover()
             self._recovered = True
             self._save_predictors()
-            self._done_at_start = self.completed
+            self._done_at_start = self._counted()
         self._refresh("start")
         return self._drive()
 
@@ -235,7 +240,11 @@ class SearchLoop:
     def _can_ask(self) -> bool:
         if self.fixed is not None:
             return bool(self.fixed) and self._stop_reason() is None
-        return self.completed + self._outstanding() < self.target and self._stop_reason() is None
+        return self._counted() + self._outstanding() < self.target and self._stop_reason() is None
+
+    def _counted(self) -> int:
+        """Completed trials towards ``search.trials``: distinct ones in a one-shot search."""
+        return self.completed - self.cached if self.distinct else self.completed
 
     def _outstanding(self) -> int:
         return (len(self.in_flight) + len(self.retry) + len(self.revived)
@@ -249,6 +258,10 @@ class SearchLoop:
         if self.session_failures >= self.spec.search.max_failures and self.session_failures:
             return (StopReason.MAX_FAILURES,
                     f"{self.session_failures} failed trials (search.max_failures)")
+        if self.distinct and self.fixed is None and self._repeats_in_a_row >= self._max_repeats:
+            return (StopReason.EXHAUSTED,
+                    f"the sampler proposed {self._repeats_in_a_row} already evaluated "
+                    "configurations in a row (the space is nearly exhausted)")
         return None
 
     def _wait_timeout(self) -> float:
@@ -300,7 +313,7 @@ class SearchLoop:
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
             self.stats.recovered += 1
             finishing = frozen.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH
-            if self.completed + len(self.revived) >= self.target and not finishing:
+            if self._counted() + len(self.revived) >= self.target and not finishing:
                 self._fail(trial, "left RUNNING by a stopped driver and not needed: the search "
                            "already has its trials", kind=FailKind.INTERRUPTED)
                 continue
@@ -338,7 +351,7 @@ class SearchLoop:
                            kind=FailKind.INTERRUPTED)
             self.retry.clear()
             self.revived.clear()
-        if stop and self.stats.stopped is None and self.completed < self.target:
+        if stop and self.stats.stopped is None and self._counted() < self.target:
             self.stats.stop_reason, self.stats.stopped = stop
             self.progress.log(f"stopping: {reason}; waiting for {len(self.in_flight)} trial(s)")
         while self.pool.has_idle():
@@ -558,6 +571,7 @@ class SearchLoop:
         frozen = self.study.tell(trial, values, state=TrialState.COMPLETE)
         self.stats.tell_s += time.perf_counter() - t0
         self.completed += 1
+        self._repeats_in_a_row = 0
         self._note_done(frozen)
         self.progress.event("trial_done", trial=trial.number, attempts=job.attempt)
         self._refresh(f"trial {trial.number} done: {_short(job.cfg)} -> " + ", ".join(
@@ -585,6 +599,7 @@ class SearchLoop:
         self.study.tell(trial, list(src.values), state=TrialState.COMPLETE)
         self.stats.tell_s += time.perf_counter() - t0
         self.completed += 1
+        self._repeats_in_a_row += 1
         self.cached += 1
         self._refresh(f"trial {trial.number} cached (same config as trial {src.number})")
 
@@ -657,7 +672,7 @@ class SearchLoop:
                 best[o.metric] = max(vals) if o.direction == "maximize" else min(vals)
             hv = hypervolume(front.points, self.directions, self._worst)
         self.progress.update(
-            event, done=self.completed, running=len(self.in_flight), failed=self.failed,
+            event, done=self._counted(), running=len(self.in_flight), failed=self.failed,
             cached=self.cached, prescreened=self.stats.prescreened, front=len(front), best=best,
             hypervolume=hv,
             hv_reference=dict(zip([o.metric for o in self.spec.objectives], self._worst or [],
@@ -668,8 +683,8 @@ class SearchLoop:
     def _eta(self) -> float | None:
         """Seconds to the end: remaining trials at this session's rate, capped by the budget."""
         now = time.monotonic()
-        done = self.completed - self._done_at_start
-        remaining = max(0, self.target - self.completed)
+        done = self._counted() - self._done_at_start
+        remaining = max(0, self.target - self._counted())
         eta = None
         if remaining == 0:
             eta = 0.0
