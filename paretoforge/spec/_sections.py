@@ -311,7 +311,12 @@ class SearchConfig(_Strict):
         "in milliseconds over thousands of seconds-long trials, where gp's takes a second at "
         "200), nsga2 (NSGA-II), nsga3 (NSGA-III, for three or more objectives) or random.",
     )
-    trials: int = Field(24, ge=1, le=100_000, description="Number of COMPLETED trials to reach.")
+    trials: int = Field(
+        24, ge=1, le=100_000,
+        description="Number of COMPLETED trials to reach; in a one-shot search, of distinct "
+        "sub-networks evaluated (a repeated proposal is answered from the first, free, and "
+        "not counted), before the finishing rungs.",
+    )
     timeout_s: float | None = Field(
         None,
         gt=0,
