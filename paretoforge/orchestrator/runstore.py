@@ -471,3 +471,84 @@ def check_out_dir(out: Path, *, force: bool, ours: Callable[[Path], set[str] | N
                                    f"earlier {what} wrote; it is not removed: move it, or "
                                    f"choose another {option}")
     return out
+
+
+PULL_MARKER = ".paretoforge-pull.json"
+
+
+def _pull_files(out: Path) -> set[str] | None:
+    """What an earlier pull wrote into ``out`` (its marker lists it), or None."""
+    try:
+        marker = json.loads((out / PULL_MARKER).read_text())
+        files = set(marker["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # and what reading the pulled run writes there (the journal's lock, the report)
+    return files | {PULL_MARKER, f"{JOURNAL}.lock", *META_FILES}
+
+
+def pull_run(source: str | os.PathLike[str], to: Path,
+             trials: Iterable[str] = ("front",)) -> tuple[Path, list[int]]:
+    """Bring a run's study, small files and chosen checkpoints into ``to``, so that
+    ``front``, ``report`` and ``load_run`` work there.
+
+    Args:
+        source: The run: a storage URI, or a local run directory.
+        to: The directory to write (new, empty, or an earlier pull, which is replaced; a
+            directory holding anything else is refused).
+        trials: ``front`` (the front's members), ``all`` (every completed trial with an
+            artifact), or trial numbers (as strings).
+
+    Returns:
+        ``to`` resolved, and the numbers of the trials whose checkpoints came along.
+
+    Raises:
+        ParetoforgeError: ``to`` is refused, ``source`` is not a run, or a numbered trial has
+            no complete artifact there.
+    """
+    from paretoforge.names import TrialAttr
+    from paretoforge.orchestrator.results import Run
+
+    out = check_out_dir(Path(to), force=True, ours=_pull_files, what="pull", option="--to")
+    uri = str(source) if is_uri(source) else Path(source).resolve().as_uri()
+    tmp = out.parent / f".{out.name}.pull-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        store = RunStore.open(uri, local=tmp)
+        store.pull()
+        if not (tmp / "spec.yaml").is_file():
+            raise ParetoforgeError(f"{uri!r} is not a paretoforge run (no spec.yaml there)")
+        run = Run(tmp)
+        chosen = list(trials) or ["front"]
+        numbers: list[int] = []
+        for t in chosen:
+            if t == "front":
+                numbers += [m.trial for m in run.front()]
+            elif t == "all":
+                numbers += [x.number for x in run.trials()
+                            if x.user_attrs.get(TrialAttr.ARTIFACT_DIR)]
+            elif t.isdigit():
+                numbers.append(int(t))
+            else:
+                raise ParetoforgeError(f"--trials {t!r}: use front, all, or trial numbers")
+        numbers = sorted(set(numbers))
+        for n in numbers:
+            trial = run.trial(n)
+            rel = trial.user_attrs.get(TrialAttr.ARTIFACT_DIR)
+            if trial.state.name != "COMPLETE" or not rel:
+                raise ParetoforgeError(f"trial {n} of {uri!r} is {trial.state.name} with no "
+                                       "checkpoint; pull completed trials (see `front`)")
+            if store.fetch_artifact(PurePosixPath(str(rel)).name) is None:
+                raise ParetoforgeError(f"trial {n}: {uri!r} holds no complete artifact "
+                                       f"{rel!r} (its upload never finished); re-run it")
+        del run
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                       if p.is_file() and p.name != f"{JOURNAL}.lock")
+        (tmp / PULL_MARKER).write_text(json.dumps({"source": uri, "trials": numbers,
+                                                   "files": files}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, numbers
