@@ -268,7 +268,9 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         def sync(*, min_interval_s: float = 0.0) -> None:
             if backend is not None:
                 backend.sync(min_interval_s=min_interval_s)
-            store.push_journal(min_interval_s=5.0 if min_interval_s else 0.0)
+            # at most a second behind: a trial asked is in the remote journal before its
+            # artifact can be uploaded, so a resume elsewhere finds it RUNNING and reuses it
+            store.push_journal(min_interval_s=1.0 if min_interval_s else 0.0)
             if not min_interval_s:
                 store.push_meta()
 

@@ -376,6 +376,9 @@ def accept_artifact(store: RunStore, res: dict[str, Any]) -> dict[str, Any]:
     if payload is not None:
         store.commit_payload(key, payload)
     if store.remote:
+        # the journal first: an artifact in the store always has its trial in the remote
+        # journal (at least RUNNING), so a resume elsewhere reuses it instead of rebuilding
+        store.push_journal()
         store.push_artifact(key)
     return res
 
