@@ -257,13 +257,12 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
 
-        if worker_cls is None or issubclass(worker_cls, Worker):
-            keeper = start_keeper(run_dir)
-            worker_kwargs = {"keeper": keeper, **worker_kwargs}
+        keeper = start_keeper(run_dir)
 
         def new_worker(i: int, holder: str) -> Any:
             return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
-                                    holder=holder, benches=benches, **worker_kwargs)
+                                    holder=holder, benches=benches, keeper=keeper,
+                                    **worker_kwargs)
 
         def sync(*, min_interval_s: float = 0.0) -> None:
             if backend is not None:

@@ -56,7 +56,7 @@ def _spec(tmp_path: Path, **search: object) -> Path:
 
 @pytest.fixture
 def s3(tmp_path):
-    """A real S3-compatible server (moto in server mode) on 127.0.0.1, with bucket ``pf``."""
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1, with bucket ``pf-test``."""
     pytest.importorskip("s3fs")
     moto = shutil.which("moto_server", path=str(BIN)) or pytest.skip("moto[server] missing")
     port = _port()
@@ -69,10 +69,10 @@ def s3(tmp_path):
     try:
         import s3fs
 
-        for _ in range(100):
+        for _ in range(300):
             try:
                 fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"])
-                fs.mkdir("pf")
+                fs.mkdir("pf-test")
                 break
             except Exception:
                 time.sleep(0.2)
@@ -99,7 +99,7 @@ def test_a_run_on_s3_survives_a_driver_sigkill_and_pulls_back(s3, tmp_path) -> N
     spec = _spec(tmp_path, trials=6)
     cache = tmp_path / "cache"
     env = _env(PARETOFORGE_CACHE=str(cache))
-    uri = "s3://pf/run"
+    uri = "s3://pf-test/run"
     driver = subprocess.Popen(
         [sys.executable, "-m", "paretoforge.cli", "search", str(spec), "--run-dir", uri,
          "--quiet"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -107,7 +107,7 @@ def test_a_run_on_s3_survives_a_driver_sigkill_and_pulls_back(s3, tmp_path) -> N
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and driver.poll() is None:
-            if len(s3.glob("pf/run/artifacts/*/manifest.json")) >= 2:
+            if len(s3.glob("pf-test/run/artifacts/*/manifest.json")) >= 2:
                 break
             s3.invalidate_cache()
             time.sleep(1)
@@ -118,7 +118,7 @@ def test_a_run_on_s3_survives_a_driver_sigkill_and_pulls_back(s3, tmp_path) -> N
         if driver.poll() is None:
             driver.kill()
     s3.invalidate_cache()
-    uploaded = {p.split("/")[-2] for p in s3.glob("pf/run/artifacts/*/manifest.json")}
+    uploaded = {p.split("/")[-2] for p in s3.glob("pf-test/run/artifacts/*/manifest.json")}
     assert len(uploaded) >= 2
     # Another machine: the working copy is gone, only S3 holds the run.
     shutil.rmtree(cache / "runs")
@@ -135,10 +135,10 @@ def test_a_run_on_s3_survives_a_driver_sigkill_and_pulls_back(s3, tmp_path) -> N
     keys = [t.user_attrs[TrialAttr.KEY] for t in built]
     assert len(keys) == len(set(keys)), "a config was built twice"
     s3.invalidate_cache()
-    remote = {p.split("/")[-2] for p in s3.glob("pf/run/artifacts/*/manifest.json")}
+    remote = {p.split("/")[-2] for p in s3.glob("pf-test/run/artifacts/*/manifest.json")}
     assert set(keys) <= remote  # every built trial's artifact is in the bucket
     assert uploaded <= set(keys)  # nothing uploaded before the kill was lost
-    front = json.loads(s3.cat("pf/run/front.json"))
+    front = json.loads(s3.cat("pf-test/run/front.json"))
     to = tmp_path / "pulled"
     res = _cli("pull", uri, "--to", str(to), env=env)
     assert res.returncode == 0, res.stdout + res.stderr
