@@ -233,6 +233,7 @@ def test_candidates_built_on_a_node_that_cannot_see_the_run(tmp_path) -> None:
 
 
 def test_submit_as_a_ray_job_then_status_logs_and_pull(tmp_path) -> None:
+    pytest.importorskip("aiohttp_cors", reason="the Jobs API needs ray[default]")
     dash = _port()
     env = _env(PARETOFORGE_CACHE=str(tmp_path / "cache"))
     head = _ray_start(["--head", "--port", str(_port()), "--num-cpus", "2",
