@@ -245,7 +245,7 @@ def test_submit_as_a_ray_job_then_status_logs_and_pull(tmp_path) -> None:
         spec = _spec(tmp_path, trials=4)
         submitter = None
         job = None
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # the dashboard's agent starts slowly
         while job is None and time.monotonic() < deadline:
             submitter = subprocess.Popen(
                 [sys.executable, "-m", "paretoforge.cli", "submit", str(spec), "--address",
