@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -123,6 +125,11 @@ def submit_search(spec_path: Path, *, address: str | None = None, run_dir: str |
         import yaml
 
         (work / "spec.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        # A package of its own per submission: Ray names a working directory by its content
+        # and skips the upload when one of that name exists, which a failed earlier attempt
+        # may leave behind only to be deleted (its temporary reference expires) under this one.
+        (work / "submission.json").write_text(json.dumps(
+            {"spec": spec.name, "run_dir": where, "nonce": secrets.token_hex(8)}) + "\n")
         size = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
         if size > WORKING_DIR_LIMIT:
             raise ParetoforgeError(
