@@ -81,8 +81,8 @@ def main() -> int:
         acc = 1.0 - 0.5 / (1.0 + size) - (0.01 if cfg.precision == "int8" else 0.0)
         lat = (0.05 + 0.02 * size) * (0.7 if cfg.precision == "int8" else 1.0)
         study.tell(trial, [acc, lat])
-    window = {n: statistics.median(asks[max(0, n - 50):n]) for n in sorted({100, 200, 500, 1000, len(asks)})
-              if n <= len(asks)}
+    marks = sorted({100, 200, 500, 1000, len(asks)})
+    window = {n: statistics.median(asks[max(0, n - 50):n]) for n in marks if n <= len(asks)}
     median_trial = _median_trial_s()
     worst = max(window.values())
     result = {

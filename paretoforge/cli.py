@@ -1,5 +1,5 @@
-"""The ``paretoforge`` command line: search, resume, front, export, refine, report, profiles,
-doctor, spaces.
+"""The ``paretoforge`` command line: search, resume, front, export, refine, report, pull,
+submit, status, logs, profiles, doctor, spaces.
 
 Every command turns a :class:`ParetoforgeError` into one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead. Heavy imports happen inside commands.
@@ -58,7 +58,8 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")
 @_errors
 def search(
     spec: Annotated[Path, typer.Argument(help="Search spec (YAML or JSON).")],
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory.")] = None,
+    run_dir: Annotated[str | None, typer.Option(
+        "--run-dir", help="Run directory: a path, or a storage URI (s3://bucket/run).")] = None,
     trials: Annotated[int | None, typer.Option(
         "--trials", help="Completed trials to reach.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker actors.")] = None,
@@ -75,13 +76,14 @@ def search(
         "search.trials": trials, "cluster.workers": workers, "search.seed": seed,
         "search.sampler": sampler,
     })
-    _run(s, run_dir or Path(s.run_dir or f"runs/{s.name}"), address=address, quiet=quiet)
+    _run(s, run_dir or s.run_dir or f"runs/{s.name}", address=address, quiet=quiet)
 
 
 @app.command()
 @_errors
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory of an interrupted search.")],
+    run_dir: Annotated[str, typer.Argument(
+        help="Run directory (or storage URI) of an interrupted search.")],
     trials: Annotated[int | None, typer.Option(
         "--trials", help="Completed trials to reach.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
@@ -92,21 +94,27 @@ def resume(
     Trials a stopped driver left running are completed from their artifact when it is on disk
     with valid checksums, answered from the cache when their config completed, else re-run.
     """
+    from paretoforge.orchestrator.runstore import RunStore
     from paretoforge.spec import Spec
 
-    spec_path = run_dir / "spec.yaml"
+    store = RunStore.open(run_dir)
+    store.pull()
+    spec_path = store.local / "spec.yaml"
     if not spec_path.is_file():
-        raise ParetoforgeError(f"{str(run_dir)!r} is not a run directory (no spec.yaml)")
+        raise ParetoforgeError(f"{run_dir!r} is not a run directory (no spec.yaml)")
     s = Spec.from_file(spec_path).with_overrides(**{"search.trials": trials})
-    _run(s, run_dir, address=address, quiet=quiet)
+    _run(s, run_dir, address=address, quiet=quiet, store=store)
 
 
-def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
+def _run(spec: Any, run_dir: str, *, address: str | None, quiet: bool,
+         store: Any = None) -> None:
     from paretoforge.orchestrator.driver import run_search
     from paretoforge.orchestrator.progress import Progress
+    from paretoforge.orchestrator.runstore import RunStore
 
+    store = store or RunStore.open(run_dir)
     progress = Progress(spec.search.trials, quiet=quiet)
-    summary = run_search(spec, run_dir, address=address, progress=progress,
+    summary = run_search(spec, store, address=address, progress=progress,
                          debug=_state["debug"])
     typer.echo(f"\n{summary.completed} trials completed ({summary.cached} cached), "
                f"{summary.failed} failed, in {summary.wall_s:.0f}s. Run directory: {run_dir}")
@@ -116,13 +124,13 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
     from paretoforge.orchestrator.results import load_run
 
     _print_front(summary.front, [o.metric for o in spec.objectives],
-                 load_run(run_dir).predictor_errors())
+                 load_run(store.local).predictor_errors())
     typer.echo(f"Export a member: paretoforge export {run_dir} --trial N --out DIR; "
                f"plots and tables: paretoforge report {run_dir}")
     if summary.stop_reason is StopReason.MAX_FAILURES:
         # Not a finished search: scripts and CI must see it (exit 1; 2 is for bad input).
         first = next((str(t.user_attrs.get(TrialAttr.FAIL_REASON, "")).splitlines()[0]
-                      for t in load_run(run_dir).trials(states=("FAIL",))
+                      for t in load_run(store.local).trials(states=("FAIL",))
                       if t.user_attrs.get(TrialAttr.FAIL_REASON)), "")
         typer.echo(f"error: the search stopped after {summary.failed} failed trials; first "
                    f"reason: {first[:300]}", err=True)
@@ -132,7 +140,7 @@ def _run(spec: Any, run_dir: Path, *, address: str | None, quiet: bool) -> None:
 @app.command()
 @_errors
 def front(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory or storage URI.")],
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON list; a member's `metrics` hold validation quality (the "
         "search's), `test_metrics` and `quality.test` the test split's (quote it); "
@@ -218,10 +226,11 @@ def _one_shot_cell(m: Any, metric: str) -> str:
 @app.command()
 @_errors
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory or storage URI.")],
     trial: Annotated[int, typer.Option("--trial", help="Trial number (see `front`).")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the checkpoint to.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an earlier export in --out (nothing else is removed).")] = False,
 ) -> None:
     """Export a trial's checkpoint: model.onnx, model.safetensors + config.json, manifest.json."""
     from paretoforge.orchestrator.results import export_trial, load_run
@@ -282,7 +291,7 @@ def refine(
 @app.command()
 @_errors
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory or storage URI.")],
     out: Annotated[Path | None, typer.Option(
         "--out", help="Directory for report.html and pareto.png (default: the run's).")] = None,
 ) -> None:
@@ -293,8 +302,105 @@ def report(
 
     html_path, png_path = write_report(run_dir, out)
     typer.echo(f"wrote {html_path} and {png_path}")
+    if out is None:
+        from paretoforge.orchestrator.runstore import RunStore
+
+        RunStore.open(run_dir).push_meta()  # a URI run: the report goes there too
     for line in predictor_lines(load_run(run_dir).predictors()):
         typer.echo(line)
+
+
+@app.command()
+@_errors
+def pull(
+    run: Annotated[str, typer.Argument(help="The run: a storage URI (s3://bucket/run) or a "
+                                       "directory.")],
+    to: Annotated[Path, typer.Option("--to", help="Local directory to write (new, empty, or "
+                                     "an earlier pull, which is replaced).")],
+    trials: Annotated[list[str] | None, typer.Option(
+        "--trials", help="Checkpoints to bring: front (default), all, or trial numbers "
+        "(repeatable).")] = None,
+) -> None:
+    """Bring a run's study, front and chosen checkpoints here: `front`, `report` and
+    `load_run` then work on DIR."""
+    from paretoforge.orchestrator.runstore import pull_run
+
+    out, numbers = pull_run(run, to, trials or ["front"])
+    typer.echo(f"pulled {run} to {out}: study, front, {len(numbers)} checkpoint(s) "
+               f"(trials {', '.join(map(str, numbers)) or '-'})")
+
+
+_ADDRESS_HELP = ("The Ray dashboard's HTTP address (default $RAY_API_SERVER_ADDRESS, else "
+                 "http://127.0.0.1:8265).")
+
+
+@app.command()
+@_errors
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Search spec (YAML or JSON).")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    run_dir: Annotated[str | None, typer.Option(
+        "--run-dir", help="Where the run goes: a storage URI, or an absolute path on the head "
+        "node (default: the spec's run_dir).")] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--trials", help="Completed trials to reach.")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow/--no-follow", help="Print the job's output until it ends.")] = True,
+) -> None:
+    """Send a search to a Ray cluster as a Ray Job; print its id and follow it."""
+    from paretoforge.orchestrator.jobs import follow_job, submit_search
+
+    extra = ["--trials", str(trials)] if trials is not None else []
+    job = submit_search(spec, address=address, run_dir=run_dir, extra_args=extra)
+    typer.echo(f"submitted job {job}; later: paretoforge status {job} / paretoforge logs {job}")
+    if not follow:
+        return
+    try:
+        status = follow_job(job, address=address, echo=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"stopped following; job {job} keeps running (paretoforge status {job})",
+                   err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"job {job}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def status(
+    job: Annotated[str, typer.Argument(help="Job id (from `submit`).")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A submitted search's status."""
+    from paretoforge.orchestrator.jobs import job_status
+
+    info = job_status(job, address=address)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    typer.echo(f"job {job}: {info['status']}" + (f" ({info['message']})" if info["message"]
+                                                 else ""))
+    if info.get("run_dir"):
+        typer.echo(f"run: {info['run_dir']} (paretoforge pull {info['run_dir']} --to DIR)")
+
+
+@app.command()
+@_errors
+def logs(
+    job: Annotated[str, typer.Argument(help="Job id (from `submit`).")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep printing until it ends.")
+                      ] = False,
+) -> None:
+    """What a submitted search printed."""
+    from paretoforge.orchestrator.jobs import follow_job, job_logs
+
+    if follow:
+        follow_job(job, address=address, echo=typer.echo)
+    else:
+        typer.echo(job_logs(job, address=address).rstrip("\n"))
 
 
 @app.command()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import time
@@ -33,6 +34,7 @@ from paretoforge.exceptions import ParetoforgeError, PlacementError, SpecError
 from paretoforge.names import Phase, StopReason
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.orchestrator.protocol import CandidateWorker
+from paretoforge.orchestrator.runstore import RunStore
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 
@@ -139,7 +141,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing drops the lock
 
 
-def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
+def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | None = None,
                progress: Progress | None = None, debug: bool = False,
                worker_cls: type[CandidateWorker] | None = None,
                worker_kwargs: dict[str, Any] | None = None,
@@ -148,7 +150,10 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
 
     Args:
         spec: The validated search spec.
-        run_dir: The run directory (created; a directory of a different search is refused).
+        run_dir: The run directory (created; a directory of a different search is refused):
+            a local path, or a storage URI (``s3://bucket/run``, ``file:///shared/run``)
+            whose working copy the driver mirrors there
+            (:class:`~paretoforge.orchestrator.runstore.RunStore`).
         address: Ray address; else spec.cluster.address, RAY_ADDRESS, or a new local cluster.
         progress: Where progress goes (default: a live panel on a terminal, else lines).
         debug: Ray logs to the terminal.
@@ -166,8 +171,12 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
         The run's counts (completed, cached, failed), its front, and the loop's timings.
     """
     t_start = time.perf_counter()
-    run_dir = Path(run_dir)
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
+    if verify is not None:
+        store.verify = verify
     space = check_before_start(spec)
+    store.pull()  # a URI run: its journal and small files, into the working copy
+    run_dir = store.local
     from paretoforge.hw_profiles import get_profile
 
     profiles = [get_profile(p) for p in spec.measured_profiles]
@@ -177,12 +186,13 @@ def run_search(spec: Spec, run_dir: str | Path, *, address: str | None = None,
     with run_lock(run_dir):
         _check_run_dir(spec, run_dir)  # again: another driver may have written it meanwhile
         atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
-        return _run_locked(spec, run_dir, space, profiles, progress, t_start, address=address,
+        store.push_file("spec.yaml")
+        return _run_locked(spec, store, space, profiles, progress, t_start, address=address,
                            debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {},
                            verify=verify)
 
 
-def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[Any],
+def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[Any],
                 progress: Progress, t_start: float, *, address: str | None, debug: bool,
                 worker_cls: type[CandidateWorker] | None, worker_kwargs: dict[str, Any],
                 verify: Callable[..., dict[str, Any] | None] | None) -> SearchSummary:
@@ -192,6 +202,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.orchestrator.loop import SearchLoop
     from paretoforge.orchestrator.pool import WorkerPool
     from paretoforge.orchestrator.results import load_run, score_test_split
+    from paretoforge.orchestrator.runstore import accept_artifact, start_keeper
     from paretoforge.orchestrator.storage import open_storage, open_study
     from paretoforge.orchestrator.worker import Worker
     from paretoforge.pipeline import package_versions
@@ -199,6 +210,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     from paretoforge.samplers import make_sampler
 
     log = progress.log
+    run_dir = store.local
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
     storage, backend = open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
@@ -206,10 +218,12 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     pool: WorkerPool | None = None
     gates: dict[str, Any] = {}
     benches: dict[str, list[Any]] = {}
+    keeper: Any = None
     try:
         _check_placement(profiles, spec)
         log(f"ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):.0f} CPUs;"
-            f" run directory {run_dir}")
+            f" run directory {store.uri}" + (f" (working copy {run_dir})" if store.remote
+                                               else ""))
         # Gates and benches before any build: a bench that cannot be placed refuses the run now.
         gates = _start_gates()
         benches = start_benches(profiles, gates)
@@ -231,21 +245,34 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
             "supernet": None if prepared.supernet is None else {
                 k: v for k, v in prepared.supernet.items() if k not in ("weights", "importance")},
         })
+        store.push_file("run.json")
         prepared = _ship_user_task(prepared, space)
         prepared_ref = ray.put(prepared.for_workers())  # no test split on the workers
         spec_json = spec.model_dump(mode="json")
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
 
+        keeper = start_keeper(run_dir)
+
         def new_worker(i: int, holder: str) -> Any:
             return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
-                                    holder=holder, benches=benches, **worker_kwargs)
+                                    holder=holder, benches=benches, keeper=keeper,
+                                    **worker_kwargs)
+
+        def sync(*, min_interval_s: float = 0.0) -> None:
+            if backend is not None:
+                backend.sync(min_interval_s=min_interval_s)
+            # at most a second behind: a trial asked is in the remote journal before its
+            # artifact can be uploaded, so a resume elsewhere finds it RUNNING and reuses it
+            store.push_journal(min_interval_s=1.0 if min_interval_s else 0.0)
+            if not min_interval_s:
+                store.push_meta()
 
         pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
         loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
                           base_params=space.base_params(prepared.num_layers, prepared.num_heads),
-                          sync=backend.sync if backend is not None else None,
-                          verify=verify)
+                          sync=sync, verify=_fetching_verify(store),
+                          accept=functools.partial(accept_artifact, store))
         if one_shot:
             loop.phase = Phase.ONE_SHOT.value
         with progress:
@@ -263,6 +290,7 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
         score_test_split(run, prepared, study=study, log=log)  # once, after every decision
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])
+        store.push_meta()
         return SearchSummary(run_dir=run_dir, completed=loop.completed, failed=loop.failed,
                              cached=loop.cached, front=front,
                              wall_s=time.perf_counter() - t_start, loop_s=stats.wall_s,
@@ -271,14 +299,29 @@ def _run_locked(spec: Spec, run_dir: Path, space: SearchSpace, profiles: list[An
     finally:
         if backend is not None:
             backend.sync()
+        store.push_journal()
         if pool is not None:
             pool.shutdown()
         stop_benches(benches)
+        if keeper is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(keeper, no_restart=True)
         for g in gates.values():
             with contextlib.suppress(Exception):
                 ray.kill(g, no_restart=True)
         if started:
             ray.shutdown()
+
+
+def _fetching_verify(store: RunStore) -> Callable[..., Any]:
+    """How the loop checks a RUNNING trial's artifact on resume: in the working copy, fetched
+    from the run's storage URI first when the copy lacks it."""
+    def verify(directory: Any, *, key: str | None = None) -> Any:
+        if key and store.remote:
+            store.fetch_artifact(key)
+        return store.verify(directory, key=key)
+
+    return verify
 
 
 def _ship_user_task(prepared: Any, space: SearchSpace) -> Any:

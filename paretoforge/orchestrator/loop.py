@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paretoforge.exceptions import BuildError, MeasurementError
+from paretoforge.exceptions import BuildError, MeasurementError, ParetoforgeError
 from paretoforge.manifest import read_manifest
 from paretoforge.names import FailKind, Phase, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import ParetoArchive, hypervolume
@@ -133,7 +133,8 @@ class SearchLoop:
     def __init__(self, spec: Spec, study: Any, space: SearchSpace, pool: WorkerPool,
                  progress: Progress, *, run_dir: Path, base_params: dict[str, Any],
                  sync: Callable[..., None] | None = None,
-                 verify: Callable[..., dict[str, Any] | None] | None = None) -> None:
+                 verify: Callable[..., dict[str, Any] | None] | None = None,
+                 accept: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.spec = spec
         self.study = study
         self.space = space
@@ -144,6 +145,9 @@ class SearchLoop:
         self.sync = sync
         # how a RUNNING trial's finished artifact is checked before it is reused (see _recover)
         self.verify = verify or verify_artifact
+        # what the driver does with a build's artifact before the trial is told COMPLETE
+        # (commit an artifact sent back as bytes, upload it to the run's storage URI)
+        self.accept = accept
         self.target = spec.search.trials
         self.directions = [o.direction for o in spec.objectives]
         self.in_flight: dict[Any, _Job] = {}
@@ -543,6 +547,13 @@ class SearchLoop:
         from optuna.trial import TrialState
 
         t0 = time.perf_counter()
+        if self.accept is not None:
+            try:
+                res = self.accept(res)
+            except ParetoforgeError as e:
+                self._fail(job.trial, f"artifact not accepted: {e}", kind=FailKind.ERROR,
+                           errors=job.errors, attempts=job.attempt)
+                return
         manifest = self._manifest(res.get(TrialAttr.ARTIFACT_DIR))
         predicted: dict[str, float] = {}
         if self.predictors.predicted:

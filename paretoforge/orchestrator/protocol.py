@@ -30,7 +30,7 @@ class CandidateWorker(Protocol):
 
     def __init__(self, prepared: Any, spec: dict[str, Any], run_dir: str, *, index: int = 0,
                  gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True,
-                 benches: dict[str, list[Any]] | None = None) -> None:
+                 benches: dict[str, list[Any]] | None = None, keeper: Any = None) -> None:
         """Start one worker; called in the actor's process when its slot starts or restarts.
 
         It is called before any trial and may take long (imports, loading the base model);
@@ -46,9 +46,11 @@ class CandidateWorker(Protocol):
             spec: The search spec as JSON (``Spec.model_dump(mode="json")``);
                 ``Spec.model_validate(spec)`` gives it back and registers its ``hardware``
                 profiles in this process.
-            run_dir: The run directory, on a filesystem every node shares. A candidate's
-                artifact goes to ``<run_dir>/artifacts/<config key>/``, written in a temporary
-                ``.<key>.tmp-<pid>`` directory and renamed into place.
+            run_dir: The driver's run directory (its working copy for a URI run). A worker that
+                sees it (``keeper``) writes a candidate's artifact to
+                ``<run_dir>/artifacts/<config key>/``, in a temporary ``.<key>.tmp-<pid>``
+                directory renamed into place; one that does not builds in a scratch folder of
+                its node and returns the artifact's bytes under ``runstore.PAYLOAD``.
             index: The slot's number, ``0 .. cluster.workers - 1``; a replacement keeps it.
             gates: Ray node id -> that node's :class:`~paretoforge.orchestrator.gate.CoreGate`
                 actor: measurements take it exclusively, builds shared.
@@ -60,6 +62,9 @@ class CandidateWorker(Protocol):
                 profile's Ray resource (:class:`~paretoforge.orchestrator.bench.BenchRef`); a
                 profile listed here is measured there, not on this worker's node. Empty when
                 no profile is bound to a resource.
+            keeper: The driver node's :class:`~paretoforge.orchestrator.runstore.RunKeeper`
+                (where the run directory is, and its token; the run's base latencies); None
+                outside a search (the worker then writes into ``run_dir``).
         """
 
     def ping(self) -> dict[str, Any]:

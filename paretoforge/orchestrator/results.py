@@ -122,8 +122,9 @@ class Run:
         >>> rows = run.trials_table()  # doctest: +SKIP
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, store: Any = None) -> None:
         self.dir = Path(run_dir)
+        self.store = store  # a RunStore whose working copy is run_dir, for a URI run
         spec_path = self.dir / "spec.yaml"
         if not spec_path.is_file():
             raise SpecError(
@@ -196,6 +197,8 @@ class Run:
         path = (self.dir / rel).resolve()
         if self.dir.resolve() not in path.parents:
             raise ParetoforgeError(f"trial {trial.number}: artifact path {rel!r} escapes the run")
+        if self.store is not None and self.store.remote and not path.is_dir():
+            self.store.fetch_artifact(path.name)  # from the run's storage URI, verified
         return path
 
     def base_trial(self) -> Any | None:
@@ -440,7 +443,15 @@ class Checkpoint:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:
-    """Open a run directory written by ``paretoforge search``."""
+    """Open a run written by ``paretoforge search``: a directory, or a storage URI
+    (``s3://bucket/run``), whose study and small files are brought into its local working copy
+    first and whose artifacts are fetched when they are asked for."""
+    from paretoforge.orchestrator.runstore import RunStore, is_uri
+
+    if is_uri(run_dir):
+        store = RunStore.open(run_dir)
+        store.pull()
+        return Run(store.local, store=store)
     return Run(Path(run_dir))
 
 
@@ -455,6 +466,9 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     their predictor's held-out error, and their ``measurements`` entry says
     ``"predicted": true``.
     """
+    from paretoforge.orchestrator.runstore import check_out_dir
+
+    out = check_out_dir(Path(out), force=force, ours=_export_files, what="export")
     t = run.trial(number)
     if t.state.name != "COMPLETE":
         raise ParetoforgeError(f"trial {number} is {t.state.name}; only completed trials export")
@@ -464,10 +478,6 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
         if not files_match(src, {name: digest}):
             raise ParetoforgeError(f"{src / name}: checksum differs from its manifest; the "
                                    "artifact was modified or is corrupt; re-run the trial")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ParetoforgeError(f"export directory {str(out)!r} is not empty; choose another "
-                               "--out or pass --force")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -519,6 +529,14 @@ def export_trial(run: Run, number: int, out: Path, *, force: bool = False) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _export_files(out: Path) -> set[str] | None:
+    """The files an earlier export wrote into ``out`` (its manifest says it is one), or None."""
+    manifest = read_manifest(out / "manifest.json")
+    if manifest is None or manifest.trial is None or manifest.run is None:
+        return None
+    return {*manifest.files, "manifest.json"}
 
 
 def _structure(config: dict[str, Any]) -> tuple[Any, ...]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ class Worker:
 
     def __init__(self, prepared: Prepared, spec: dict[str, Any], run_dir: str, *, index: int = 0,
                  gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True,
-                 benches: dict[str, list[BenchRef]] | None = None) -> None:
+                 benches: dict[str, list[BenchRef]] | None = None, keeper: Any = None) -> None:
         import torch
 
         from paretoforge.tasks import ensure_registered
@@ -63,6 +65,20 @@ class Worker:
         ensure_registered(prepared.task_impl)  # a user's own task travels with the bundle
         self.spec = Spec.model_validate(spec)  # registers the spec's `hardware` profiles here
         self.run_dir = Path(run_dir)
+        # Whether this worker writes into the driver's run directory (it sees it: same machine
+        # or a shared filesystem) or builds in a scratch folder of its own node and sends each
+        # artifact back to the driver (``keeper``: the driver node's RunKeeper; none: in place).
+        self.keeper = keeper
+        self.in_place = True
+        if keeper is not None:
+            import ray
+
+            from paretoforge.orchestrator.runstore import sees_run_dir
+
+            driver_dir, token = ray.get(keeper.probe.remote())
+            self.in_place = sees_run_dir(driver_dir, token)
+            if not self.in_place:
+                self.run_dir = _scratch_dir()
         self.index = index
         self.node_id = current_node_id()
         # Profile name -> the benches on nodes that carry its resource (see bench.py); the
@@ -119,7 +135,7 @@ class Worker:
         key = cfg.key if recovery_epochs is None else f"{cfg.key}-r{int(recovery_epochs)}"
         manifest = verify_artifact(artifact_path(self.run_dir, key), key=key)
         if manifest is not None:  # built already (a retried trial whose worker died after it)
-            return result_from_manifest(manifest)
+            return self._result(manifest, reused=True)
         context = (self.context if recovery_epochs is None
                    else self.context.with_recovery_epochs(int(recovery_epochs)))
         try:
@@ -135,7 +151,20 @@ class Worker:
         except Exception as e:  # an unexpected failure is still this candidate's build failure
             tb = traceback.format_exc(limit=4)
             raise BuildError(f"candidate {cfg.key} failed: {type(e).__name__}: {e}\n{tb}") from e
-        return result_from_manifest(manifest, reused=False)
+        return self._result(manifest, reused=False)
+
+    def _result(self, manifest: Any, *, reused: bool) -> dict[str, Any]:
+        """The result of a build; from a scratch folder, with the artifact's bytes (they travel
+        through Ray's object store; the driver checks them before it commits them)."""
+        res = result_from_manifest(manifest, reused=reused)
+        if not self.in_place:
+            from paretoforge.orchestrator.runstore import PAYLOAD
+
+            d = artifact_path(self.run_dir, manifest.key)
+            res[PAYLOAD] = {"manifest": (d / "manifest.json").read_bytes(),
+                            "files": {n: (d / n).read_bytes() for n in manifest.files}}
+            shutil.rmtree(d, ignore_errors=True)  # the driver's copy is the run's
+        return res
 
     # -- where a profile is measured ----------------------------------------------------------
 
@@ -189,6 +218,14 @@ class Worker:
         if rec.get("ref_p50_ms") is None:
             return rec
         base = self._base_latency.get(profile)
+        if base is None and not self.in_place:  # recorded in the driver's run directory
+            import ray
+
+            rel = (self.reference() / f"latency@{profile}.json").relative_to(self.run_dir)
+            base = float(ray.get(self.keeper.base_latency.remote(
+                rel.as_posix(), float(rec["ref_p50_ms"]),
+                {"measured_by": self.index, "node_id": self.node_id})))
+            self._base_latency[profile] = base
         if base is None:
             base = _run_base_latency(self.reference() / f"latency@{profile}.json",
                                      float(rec["ref_p50_ms"]), {"measured_by": self.index})
@@ -278,6 +315,30 @@ def _run_base_latency(path: Path, measured_ms: float, extra: dict[str, Any]) -> 
         finally:
             tmp.unlink(missing_ok=True)
     return float(json.loads(path.read_text())["ref_p50_ms"])
+
+
+def _scratch_dir() -> Path:
+    """This worker's scratch folder on its own node (``$TMPDIR/paretoforge-scratch/<pid>``);
+    the folders of workers that are gone are removed."""
+    root = Path(tempfile.gettempdir()) / "paretoforge-scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    for d in root.iterdir():
+        if d.name.isdigit() and not _alive(int(d.name)):
+            shutil.rmtree(d, ignore_errors=True)
+    mine = root / str(os.getpid())
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir()
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _node_carries(node_id: str, resource: str) -> bool:

@@ -117,7 +117,9 @@ class Spec(_Strict):
         "shared by every driver of the run; unset keeps a journal file in the run directory.",
     )
     run_dir: str | None = Field(
-        None, description="Run directory; unset uses runs/<name> under the working directory."
+        None, description="Run directory: a path, or a storage URI (s3://bucket/run, "
+        "gs://..., file://...; the protocol's package as an extra, e.g. paretoforge[s3]); "
+        "unset uses runs/<name> under the working directory."
     )
     prediction: PredictionSpec = Field(
         default_factory=PredictionSpec,

@@ -85,7 +85,8 @@ class FakeWorker:
 
     def __init__(self, prepared: Any, spec: dict[str, Any], run_dir: str, *, index: int = 0,
                  gates: dict[str, Any] | None = None, holder: str = "", pin: bool = True,
-                 benches: dict[str, list[Any]] | None = None, sleep_s: float = 0.0,
+                 benches: dict[str, list[Any]] | None = None, keeper: Any = None,
+                 sleep_s: float = 0.0,
                  fail_when: list[dict[str, Any]] | None = None,
                  crash_when: list[dict[str, Any]] | None = None, crash_times: int = 1,
                  hang_when: list[dict[str, Any]] | None = None,

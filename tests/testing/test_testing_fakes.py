@@ -36,7 +36,7 @@ def test_real_and_fake_workers_take_the_protocol_constructor() -> None:
 
     protocol = _params(CandidateWorker)
     assert [name for name, _, _ in protocol] == [
-        "prepared", "spec", "run_dir", "index", "gates", "holder", "pin", "benches"]
+        "prepared", "spec", "run_dir", "index", "gates", "holder", "pin", "benches", "keeper"]
     assert _params(Worker) == protocol
     fake = _params(FakeWorker)
     assert fake[:len(protocol)] == protocol
