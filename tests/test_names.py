@@ -27,7 +27,14 @@ def test_enum_values_are_the_stored_strings() -> None:
                                            "timeout", "interrupted"]
     assert FailKind("worker_lost") is FailKind.WORKER_LOST and FailKind.BUILD == "build"
     assert [k for k in FailKind if not k.counts_as_failure] == [FailKind.INTERRUPTED]
-    assert {r.value for r in StopReason} == {"max_failures", "time_budget"}
+    assert {r.value for r in StopReason} == {"max_failures", "time_budget", "exhausted"}
+
+
+def test_phases_are_the_stored_strings() -> None:
+    from paretoforge.names import Phase
+
+    assert [p.value for p in Phase] == ["one-shot", "finish"]
+    assert Phase("finish") is Phase.FINISH and Phase.ONE_SHOT == "one-shot"
 
 
 def test_precisions_are_the_literal_type() -> None:
