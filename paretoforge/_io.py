@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "cache_root",
+           "sha256_file"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -60,3 +61,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where paretoforge caches what it trains or measures once (base models, supernets,
+    calibrations): ``$PARETOFORGE_CACHE``, else ``$XDG_CACHE_HOME/paretoforge``, else
+    ``~/.cache/paretoforge``."""
+    env = os.environ.get("PARETOFORGE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"

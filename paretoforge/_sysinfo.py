@@ -22,8 +22,9 @@ import platform
 import socket
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from paretoforge._io import cache_root
 
 __all__ = ["CALIBRATION_FORMAT", "ISA_FEATURES", "calibrate", "calibration", "cpu_model",
            "isa_features", "machine_differences", "machine_identity", "physical_cores"]
@@ -112,15 +113,6 @@ def machine_identity(*, calibrated: bool = True) -> dict[str, Any]:
     return ident
 
 
-def _cache_root() -> Path:
-    # The rule of paretoforge.pipeline.prepare.cache_dir, which this layer cannot import.
-    env = os.environ.get("PARETOFORGE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
-
-
 def calibrate() -> dict[str, Any]:
     """Measure this core's fp32 and int8 GEMM throughput now (a few hundred milliseconds).
 
@@ -206,7 +198,7 @@ def calibration(*, refresh: bool = False) -> dict[str, Any]:
     fp = _kind()["fingerprint"]
     if not refresh and fp in _calibrated:
         return dict(_calibrated[fp])
-    path = _cache_root() / "calibration" / f"{fp}.json"
+    path = cache_root() / "calibration" / f"{fp}.json"
     try:
         import onnxruntime as ort
 

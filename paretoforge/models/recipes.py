@@ -9,10 +9,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
+from paretoforge._io import cache_root
 from paretoforge.exceptions import SpecError
 from paretoforge.registry import Registry
 
@@ -39,15 +39,6 @@ def _tiny_llama() -> Any:
     from paretoforge.models.tiny_llama import DEFAULT_TINY_LLAMA, tiny_llama_checkpoint
 
     return DEFAULT_TINY_LLAMA, tiny_llama_checkpoint
-
-
-def cache_root() -> Path:
-    """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
-    env = os.environ.get("PARETOFORGE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "paretoforge"
 
 
 def recipe_checkpoint(name: str) -> Path:

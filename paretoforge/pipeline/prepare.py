@@ -33,8 +33,8 @@ _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its
 
 
 def cache_dir() -> Path:
-    """Where trained base models are cached: $PARETOFORGE_CACHE, else ~/.cache/paretoforge."""
-    from paretoforge.models.recipes import cache_root
+    """Where base models and supernets are cached (:func:`paretoforge._io.cache_root`)."""
+    from paretoforge._io import cache_root
 
     return cache_root()
 
