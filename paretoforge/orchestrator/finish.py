@@ -25,15 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paretoforge.names import Phase, StopReason, TrialAttr
+from paretoforge.orchestrator.hypervolume import _to_min
 
 __all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_sizes",
            "select"]
-
-
-def _oriented(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[float]]:
-    """Every objective turned into one to minimise."""
-    sign = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    return [[s * float(v) for s, v in zip(sign, p, strict=True)] for p in points]
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -44,7 +39,7 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 def nondominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """The non-dominated sorting rank of each point: 0 for the front, 1 for the front of the
     rest, and so on (Deb et al.'s fast non-dominated sort)."""
-    pts = _oriented(points, directions)
+    pts = [_to_min(p, directions) for p in points]
     n = len(pts)
     dominated_by = [0] * n
     dominates: list[list[int]] = [[] for _ in range(n)]

@@ -65,14 +65,18 @@ class CoreGate:
             self._readers[holder] = self._readers.get(holder, 0) + 1
             return True
 
+    def _drop_shared(self, holder: str) -> None:
+        """One shared hold of ``holder`` fewer (the caller holds the condition)."""
+        n = self._readers.get(holder, 0) - 1
+        if n > 0:
+            self._readers[holder] = n
+        else:
+            self._readers.pop(holder, None)
+
     async def release_shared(self, holder: str = "") -> None:
         c = self._c()
         async with c:
-            n = self._readers.get(holder, 0) - 1
-            if n > 0:
-                self._readers[holder] = n
-            else:
-                self._readers.pop(holder, None)
+            self._drop_shared(holder)
             c.notify_all()
 
     async def yield_shared(self, holder: str = "") -> bool:
@@ -82,11 +86,7 @@ class CoreGate:
         async with c:
             if self._writers_waiting == 0 or holder in self._dead:
                 return False
-            n = self._readers.get(holder, 0) - 1
-            if n > 0:
-                self._readers[holder] = n
-            else:
-                self._readers.pop(holder, None)
+            self._drop_shared(holder)
             c.notify_all()
             await c.wait_for(lambda: holder in self._dead
                              or (self._writer is None and self._writers_waiting == 0))
