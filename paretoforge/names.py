@@ -62,6 +62,7 @@ class TrialAttr:
     RUNG: Final = "rung"  # finishing: the successive-halving rung, 0 first
     RECOVERY_EPOCHS: Final = "recovery_epochs"  # finishing: distillation epochs it got
     ONE_SHOT_TRIAL: Final = "one_shot_trial"  # finishing: the one-shot trial of its config
+    MUTATED_FROM: Final = "mutated_from"  # one-shot: the repeated trial this one mutates
 
     def __new__(cls) -> TrialAttr:  # a namespace, not a type of value
         raise TypeError("TrialAttr is a namespace of names; use TrialAttr.KEY etc.")

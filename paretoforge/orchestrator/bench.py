@@ -70,12 +70,13 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
                     cores: list[int], node_id: str, precision: str = "fp32",
                     reference: Path | None = None,
                     hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-                    ) -> dict[str, Any]:
+                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
     ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
     and the placement is reported outside it. ``reference`` (the base's artifact directory)
-    is timed beside the candidate, round by round.
+    is timed beside the candidate, round by round. ``settings`` (``rounds``, ``max_rounds``,
+    ``max_seconds``) override the profile's protocol, e.g. for a screening measurement.
 
     Returns:
         The :class:`~paretoforge.evaluators.latency.Measurement` as JSON, ``env.node_id`` set
@@ -88,7 +89,7 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     from paretoforge.kernels.runtime import placement_report
 
     m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision,
-                        reference=reference, hold=hold)
+                        reference=reference, hold=hold, **_protocol(settings))
     t0 = time.perf_counter()
     placement = placement_report(onnx_path, profile, inputs, cores=cores)
     out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
@@ -96,6 +97,18 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     out.setdefault("env", {})["node_id"] = node_id
     out["placement"] = placement
     return out
+
+
+_PROTOCOL_KEYS = frozenset({"rounds", "max_rounds", "max_seconds"})
+
+
+def _protocol(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The measurement-protocol overrides in ``settings`` (only those keys, nothing else)."""
+    unknown = set(settings or {}) - _PROTOCOL_KEYS
+    if unknown:
+        raise MeasurementError(f"unknown measurement settings {sorted(unknown)}; "
+                               f"known: {sorted(_PROTOCOL_KEYS)}")
+    return dict(settings or {})
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,8 @@ class Bench:
 
     def measure(self, files: dict[str, bytes] | bytes, profile_name: str,
                 inputs: dict[str, Any], precision: str = "fp32",
-                reference: dict[str, bytes] | None = None) -> dict[str, Any]:
+                reference: dict[str, bytes] | None = None,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
         """Measure a candidate on ``profile_name`` with the worker's samples.
 
         ``files`` are the candidate's artifact files by name: ``model.onnx`` for ONNX Runtime
@@ -172,7 +186,8 @@ class Bench:
                 _write_files(ref, reference)
             # The gate is held around the timed calls only, not the sessions or placement.
             out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id,
-                                  precision=precision, reference=ref, hold=self.gate.exclusive)
+                                  precision=precision, reference=ref, hold=self.gate.exclusive,
+                                  settings=settings)
         self.measured += 1
         return out
 

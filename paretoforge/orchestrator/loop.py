@@ -32,6 +32,7 @@ built anyway.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -176,6 +177,12 @@ class SearchLoop:
         self.distinct = spec.search.strategy == "one-shot"
         self._repeats_in_a_row = 0
         self._max_repeats = max(200, 2 * spec.search.trials)
+        # One-shot: a proposal that repeats a done (or running) sub-network is answered from
+        # the cache and followed by a one-step mutation of it that is new, if one is found: a
+        # sampler settling on the front's few smallest configs would otherwise spend the
+        # driver's time on asks that build nothing.
+        self._mutant: tuple[dict[str, Any], int] | None = None
+        self._mutation_rng = random.Random(spec.search.seed)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -376,12 +383,51 @@ class SearchLoop:
             if self.fixed is not None:
                 params, attrs = self.fixed.popleft()
                 self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            elif self._mutant is not None:
+                params, parent = self._mutant
+                self._mutant = None
+                self.study.enqueue_trial(params, user_attrs={TrialAttr.MUTATED_FROM: parent},
+                                         skip_if_exists=False)
             trial = self.study.ask()
             self.stats.ask_s += time.perf_counter() - t0
             job = self._dedupe(trial)
+            if job is None and self.distinct and self.fixed is None:
+                self._mutant = self._mutate(trial)
             if job is not None and not self._prescreened(job):
                 return job
         return None
+
+    def _mutate(self, trial: Any) -> tuple[dict[str, Any], int] | None:
+        """A one-step mutation of ``trial``'s params (one parameter the config uses, set to
+        another of its choices) whose sub-network is neither done, failed nor in flight; None
+        when a few random tries find none."""
+        t0 = time.perf_counter()
+        params = dict(trial.params)
+        choices = self.space.param_choices()
+        if set(params) != set(choices):
+            return None
+        layers = int(params["layers_kept"])
+        used = [k for k, v in choices.items() if len(v) > 1 and not (
+            k.rsplit("_", 1)[0] in self.space.per_layer and int(k.rsplit("_", 1)[1]) >= layers)]
+        busy = ({j.key for j in self.in_flight.values()} | {j.key for j in self.retry}
+                | set(self.waiting) | set(self.cache) | set(self.build_failed))
+        rng = self._mutation_rng
+        try:
+            for _ in range(32):
+                if not used:
+                    return None
+                name = rng.choice(used)
+                value = rng.choice([c for c in choices[name] if c != params[name]])
+                new = {**params, name: value}
+                try:
+                    key = job_key(self.space.config_from_params(new))
+                except ValueError:  # not a valid config (a custom dimension's own check)
+                    continue
+                if key not in busy:
+                    return new, int(trial.number)
+            return None
+        finally:
+            self.stats.ask_s += time.perf_counter() - t0
 
     def _prescreened(self, job: _Job) -> bool:
         """Tell ``job`` PRUNED, unbuilt, when its predicted latency rules it out."""

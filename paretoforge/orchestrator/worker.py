@@ -17,6 +17,7 @@ latency times it (:func:`~paretoforge.evaluators.latency.with_base_latency`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -138,11 +139,12 @@ class Worker:
             return self._result(manifest, reused=True)
         context = (self.context if recovery_epochs is None
                    else self.context.with_recovery_epochs(int(recovery_epochs)))
+        measurer = functools.partial(self._measure, settings=self._screening(cfg, recovery_epochs))
         try:
             self.reference()  # built once, before the first build's clock starts
             manifest = build_candidate(
                 context, cfg, run_dir=self.run_dir, artifact_key=key,
-                profiles=list(self.spec.measured_profiles), measurer=self._measure,
+                profiles=list(self.spec.measured_profiles), measurer=measurer,
                 building=self.gate.shared, cache=self.cache,
                 built_on={"node_id": self.node_id, "host": socket.gethostname(),
                           "worker": self.index, "cores": self.cores})
@@ -152,6 +154,20 @@ class Worker:
             tb = traceback.format_exc(limit=4)
             raise BuildError(f"candidate {cfg.key} failed: {type(e).__name__}: {e}\n{tb}") from e
         return self._result(manifest, reused=False)
+
+    def _screening(self, cfg: CandidateConfig, recovery_epochs: int | None
+                   ) -> dict[str, Any] | None:
+        """The screening measurement settings of a one-shot trial, or None (the profile's full
+        protocol): finishing trials and unpruned candidates, the final front's members, are
+        measured in full; a sub-network as cut from the supernet only ranks the one-shot
+        search, whose front the finishing rungs measure again."""
+        prepared = self.context.prepared
+        if (getattr(prepared, "supernet", None) is None or recovery_epochs is not None
+                or cfg.is_unpruned(prepared.num_layers, prepared.num_heads)):
+            return None
+        one_shot = self.spec.one_shot
+        return {"rounds": one_shot.screen_rounds, "max_rounds": one_shot.screen_rounds,
+                "max_seconds": one_shot.screen_seconds}
 
     def _result(self, manifest: Any, *, reused: bool) -> dict[str, Any]:
         """The result of a build; from a scratch folder, with the artifact's bytes (they travel
@@ -169,14 +185,17 @@ class Worker:
     # -- where a profile is measured ----------------------------------------------------------
 
     def _measure(self, onnx_path: Path, profile_name: str, inputs: dict[str, Any], *,
-                 precision: str = "fp32") -> dict[str, Any]:
+                 precision: str = "fp32", settings: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
         """Measure ``profile_name`` here, or on a bench of a node that carries its resource,
         beside the run's reference; the record carries the drift-free median.
 
         Here: profiles any node serves, and resource-bound CPU profiles when this worker's node
         carries the resource. A GPU profile always goes to its bench: the worker asked Ray for
         no GPU, so Ray hides the devices from it. The node's gate is held (shared on the
-        worker's own cores, exclusive for more) around the timed calls only.
+        worker's own cores, exclusive for more) around the timed calls only. ``settings``
+        (a screening measurement's rounds and time budget) override the profile's protocol;
+        the record's ``fidelity`` says which one it followed.
         """
         from paretoforge.hw_profiles import get_profile
         from paretoforge.orchestrator.bench import measure_profile
@@ -185,7 +204,7 @@ class Worker:
         reference = self.reference()
         if profile.resource and self.benches.get(profile.name) and (
                 profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
-            rec = self._measure_on_bench(onnx_path, profile, inputs, precision)
+            rec = self._measure_on_bench(onnx_path, profile, inputs, precision, settings)
         else:
             self._check_node_serves(profile)
             if (profile.intra_op_threads is not None
@@ -195,13 +214,16 @@ class Worker:
                 # off the node.
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
-                                      reference=reference, hold=self.gate.shared)
+                                      reference=reference, hold=self.gate.shared,
+                                      settings=settings)
             else:
                 # Needs more cores than this worker owns: every build on the node yields
                 # while the timed calls run.
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
                                       node_id=self.node_id, precision=precision,
-                                      reference=reference, hold=self.gate.exclusive)
+                                      reference=reference, hold=self.gate.exclusive,
+                                      settings=settings)
+        rec["fidelity"] = "full" if settings is None else "screening"
         return self._with_base_latency(profile.name, rec)
 
     def reference(self) -> Path:
@@ -233,7 +255,8 @@ class Worker:
         return with_base_latency(rec, base)
 
     def _measure_on_bench(self, onnx_path: Path, profile: Any, inputs: dict[str, Any],
-                          precision: str = "fp32") -> dict[str, Any]:
+                          precision: str = "fp32", settings: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
         """Send the artifact files and the samples to a bench of ``profile``; wait for the result.
 
         Benches are taken in turn; a lost one (its node left, its process died) is skipped from
@@ -266,7 +289,8 @@ class Worker:
             try:
                 return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs,
                                                                precision,
-                                                               self._reference_files)))
+                                                               self._reference_files,
+                                                               settings)))
             except RayTaskError as e:  # the bench ran, and the measurement itself failed
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError

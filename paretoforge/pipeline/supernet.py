@@ -105,12 +105,72 @@ def supernet_cache_key(prepared: Prepared, options: Any, workers: int) -> str:
         "options": options.to_dict(),
         "task": prepared.task.name,
         "losses": {k: repr(v) for k, v in sorted(losses.items())},
-        "importance": hashlib.sha256(
-            json.dumps(prepared.importance, sort_keys=True).encode()).hexdigest()[:16],
+        # the rewiring depends on the importance's orders only, and its values differ in
+        # the last bits from run to run (reduction order): the key hashes the orders
+        "importance": hashlib.sha256(json.dumps(
+            _orders(prepared.importance), sort_keys=True).encode()).hexdigest()[:16],
         "workers": int(workers),
     }
     return supernet_key(prepared.base_key, data_fingerprint(prepared.feeds("train"), labels),
                         recipe)  # fmt: skip
+
+
+def _orders(x: Any) -> Any:
+    """``x`` (importance scores: nested dicts and lists) with every list of numbers replaced
+    by its order, most important first (stable), rounded to 6 significant digits first so
+    that ties broken by noise do not change it.
+
+    Example:
+        >>> _orders({"heads": [[0.5, 0.9, 0.1]], "layers": [0.2, 0.2000000001]})
+        {'heads': [[1, 0, 2]], 'layers': [0, 1]}
+    """
+    if isinstance(x, dict):
+        return {str(k): _orders(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        if x and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+            rounded = [float(f"{float(v):.6g}") for v in x]
+            return sorted(range(len(x)), key=lambda i: -rounded[i])
+        return [_orders(v) for v in x]
+    return x
+
+
+def _state_api_available() -> bool:
+    """Whether Ray's State API answers (it needs the dashboard, off by default here)."""
+    try:
+        from ray.util.state import list_actors
+
+        list_actors(limit=1, timeout=2, raise_on_missing_output=False)
+        return True
+    except Exception:  # no dashboard: the State API's server is not there
+        return False
+
+
+def _trainer_without_pg_cleaner() -> Any:
+    """``TorchTrainer`` without Ray Train's placement-group cleaner, for clusters whose State
+    API does not answer (no dashboard: the local cluster's default).
+
+    The cleaner watches the controller through the State API; without it every check waits
+    out its 10 s timeout, the cleaner can never see the controller die (so it cleans nothing),
+    and stopping it at the end of ``fit`` waits 12 s more: a third of a small supernet's
+    whole training. Where the hook is not found (another Ray version), the stock trainer.
+    """
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class _Trainer(TorchTrainer):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return _Trainer
 
 
 def _log_event(progress: Path, event: dict[str, Any]) -> None:
@@ -265,7 +325,8 @@ def train_supernet(
     import ray
 
     start = time.perf_counter()
-    trainer = TorchTrainer(
+    trainer_cls = TorchTrainer if _state_api_available() else _trainer_without_pg_cleaner()
+    trainer = trainer_cls(
         _train_loop,
         train_loop_config={
             "prepared": ray.put(prepared), "options": options.to_dict(), "key": key,

@@ -420,6 +420,18 @@ class OneShotSpec(_Strict):
         "distance) of each rung go on to the next, recovered again from their supernet weights.",
     )
     eta: int = Field(3, ge=2, le=100, description="Successive halving's reduction factor.")
+    screen_rounds: int = Field(
+        1, ge=1, le=50,
+        description="Latency rounds of a one-shot trial's screening measurement (each against "
+        "the base, fresh sessions). Finishing trials and unpruned members, the ones the final "
+        "front is made of, are measured with the profile's full protocol "
+        "(latency_rounds / latency_max_rounds / latency_target_spread).",
+    )
+    screen_seconds: float = Field(
+        0.15, gt=0.0, le=60.0,
+        description="Timed-call budget, in seconds, of a one-shot trial's screening "
+        "measurement per profile (all its rounds together; at least 20 calls a round).",
+    )
 
     @field_validator("finish_epochs")
     @classmethod

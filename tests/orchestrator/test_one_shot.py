@@ -45,12 +45,29 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
         assert manifest.plan["source"].startswith("supernet:")
         recover = next(s for s in manifest.stages if s.name == "recover")
         assert recover.seconds > 0  # it trained
+        # the final front's candidates are measured with the profile's full protocol
+        assert {m["fidelity"] for m in manifest.measurements.values()} == {"full"}
     for t in one_shot:
         if t.user_attrs.get(TrialAttr.IS_BASE) or TrialAttr.CACHED_FROM in t.user_attrs:
             continue
         manifest = verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
-        if manifest.config["layers_kept"] < 2 or manifest.config["heads_kept"] < 2:
+        pruned = manifest.config["layers_kept"] < 2 or manifest.config["heads_kept"] < 2
+        if pruned:
             assert manifest.plan["source"].startswith("supernet:")  # cut, not distilled
+        # a sub-network as cut only ranks the one-shot search: a screening measurement
+        for m in manifest.measurements.values():
+            assert m["fidelity"] == ("screening" if pruned or manifest.config["ffn_kept"] != 1.0
+                                     else "full")
+            if m["fidelity"] == "screening":
+                assert m["rounds"] == spec.one_shot.screen_rounds
+    # a repeated proposal is followed by a new one-step mutation of it, when one exists
+    keys = [t.user_attrs[TrialAttr.KEY] for t in one_shot]
+    mutants = [t for t in one_shot if TrialAttr.MUTATED_FROM in t.user_attrs]
+    assert mutants or len(keys) == len(set(keys))
+    for t in mutants:
+        parent = run.trial(t.user_attrs[TrialAttr.MUTATED_FROM])
+        assert keys.count(parent.user_attrs[TrialAttr.KEY]) >= 2  # the parent was a repeat
+        assert sum(t.params[k] != parent.params[k] for k in t.params) == 1
     front = run.front()
     assert front
     for m in front:
