@@ -32,6 +32,7 @@ from paretoforge.kernels.decoder_export import (
     greedy_decode,
     prefill_feeds,
 )
+from paretoforge.models.families import ADAPTERS
 from paretoforge.models.io import save_pretrained
 from paretoforge.models.surgery import PrunePlan, identity_plan, prune
 
@@ -160,7 +161,8 @@ def test_pruned_decoder_matches_pytorch_on_prefill_and_decode_steps(name: str,
         assert float(np.abs(got[:, 0] - want[:, step]).max()) < TOL
 
 
-@pytest.mark.parametrize("precision, op", [("int8", "MatMulInteger"), ("int4", "MatMulNBits")])
+@pytest.mark.parametrize("precision, op", [("int8", "MatMulInteger"), ("int4", "MatMulNBits"),
+                                          ("fp16", "Cast")])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_pruned_decoder_quantizes_and_decodes(name: str, precision: str, op: str, exported,
                                               tmp_path: Path) -> None:
@@ -247,3 +249,30 @@ def test_a_graph_without_a_cache_is_not_decoded(vit_onnx: Path) -> None:
         greedy_decode(vit_onnx, [1, 2], 3)
     with pytest.raises(ValueError, match="at least one token"):
         greedy_decode(vit_onnx, [], 3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2", "qwen3"])
+def test_every_causal_family_exports_with_a_kv_cache(family: str, tmp_path: Path) -> None:
+    adapter = ADAPTERS.get(family)
+    config = adapter.tiny_config()
+    torch.manual_seed(1)
+    model = adapter.build(config, adapter.architectures[0] if family != "gpt2"
+                          else "GPT2LMHeadModel").eval()
+    layout = export_decoder_onnx(model, tmp_path / "m.onnx")
+    assert layout.num_layers == config.num_hidden_layers
+    logits, ids = _run_cached(_session(tmp_path / "m.onnx"), _prompt(config.vocab_size), 3)
+    want = _torch_logits(model, ids)
+    assert float(np.abs(logits[-1][:, 0] - want[:, -1]).max()) < TOL
+
+
+def test_left_padding_in_the_attention_mask_is_honoured(exported) -> None:
+    small, path, layout = exported["llama-gqa4"]
+    session = _session(path)
+    short = _prompt(83, batch=1, tokens=4, seed=5)
+    alone = session.run(["logits"], prefill_feeds(layout, short))[0]
+    feeds = prefill_feeds(layout, np.concatenate(
+        [_prompt(83, batch=1, tokens=7, seed=6), np.pad(short, ((0, 0), (3, 0)))]))
+    feeds["attention_mask"][1, :3] = 0  # row 1: three pads, then the short prompt
+    feeds["position_ids"][1] = np.maximum(np.cumsum(feeds["attention_mask"][1]) - 1, 0)
+    padded = session.run(["logits"], feeds)[0]
+    assert float(np.abs(padded[1, 3:] - alone[0]).max()) < TOL
