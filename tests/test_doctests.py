@@ -50,6 +50,7 @@ CHEAP_MODULES = [
     "paretoforge.models.tokenizer",
     "paretoforge.models.vit",
     "paretoforge.kernels",
+    "paretoforge.kernels.decoder_export",
     "paretoforge.kernels.export",
     "paretoforge.kernels.ort",
     "paretoforge.kernels.quantize",

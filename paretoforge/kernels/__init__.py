@@ -10,6 +10,11 @@ Example:
 
 from __future__ import annotations
 
+from paretoforge.kernels.decoder_export import (
+    CacheLayout,
+    export_decoder_onnx,
+    greedy_decode,
+)
 from paretoforge.kernels.export import default_output_fn, export_onnx
 from paretoforge.kernels.ort import (
     ORT_DTYPES,
@@ -31,13 +36,16 @@ from paretoforge.kernels.runtime import Runtime, load_runtime, placement_report
 __all__ = [
     "ORT_DTYPES",
     "PRECISIONS",
+    "CacheLayout",
     "Runtime",
     "apply_precision",
     "convert_fp16",
     "create_session",
     "default_output_fn",
+    "export_decoder_onnx",
     "export_onnx",
     "graph_summary",
+    "greedy_decode",
     "load_runtime",
     "placement_report",
     "providers_for",
