@@ -112,7 +112,7 @@ def postgres() -> Iterator[PostgresServer]:
                  "--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C", "--no-sync")
         assert res.returncode == 0, res.stdout + res.stderr
         opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root / 'sock'} -c fsync=off "
-                "-c max_connections=30 -c shared_buffers=16MB")
+                "-c max_connections=50 -c shared_buffers=16MB")
         res = pg("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
                  "-o", opts, "start")
         assert res.returncode == 0, res.stdout + res.stderr + _log(root)
@@ -139,6 +139,38 @@ def _cli_in_process(*args: str) -> object:
     from paretoforge.cli import app
 
     return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(("url", "kept", "shown"), [
+    ("postgresql://pf:secret@db:5432/studies", "postgresql://pf@db:5432/studies",
+     "postgresql://pf:***@db:5432/studies"),
+    ("postgresql+psycopg2://pf:s%40t@db/s?password=x&sslmode=require",
+     "postgresql+psycopg2://pf@db/s?sslmode=require",
+     "postgresql+psycopg2://pf:***@db/s?sslmode=require"),
+    ("postgresql://pf@db/studies", "postgresql://pf@db/studies", "postgresql://pf@db/studies"),
+    ("sqlite:////tmp/a@b.db", "sqlite:////tmp/a@b.db", "sqlite:////tmp/a@b.db"),
+])
+def test_url_without_password(url: str, kept: str, shown: str) -> None:
+    from paretoforge.orchestrator.storage import url_without_password
+
+    assert url_without_password(url) == kept
+    assert url_without_password(url, mask=True) == shown
+
+
+def test_a_run_records_no_password_and_accepts_its_spec_again(tmp_path: Path) -> None:
+    """spec.yaml holds the URL without the password; the spec with it is the same search."""
+    from paretoforge.orchestrator.driver import _check_run_dir, _recorded
+
+    spec = testing.tiny_spec(storage=f"postgresql://pf:{PASSWORD}@db:5432/studies")
+    (tmp_path / "spec.yaml").write_text(_recorded(spec).to_yaml())
+    assert PASSWORD not in (tmp_path / "spec.yaml").read_text()
+    assert "postgresql://pf@db:5432/studies" in (tmp_path / "spec.yaml").read_text()
+    _check_run_dir(spec, tmp_path)  # resuming with the password-bearing spec: no refusal
+    from paretoforge.exceptions import SpecError
+
+    with pytest.raises(SpecError, match="storage"):  # another database is another search
+        _check_run_dir(spec.model_copy(update={"storage": "postgresql://pf@db/other"}),
+                       tmp_path)
 
 
 def test_missing_driver_is_one_line_before_any_work(tmp_path: Path) -> None:
@@ -184,11 +216,11 @@ def test_wrong_password_names_where_the_password_goes(postgres, tmp_path: Path) 
     assert storage.get_all_studies() == []
 
 
-def _count(url: str, name: str) -> int:
+def _count(storage: object, name: str) -> int:
     import optuna
 
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return 0
     return sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
@@ -203,9 +235,11 @@ def test_search_in_postgres_resumes_from_another_driver(postgres, tmp_path: Path
     from paretoforge._ray_auth import ensure_ray_auth
     from paretoforge.names import TrialAttr
     from paretoforge.orchestrator.results import load_run
+    from paretoforge.orchestrator.storage import open_rdb
 
     db = postgres.create_database("pf_resume")
     url = postgres.url(db)
+    watch = open_rdb(url)  # one connection pool for the test's own polling
     target = 5
     spec = _spec_file(tmp_path, url, trials=target)
     name = yaml.safe_load(spec.read_text())["name"]
@@ -224,11 +258,11 @@ def test_search_in_postgres_resumes_from_another_driver(postgres, tmp_path: Path
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
-            if _count(url, name) >= 2:
+            if _count(watch, name) >= 2:
                 break
             time.sleep(0.5)
         assert driver.poll() is None, out.read_text()[-3000:]
-        assert _count(url, name) >= 2, "the search made progress before the kill"
+        assert _count(watch, name) >= 2, "the search made progress before the kill"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -243,13 +277,16 @@ def test_search_in_postgres_resumes_from_another_driver(postgres, tmp_path: Path
 
     import optuna
 
-    before = {t.number: t for t in optuna.load_study(study_name=name, storage=url).get_trials()}
+    before = {t.number: t for t in optuna.load_study(study_name=name, storage=watch).get_trials()}
     done_before = {n for n, t in before.items() if t.state.name == "COMPLETE"}
     assert len(done_before) >= 2
-    manifests = {n: run_dir / "artifacts" / t.user_attrs[TrialAttr.KEY] / "manifest.json"
-                 for n, t in before.items() if n in done_before
-                 and TrialAttr.CACHED_FROM not in t.user_attrs}
-    stamps = {n: p.stat().st_mtime_ns for n, p in manifests.items()}
+    # What a build writes (the manifest alone is rewritten at the end, with test metrics).
+    built_files = {n: sorted(p for p in (run_dir / "artifacts" / t.user_attrs[TrialAttr.KEY])
+                             .iterdir() if p.name != "manifest.json")
+                   for n, t in before.items() if n in done_before
+                   and TrialAttr.CACHED_FROM not in t.user_attrs}
+    stamps = {n: [p.stat().st_mtime_ns for p in ps] for n, ps in built_files.items()}
+    assert all(built_files.values())
 
     # Another driver process, from the run's record alone: without a password it is told
     # where one goes; with PGPASSWORD it finishes the search.
@@ -277,8 +314,8 @@ def test_search_in_postgres_resumes_from_another_driver(postgres, tmp_path: Path
         assert after[n].values == before[n].values
         assert after[n].user_attrs.get(TrialAttr.ATTEMPTS) == \
             before[n].user_attrs.get(TrialAttr.ATTEMPTS)
-    for n, p in manifests.items():
-        assert p.stat().st_mtime_ns == stamps[n], f"trial {n}'s artifact was rebuilt"
+    for n, ps in built_files.items():
+        assert [p.stat().st_mtime_ns for p in ps] == stamps[n], f"trial {n} was rebuilt"
     for t in complete:
         art = run.artifact_dir(t)
         manifest = json.loads((art / "manifest.json").read_text())
