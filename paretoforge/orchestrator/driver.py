@@ -110,14 +110,23 @@ def _check_run_dir(spec: Spec, run_dir: Path) -> None:
     if spec_path.is_file():
         old = Spec.from_file(spec_path)
         keep = ("search", "cluster", "run_dir")
-        a = {k: v for k, v in old.model_dump(mode="json").items() if k not in keep}
-        b = {k: v for k, v in spec.model_dump(mode="json").items() if k not in keep}
+        a = {k: v for k, v in _recorded(old).model_dump(mode="json").items() if k not in keep}
+        b = {k: v for k, v in _recorded(spec).model_dump(mode="json").items() if k not in keep}
         if a != b:
             changed = sorted(k for k in a if a[k] != b.get(k))
             raise SpecError(
                 f"run directory {str(run_dir)!r} holds a different search (fields {changed} "
                 "differ); choose a new --run-dir, or delete that directory"
             )
+
+
+def _recorded(spec: Spec) -> Spec:
+    """The spec as the run records it (``spec.yaml``): its storage URL without a password."""
+    from paretoforge.orchestrator.storage import url_without_password
+
+    if not spec.storage or url_without_password(spec.storage) == spec.storage:
+        return spec
+    return spec.model_copy(update={"storage": url_without_password(spec.storage)})
 
 
 @contextlib.contextmanager
@@ -181,21 +190,27 @@ def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | Non
 
     profiles = [get_profile(p) for p in spec.measured_profiles]
     _check_run_dir(spec, run_dir)
+    from paretoforge.orchestrator.storage import open_storage
+
+    # A database is reached before the run directory is made: a driver missing or a server
+    # down is one line, with nothing written and nothing started.
+    opened = open_storage(run_dir, spec) if spec.storage else None
     progress = progress or Progress(spec.search.trials)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         _check_run_dir(spec, run_dir)  # again: another driver may have written it meanwhile
-        atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
+        atomic_write_text(run_dir / "spec.yaml", _recorded(spec).to_yaml())
         store.push_file("spec.yaml")
         return _run_locked(spec, store, space, profiles, progress, t_start, address=address,
                            debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {},
-                           verify=verify)
+                           verify=verify, opened=opened)
 
 
 def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[Any],
                 progress: Progress, t_start: float, *, address: str | None, debug: bool,
                 worker_cls: type[CandidateWorker] | None, worker_kwargs: dict[str, Any],
-                verify: Callable[..., dict[str, Any] | None] | None) -> SearchSummary:
+                verify: Callable[..., dict[str, Any] | None] | None,
+                opened: tuple[Any, Any] | None = None) -> SearchSummary:
     import ray
 
     from paretoforge.orchestrator.bench import start_benches, stop_benches
@@ -212,7 +227,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
     log = progress.log
     run_dir = store.local
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
-    storage, backend = open_storage(run_dir, spec)
+    storage, backend = opened or open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
     started = connect_ray(spec, address=address, debug=debug)
     pool: WorkerPool | None = None
@@ -248,7 +263,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         store.push_file("run.json")
         prepared = _ship_user_task(prepared, space)
         prepared_ref = ray.put(prepared.for_workers())  # no test split on the workers
-        spec_json = spec.model_dump(mode="json")
+        spec_json = _recorded(spec).model_dump(mode="json")  # workers get no password
         actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
                                max_task_retries=0)(worker_cls or Worker)
 

@@ -1,5 +1,12 @@
 """Where the study lives: a journal file in the run directory, or any Optuna storage URL.
 
+A storage URL (``postgresql+psycopg2://user@host:5432/db``, ``sqlite:///study.db``) is an
+Optuna ``RDBStorage``, opened -- and its server reached -- before any expensive work, so a
+missing database driver or a server that does not answer is one line naming ``storage`` and the
+fix. Every record of the run (its ``spec.yaml``, messages) keeps the URL without its password
+(:func:`url_without_password`): a driver that resumes the run from that record gives the
+password the database client's own way (``PGPASSWORD``, ``~/.pgpass``).
+
 The journal file is written the way a database writes its log: every change is appended (under
 Optuna's lock file) as soon as it is made, so a driver that is killed loses nothing -- the
 operating system holds every write -- and the file is fsynced at most once a second and when
@@ -30,7 +37,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from paretoforge.exceptions import SpecError
 from paretoforge.spec import Spec
 
-__all__ = ["JOURNAL", "SyncingJournalBackend", "open_storage", "open_study"]
+__all__ = ["JOURNAL", "SyncingJournalBackend", "open_storage", "open_study",
+           "url_without_password"]
 
 JOURNAL = "study.journal"
 
@@ -75,11 +83,94 @@ class SyncingJournalBackend(JournalFileBackend):
 
 
 def open_storage(run_dir: Path, spec: Spec) -> tuple[Any, SyncingJournalBackend | None]:
-    """The run's Optuna storage, and its journal backend when it is the run's journal file."""
+    """The run's Optuna storage, and its journal backend when it is the run's journal file.
+
+    A ``spec.storage`` URL is opened here as an ``RDBStorage``: the database is reached and
+    Optuna's tables created now, or a SpecError says why not (driver missing, server down,
+    password refused).
+    """
     if spec.storage:
-        return spec.storage, None
+        return open_rdb(spec.storage), None
     backend = SyncingJournalBackend(str(Path(run_dir) / JOURNAL))
     return JournalStorage(backend), backend
+
+
+# The pip package that provides a DB-API module SQLAlchemy imports for a URL's dialect.
+_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary (or paretoforge[postgres])",
+                    "psycopg": "psycopg[binary]", "pg8000": "pg8000", "asyncpg": "asyncpg",
+                    "pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
+
+
+def open_rdb(url: str, *, connect_timeout_s: int = 10) -> Any:
+    """An Optuna ``RDBStorage`` at ``url``, its server reached; SpecError when it cannot be.
+
+    A PostgreSQL URL without its own ``connect_timeout`` gets ``connect_timeout_s``, so a host
+    that does not answer fails in seconds, not after the operating system's TCP timeout.
+
+    Example:
+        >>> open_rdb("postgresql+psycopg2://pf@127.0.0.1:5432/studies")  # doctest: +SKIP
+        >>> open_rdb("sqlite:///study.db")  # doctest: +SKIP
+    """
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    shown = repr(url_without_password(url, mask=True))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        engine_kwargs["connect_args"] = {"connect_timeout": connect_timeout_s}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError as e:  # Optuna's message drops the module's name; its cause has it
+        cause = e.__cause__ if isinstance(e.__cause__, ImportError) else e
+        module = (getattr(cause, "name", None) or "").split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module or "the dialect's driver")
+        raise SpecError(f"storage {shown}: the database driver {module or '?'!r} is not "
+                        f"installed; install it (pip install {package}), or leave `storage` "
+                        "unset for a journal file in the run directory") from None
+    except sqlalchemy.exc.OperationalError as e:
+        first = _first_line(e.orig if e.orig is not None else e)
+        hint = ""
+        if "password" in first.lower() or "authentication" in first.lower():
+            hint = ("; a run's spec.yaml keeps no password: give it in PGPASSWORD or "
+                    "~/.pgpass (or in the URL of the spec you search with)")
+        raise SpecError(f"storage {shown}: cannot open the database: {first}{hint}; check that "
+                        "the server runs and the URL's host, port, user and database in "
+                        "`storage`") from None
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # unknown dialect, bad URL
+        raise SpecError(f"storage {shown}: {_first_line(e)}; use e.g. "
+                        "postgresql+psycopg2://user@host:5432/db or sqlite:///study.db, or leave "
+                        "`storage` unset for a journal file in the run directory") from None
+
+
+def url_without_password(url: str, *, mask: bool = False) -> str:
+    """``url`` with its password removed (``mask``: shown as ``***``), for every record.
+
+    Example:
+        >>> url_without_password("postgresql://pf:secret@db:5432/studies")
+        'postgresql://pf@db:5432/studies'
+        >>> url_without_password("postgresql://pf:secret@db/studies", mask=True)
+        'postgresql://pf:***@db/studies'
+    """
+    from sqlalchemy.engine import URL, make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # not a URL SQLAlchemy reads: drop whatever sits before the last '@'
+        if "@" not in url or "://" not in url:
+            return url
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{'***@' if mask else ''}{rest.rsplit('@', 1)[1]}"
+    query = {k: v for k, v in u.query.items() if k != "password"}
+    if u.password is None and len(query) == len(u.query):
+        return url
+    kept = URL.create(u.drivername, u.username, u.password if mask else None, u.host, u.port,
+                      u.database, query)
+    return kept.render_as_string(hide_password=mask)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
 
 
 def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool = True,
@@ -104,10 +195,10 @@ def open_study(run_dir: Path, spec: Spec, *, sampler: Any = None, create: bool =
     except KeyError:
         raise SpecError(f"storage {_shown(spec)} holds no study named {spec.name!r}; check "
                         "`storage` and `name` in the run's spec.yaml") from None
-    except (ImportError, ValueError) as e:  # unknown dialect, missing driver, bad URL
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError(f"storage {_shown(spec)}: {first}; use e.g. sqlite:///study.db, or "
-                        "leave `storage` unset for a journal file in the run directory") from None
+    except (ImportError, ValueError) as e:  # a URL string passed without open_storage
+        raise SpecError(f"storage {_shown(spec)}: {_first_line(e)}; use e.g. "
+                        "sqlite:///study.db, or leave `storage` unset for a journal file in the "
+                        "run directory") from None
 
 
 def _name_metrics(study: Any, names: list[str]) -> None:
@@ -127,8 +218,4 @@ def _name_metrics(study: Any, names: list[str]) -> None:
 def _shown(spec: Spec) -> str:
     if not spec.storage:
         return repr(JOURNAL)
-    url = spec.storage
-    if "@" in url and "://" in url:  # never print a password
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return repr(url)
+    return repr(url_without_password(spec.storage, mask=True))  # never print a password

@@ -113,8 +113,10 @@ class Spec(_Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
     storage: str | None = Field(
         None,
-        description="Optuna storage URL (e.g. sqlite:///runs/x/study.db, postgresql://...), "
-        "shared by every driver of the run; unset keeps a journal file in the run directory.",
+        description="Optuna storage URL (e.g. sqlite:///runs/x/study.db, "
+        "postgresql+psycopg2://user@host:5432/db with paretoforge[postgres]), shared by every "
+        "driver of the run; the run records it without its password (a resuming driver gives "
+        "it in PGPASSWORD or ~/.pgpass); unset keeps a journal file in the run directory.",
     )
     run_dir: str | None = Field(
         None, description="Run directory: a path, or a storage URI (s3://bucket/run, "
