@@ -428,7 +428,7 @@ class OneShotSpec(_Strict):
         "(latency_rounds / latency_max_rounds / latency_target_spread).",
     )
     screen_seconds: float = Field(
-        0.15, gt=0.0, le=60.0,
+        0.1, gt=0.0, le=60.0,
         description="Timed-call budget, in seconds, of a one-shot trial's screening "
         "measurement per profile (all its rounds together; at least 20 calls a round).",
     )
