@@ -5,7 +5,8 @@
 ``http://HEAD:8265``). The job's working directory holds the spec and the local files it names
 (``task.data``, ``model.path``), rewritten to paths inside it, within Ray's size limit for a
 working directory; the run goes to a storage URI (or an absolute path on the head node), never
-into the job's working directory, which Ray deletes. :func:`job_status` and :func:`job_logs`
+into the job's working directory, which Ray deletes. A storage URL travels without its
+password: the head node's driver gives it the database client's way (``PGPASSWORD``). :func:`job_status` and :func:`job_logs`
 need only the job id, so they work from any machine that reaches the dashboard.
 
 Token auth is as for the cluster: a token in ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
@@ -122,6 +123,10 @@ def submit_search(spec_path: Path, *, address: str | None = None, run_dir: str |
                     continue
                 data[section][field] = dst.as_posix()
         data.pop("run_dir", None)
+        if data.get("storage"):  # no credential travels with a job: the head gives it
+            from paretoforge.orchestrator.storage import url_without_password
+
+            data["storage"] = url_without_password(data["storage"])
         import yaml
 
         (work / "spec.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
