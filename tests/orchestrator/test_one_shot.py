@@ -81,3 +81,74 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
     again = run_search(spec, run_dir, progress=Progress(8, live=False, quiet=True))
     assert len(load_run(run_dir).trials()) == len(trials)
     assert again.failed == 0
+
+
+def test_one_shot_driver_sigkilled_then_resumed(tmp_path: Path) -> None:
+    """A one-shot search whose driver is SIGKILLed mid-search resumes from the study: the
+    supernet is not trained again, no sub-network is built twice, nothing done is lost, and
+    the finishing rungs run once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from paretoforge.testing import tiny_spec_dict
+
+    spec = tiny_spec_dict({"trials": 10, "strategy": "one-shot", "sampler": "random"},
+                          one_shot={"supernet_epochs": 1, "finish_candidates": 2,
+                                    "finish_epochs": [1, 2], "eta": 2})
+    spec_path, run_dir = tmp_path / "spec.yaml", tmp_path / "run"
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cli = [sys.executable, "-m", "paretoforge.cli"]
+    driver = subprocess.Popen([*cli, "search", str(spec_path), "--run-dir", str(run_dir),
+                               "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True, env=env)
+    try:
+        deadline, built = time.monotonic() + 300, 0
+        while time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+            if (run_dir / "study.journal").is_file():
+                trials = load_run(run_dir).study.get_trials(deepcopy=False)
+                built = sum(t.state.name == "COMPLETE" and TrialAttr.CACHED_FROM
+                            not in t.user_attrs for t in trials)
+                if built >= 4:
+                    break
+        assert driver.poll() is None, driver.stderr.read()[-3000:] if driver.stderr else ""
+        assert built >= 4, "the one-shot search made progress before the kill"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = {t.number: t for t in load_run(run_dir).study.get_trials(deepcopy=False)
+              if t.state.name == "COMPLETE"}
+    resumed = subprocess.run([*cli, "resume", str(run_dir)], capture_output=True, text=True,
+                             timeout=400, env=env, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    import re
+
+    assert re.search(r"supernet \w+: cached", resumed.stdout), resumed.stdout[-2000:]
+    run = load_run(run_dir)
+    trials = [t for t in run.trials() if t.state.name == "COMPLETE"]
+    after = {t.number: t for t in trials}
+    for n, t in before.items():  # nothing done is lost or changed
+        assert after[n].values == t.values
+    built_keys = [t.user_attrs[TrialAttr.KEY] for t in trials
+                  if TrialAttr.CACHED_FROM not in t.user_attrs]
+    assert len(built_keys) == len(set(built_keys)), "a sub-network was built twice"
+    one_shot = {t.user_attrs[TrialAttr.KEY] for t in trials
+                if t.user_attrs.get(TrialAttr.PHASE) == Phase.ONE_SHOT}
+    assert len(one_shot) == 10
+    finish = [t for t in trials if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH]
+    assert sorted(t.user_attrs[TrialAttr.RUNG] for t in finish).count(1) == 1
+    sources = {verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
+               .plan.get("source") for t in trials if TrialAttr.CACHED_FROM not in t.user_attrs
+               and t.user_attrs.get(TrialAttr.PHASE) == Phase.ONE_SHOT
+               and not t.user_attrs.get(TrialAttr.IS_BASE)}
+    assert len({s for s in sources if s and s.startswith("supernet:")}) == 1  # one supernet
