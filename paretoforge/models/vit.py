@@ -303,7 +303,9 @@ def get_base_model(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return model, {**info, "cached": False}
+    # The entry as every later run loads it (its config gains what saving writes): the
+    # bundle's content key, and the supernet's built on it, are the same in a resumed run.
+    return load_pretrained(final), {**info, "cached": False}
 
 
 def _load_cached(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
