@@ -90,6 +90,17 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float:
     return float((concordant - discordant) / denom) if denom else 0.0
 
 
+def _spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (no ties expected: timings in ns).
+
+    Example:
+        >>> _spearman([1, 2, 3], [3, 2, 1])
+        -1.0
+    """
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if len(x) > 2 else 0.0
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -322,6 +333,11 @@ def main() -> None:
             "remeasured_ratio_rounds": [round(r, 5) for r in ratios],
             "remeasured_spread_rel": round((max(ratios) - min(ratios)) / 2 / ratio, 5),
             "remeasured_p50_ms": round(float(np.median(cand)), 5),
+            "remeasured_round_p50_ms": [round(c, 5) for c in cand],
+            "remeasured_base_round_p50_ms": [round(b, 5) for b in base],
+            # Does the ratio follow the machine's speed (the base's round latency)? Drift-free
+            # ratios do not: Spearman's rho across rounds, near 0 when they do not.
+            "rho_ratio_vs_base_speed": round(_spearman(base, ratios), 3),
             "remeasured_base_p50_ms": round(float(np.median(base)), 5),
             "covered": (None if low is None or high is None else bool(low <= ratio <= high)),
         }
