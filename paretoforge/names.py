@@ -63,6 +63,7 @@ class TrialAttr:
     RECOVERY_EPOCHS: Final = "recovery_epochs"  # finishing: distillation epochs it got
     ONE_SHOT_TRIAL: Final = "one_shot_trial"  # finishing: the one-shot trial of its config
     MUTATED_FROM: Final = "mutated_from"  # one-shot: the repeated trial this one mutates
+    BASE_PRECISION: Final = "base_precision"  # one-shot: the unpruned base at this precision
 
     def __new__(cls) -> TrialAttr:  # a namespace, not a type of value
         raise TypeError("TrialAttr is a namespace of names; use TrialAttr.KEY etc.")

@@ -6,8 +6,9 @@
 (``task.data``, ``model.path``), rewritten to paths inside it, within Ray's size limit for a
 working directory; the run goes to a storage URI (or an absolute path on the head node), never
 into the job's working directory, which Ray deletes. A storage URL travels without its
-password: the head node's driver gives it the database client's way (``PGPASSWORD``). :func:`job_status` and :func:`job_logs`
-need only the job id, so they work from any machine that reaches the dashboard.
+password: the head node's driver gives it the database client's way (``PGPASSWORD``).
+:func:`job_status` and :func:`job_logs` need only the job id, so they work from any machine
+that reaches the dashboard.
 
 Token auth is as for the cluster: a token in ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
 ``~/.ray/auth_token`` is sent as the ``Authorization`` header (Ray's client adds it when

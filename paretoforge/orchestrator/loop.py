@@ -344,6 +344,14 @@ class SearchLoop:
                               f"{len(self.revived)} will be re-run")
         if not self.study.trials:
             self.study.enqueue_trial(self.base_params, user_attrs={TrialAttr.IS_BASE: True})
+            if self.distinct and "precision" in self.base_params:
+                # One-shot: the unpruned base at each other precision of the space too (the
+                # quantization-only candidates); in a space of 10^5 sub-networks the sampler
+                # would rarely propose them, and they are part of any final front.
+                for p in self.space.dimensions.get("precision", ()):
+                    if p != self.base_params["precision"]:
+                        self.study.enqueue_trial({**self.base_params, "precision": p},
+                                                 user_attrs={TrialAttr.BASE_PRECISION: p})
             for i, seed in enumerate(self.spec.search.seed_configs):
                 self.study.enqueue_trial(seed, user_attrs={TrialAttr.SEED_CONFIG: i})
 
@@ -435,7 +443,7 @@ class SearchLoop:
 
         ua = job.trial.user_attrs
         if (not self.spec.search.prescreen or ua.get(TrialAttr.IS_BASE)
-                or TrialAttr.SEED_CONFIG in ua):
+                or TrialAttr.SEED_CONFIG in ua or TrialAttr.BASE_PRECISION in ua):
             return False
         if self._skips_in_a_row >= self.spec.search.prescreen_max_consecutive:
             self.progress.log(f"pre-screen: {self._skips_in_a_row} candidates skipped in a row "

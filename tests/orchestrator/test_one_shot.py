@@ -60,6 +60,10 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
                                      else "full")
             if m["fidelity"] == "screening":
                 assert m["rounds"] == spec.one_shot.screen_rounds
+    # the unpruned base at every other precision of the space is a candidate too
+    precisions = set(spec.space.dimensions["precision"]) - {"fp32"}
+    assert precisions and {t.user_attrs.get(TrialAttr.BASE_PRECISION) for t in one_shot} >= \
+        precisions
     # a repeated proposal is followed by a new one-step mutation of it, when one exists
     keys = [t.user_attrs[TrialAttr.KEY] for t in one_shot]
     mutants = [t for t in one_shot if TrialAttr.MUTATED_FROM in t.user_attrs]
