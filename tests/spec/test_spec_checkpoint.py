@@ -35,7 +35,8 @@ def test_pkg_path_resolves_into_the_installed_package() -> None:
 
 def test_minilm_example_is_valid() -> None:
     spec = Spec.from_file(EXAMPLES / "minilm-fidelity.yaml")
-    assert spec.model.path == MINILM and spec.space.preset == "encoder-prune"
+    assert spec.model.path == MINILM and spec.space.preset == "encoder-per-layer"
+    assert spec.search.strategy == "one-shot" and not spec.search.seed_configs
     assert [o.metric for o in spec.objectives] == ["embedding_cosine", "latency_p50_ms@cpu-1t"]
 
 
