@@ -357,19 +357,18 @@ def measure_latency(
         try:
             pairs = [open_round()]
             if decode_past is None:
-                checked = inputs
+                for rt in pairs[0]:
+                    rt.validate(inputs, profile.batch_size)
                 feeds, feed_info = make_feeds(inputs, profile, seed=seed)
             else:  # one step's feeds; each graph gets its past in its own layout
                 feeds, feed_info = make_decode_feeds(inputs, profile, past=decode_past)
-                checked = feeds[0]
                 for rt in pairs[0]:
                     if getattr(rt, "cache_layout", None) is None:
                         raise MeasurementError(
                             f"{str(getattr(rt, 'path', model))!r} is not a KV-cache decoder "
                             "graph (no past_key_values inputs); a decode step needs one (export "
                             "it with paretoforge.kernels.decoder_export.export_decoder_onnx)")
-            for rt in pairs[0]:
-                rt.validate(checked, profile.batch_size)
+                    rt.validate(feeds[0], profile.batch_size)
             pairs += [open_round() for _ in range(rounds - 1)]
             per_round_s = max_seconds / max_rounds
             results: list[tuple[list[list[int]], list[float], int]] = []
