@@ -81,6 +81,10 @@ class Manifest(BaseModel):
                                          description="ONNX inputs: name, shape, dtype.")
     outputs: list[dict[str, Any]] = Field(default_factory=list,
                                           description="ONNX outputs: name, shape, dtype, extra.")
+    cache_layout: dict[str, Any] | None = Field(
+        None, description="A decoder's KV-cache layout (model.onnx serves prefill and decode): "
+        "input and output names, past layout, key/value heads and head size per layer, dtype "
+        "(paretoforge.kernels.decoder_export.CacheLayout.as_dict). None: not a decoder.")
     preprocessing: str = Field("", description="Exact preprocessing of the inputs.")
     latency_inputs: dict[str, Any] = Field(
         default_factory=dict,

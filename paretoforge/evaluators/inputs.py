@@ -15,6 +15,13 @@ Images keep the task's shape. Token sequences (integer inputs of rank 2: ``input
 A sample's real length is its ``attention_mask`` sum when the inputs have one, else the full
 width.
 
+A decoder's per-token latency has its own feeds (:func:`make_decode_feeds`): one real token
+per sequence after a past of ``past`` cached tokens, i.e. ``input_ids`` ``(batch, 1)``,
+``attention_mask`` ``(batch, past + 1)`` and ``position_ids`` ``(batch, 1)``. Their widths
+differ by design, which :func:`make_feeds` refuses for every other input; the past tensors
+themselves are shaped by each graph's own cache layout when it runs them
+(:func:`~paretoforge.kernels.decoder_export.complete_feeds`).
+
 Example:
     >>> import numpy as np
     >>> from paretoforge.hw_profiles import HardwareProfile
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 
     from paretoforge.hw_profiles import HardwareProfile
 
-__all__ = ["MAX_FEEDS", "make_feeds", "sequence_inputs", "task_lengths"]
+__all__ = ["MAX_FEEDS", "make_decode_feeds", "make_feeds", "sequence_inputs", "task_lengths"]
 
 MAX_FEEDS = 64  # distinct batches cycled through; bounds memory for large tasks
 
@@ -166,4 +173,67 @@ def make_feeds(
             "max": int(arr.max()),
             "batches": len(used),
         }
+    return feeds, info
+
+
+def make_decode_feeds(
+    inputs: dict[str, np.ndarray],
+    profile: HardwareProfile,
+    *,
+    past: int,
+    max_feeds: int = MAX_FEEDS,
+) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Batches of one decode step each: ``profile.batch_size`` sequences, one new token each,
+    after ``past`` cached tokens.
+
+    The new tokens are real: sample ``k``'s token at position ``past`` of its block (wrapped
+    around a shorter block), samples taken in order as :func:`make_feeds` does in ``fixed``
+    mode. The profile's sequence settings do not apply: the context is ``past``.
+
+    Args:
+        inputs: The task's token samples; ``input_ids`` ``(samples, tokens)`` is read.
+        profile: Gives ``batch_size``.
+        past: Cached tokens before the step (at least 1).
+        max_feeds: At most this many distinct batches.
+
+    Returns:
+        ``(feeds, info)``: the batches (``input_ids``, ``attention_mask``, ``position_ids``)
+        and ``{"mode": "decode", "past", "new_tokens", "sequence_inputs"}``.
+
+    Raises:
+        MeasurementError: no ``input_ids`` samples, or ``past`` < 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from paretoforge.hw_profiles import HardwareProfile
+        >>> p = HardwareProfile(name="t", device="cpu")
+        >>> feeds, info = make_decode_feeds({"input_ids": np.arange(12).reshape(3, 4)}, p,
+        ...                                 past=5)
+        >>> feeds[0]["input_ids"].tolist(), feeds[0]["attention_mask"].shape, info["past"]
+        ([[1]], (1, 6), 5)
+        >>> feeds[0]["position_ids"].tolist(), len(feeds)
+        ([[5]], 3)
+    """
+    import numpy as np
+
+    ids = inputs.get("input_ids")
+    if ids is None or np.asarray(ids).ndim != 2 or len(ids) < 1:
+        raise MeasurementError(
+            f"A decode measurement needs token samples as input_ids (samples, tokens); got "
+            f"{sorted(inputs)}")
+    if isinstance(past, bool) or int(past) < 1:
+        raise MeasurementError(f"A decode step needs a past of at least 1 token, got {past!r}")
+    ids = np.asarray(ids)
+    n, width = ids.shape
+    bs = profile.batch_size
+    feeds = []
+    for k in range(max(1, min(max_feeds, math.ceil(n / bs)))):
+        idx = np.arange(k * bs, (k + 1) * bs) % n
+        feeds.append({
+            "input_ids": np.ascontiguousarray(ids[idx, past % width][:, None]).astype(np.int64),
+            "attention_mask": np.ones((bs, past + 1), dtype=np.int64),
+            "position_ids": np.full((bs, 1), past, dtype=np.int64),
+        })
+    info = {"mode": "decode", "past": int(past), "new_tokens": 1,
+            "sequence_inputs": ["attention_mask", "input_ids", "position_ids"]}
     return feeds, info

@@ -17,7 +17,11 @@ candidate and its reference alike.
 
 Each call is one call of the profile's runtime (:mod:`paretoforge.kernels.runtime`) on one
 batch of real task inputs in the profile's shape (:mod:`paretoforge.evaluators.inputs`), timed
-from launch to results ready: ``perf_counter_ns`` on the CPU, around a synchronised call for
+from launch to results ready. For a KV-cache decoder graph a call is a prefill of the batch;
+with ``decode_past`` it is one decode step instead (one new token per sequence after that many
+cached tokens, :func:`~paretoforge.evaluators.inputs.make_decode_feeds`): the per-token
+latency of generation, with the candidate and the reference each fed a past in its own cache
+layout, timed: ``perf_counter_ns`` on the CPU, around a synchronised call for
 ONNX Runtime on CUDA, CUDA events for torch on CUDA.
 """
 
@@ -231,6 +235,7 @@ def measure_latency(
     cores: list[int] | None = None,
     seed: int = 0,
     precision: str = "fp32",
+    decode_past: int | None = None,
 ) -> Measurement:
     """Measure the latency of a candidate as ``profile`` runs it, in independent rounds.
 
@@ -270,6 +275,9 @@ def measure_latency(
         seed: Which samples make the batches when lengths follow the task's distribution.
         precision: The candidate's precision (torch profiles build it; see
             :func:`~paretoforge.kernels.runtime.load_runtime`); the reference is fp32.
+        decode_past: Time one decode step of a KV-cache decoder graph (and of the
+            reference, a decoder too) after this many cached tokens, instead of a call on
+            ``inputs`` as they are; ``inputs`` give the new tokens. ONNX Runtime profiles only.
 
     Returns:
         A :class:`Measurement`: percentiles of every timed call of the candidate (``p50_ms``
@@ -289,7 +297,7 @@ def measure_latency(
     """
     import numpy as np
 
-    from paretoforge.evaluators.inputs import make_feeds
+    from paretoforge.evaluators.inputs import make_decode_feeds, make_feeds
     from paretoforge.kernels.runtime import Runtime, load_runtime
 
     rounds = profile.latency_rounds if rounds is None else rounds
@@ -309,6 +317,10 @@ def measure_latency(
         )
     if not 0 < target_rel_spread < 1:
         raise MeasurementError(f"target_rel_spread must be in (0, 1), got {target_rel_spread}")
+    if decode_past is not None and profile.runtime != "onnxruntime":
+        raise MeasurementError(
+            f"Profile {profile.name!r} runs {profile.runtime}; a decode step is timed on the "
+            "KV-cache ONNX graph, so per-token decode latency needs an onnxruntime profile")
 
     t_total = time.perf_counter()
     cost = {"sessions_s": 0.0, "warmup_s": 0.0, "timed_s": 0.0, "hold_wait_s": 0.0,
@@ -344,10 +356,19 @@ def measure_latency(
 
         try:
             pairs = [open_round()]
-            pairs[0][0].validate(inputs, profile.batch_size)
-            if reference is not None:
-                pairs[0][1].validate(inputs, profile.batch_size)
-            feeds, feed_info = make_feeds(inputs, profile, seed=seed)
+            if decode_past is None:
+                for rt in pairs[0]:
+                    rt.validate(inputs, profile.batch_size)
+                feeds, feed_info = make_feeds(inputs, profile, seed=seed)
+            else:  # one step's feeds; each graph gets its past in its own layout
+                feeds, feed_info = make_decode_feeds(inputs, profile, past=decode_past)
+                for rt in pairs[0]:
+                    if getattr(rt, "cache_layout", None) is None:
+                        raise MeasurementError(
+                            f"{str(getattr(rt, 'path', model))!r} is not a KV-cache decoder "
+                            "graph (no past_key_values inputs); a decode step needs one (export "
+                            "it with paretoforge.kernels.decoder_export.export_decoder_onnx)")
+                    rt.validate(feeds[0], profile.batch_size)
             pairs += [open_round() for _ in range(rounds - 1)]
             per_round_s = max_seconds / max_rounds
             results: list[tuple[list[list[int]], list[float], int]] = []

@@ -38,7 +38,10 @@ def onnx_logits(
     ``x`` is one input array (fed as ``input_name``) or, for a model with several inputs, a
     dict input name -> array (e.g. ``input_ids`` and ``attention_mask``), samples on axis 0.
     The session is single-threaded on the CPU with every graph optimization, so the numbers
-    are the same on every node and a quality evaluation does not compete with other work.
+    are the same on every node and a quality evaluation does not compete with other work. A
+    KV-cache decoder graph is run as a prefill of each batch (positions from 0, empty past:
+    :func:`~paretoforge.kernels.decoder_export.complete_feeds`) and its first output is the
+    per-token ``logits``.
 
     Raises:
         MeasurementError: ``x`` does not fit the model's input (named) or the runtime failed.
@@ -46,6 +49,7 @@ def onnx_logits(
     import numpy as np
     import onnxruntime as ort
 
+    from paretoforge.kernels.decoder_export import complete_feeds, decoder_layout
     from paretoforge.kernels.ort import validate_inputs
 
     feeds = dict(x) if isinstance(x, dict) else {input_name: x}
@@ -62,14 +66,16 @@ def onnx_logits(
         )
     except Exception as err:
         raise MeasurementError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {err}") from err
-    validate_inputs(session, feeds, batch_size=min(batch_size, n))
-    names = [i.name for i in session.get_inputs()]
+    layout = decoder_layout(session)
+
+    def batch(i: int) -> dict[str, np.ndarray]:
+        part = {k: np.ascontiguousarray(v[i : i + batch_size]) for k, v in feeds.items()}
+        return part if layout is None else complete_feeds(layout, part)
+
+    validate_inputs(session, feeds if layout is None else complete_feeds(layout, feeds),
+                    batch_size=min(batch_size, n))
     try:
-        outs = [
-            session.run(None, {k: np.ascontiguousarray(feeds[k][i : i + batch_size])
-                               for k in names})[0]
-            for i in range(0, n, batch_size)
-        ]
+        outs = [session.run(None, batch(i))[0] for i in range(0, n, batch_size)]
     except Exception as err:
         raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
     return np.concatenate(outs, axis=0)

@@ -54,7 +54,9 @@ __all__ = [
     "DECODER_INPUTS",
     "CacheLayout",
     "cache_layout",
+    "complete_feeds",
     "decode_step_feeds",
+    "decoder_layout",
     "export_decoder_onnx",
     "greedy_decode",
     "prefill_feeds",
@@ -131,6 +133,19 @@ class CacheLayout:
             "value_head_dim": [d for _, d in self.values],
             "dtype": self.dtype,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CacheLayout:
+        """The layout :meth:`as_dict` described (e.g. read back from a manifest).
+
+        Example:
+            >>> layout = CacheLayout(keys=((2, 8),), values=((2, 4),))
+            >>> CacheLayout.from_dict(layout.as_dict()) == layout
+            True
+        """
+        return cls(keys=tuple(zip(d["kv_heads"], d["head_dim"], strict=True)),
+                   values=tuple(zip(d["value_heads"], d["value_head_dim"], strict=True)),
+                   dtype=str(d.get("dtype", "float32")))
 
     @classmethod
     def from_session(cls, session: onnxruntime.InferenceSession) -> CacheLayout:
@@ -461,6 +476,69 @@ def decode_step_feeds(layout: CacheLayout, past: int, *, batch: int = 1,
         feeds[name] = rng.standard_normal(layout.past_shape(name, batch, past)).astype(
             layout.dtype)
     return feeds
+
+
+def decoder_layout(session: onnxruntime.InferenceSession) -> CacheLayout | None:
+    """The :class:`CacheLayout` of a session's graph, or None when the graph takes no
+    ``past_key_values`` input (any other graph: its inputs are fed as they are).
+
+    Raises:
+        MeasurementError: the graph takes past inputs but is not a decoder graph of this
+            layout (see :meth:`CacheLayout.from_session`).
+    """
+    if not any(_PAST_RE.match(i.name) for i in session.get_inputs()):
+        return None
+    return CacheLayout.from_session(session)
+
+
+def complete_feeds(layout: CacheLayout, feeds: Mapping[str, np.ndarray], *,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """``feeds`` with the inputs a decoder graph of ``layout`` takes besides the tokens,
+    where they are absent: ``attention_mask`` (all ones), ``position_ids`` (the positions
+    after the past) and every ``past_key_values`` tensor.
+
+    The past length is the width of ``attention_mask`` less that of ``input_ids``: equal
+    widths are a prefill (empty pasts: what scoring a block runs), a mask one wider than one
+    new token is a decode step after that many cached tokens. Past tensors of a non-empty past
+    hold seeded random values: what a latency measurement needs is their shape, not their
+    contents. Feeds given are kept as they are.
+
+    Raises:
+        MeasurementError: no ``input_ids``, or a mask narrower than ``input_ids``.
+
+    Example:
+        >>> import numpy as np
+        >>> layout = CacheLayout(keys=((2, 8),), values=((2, 8),))
+        >>> out = complete_feeds(layout, {"input_ids": np.array([[5]]),
+        ...                               "attention_mask": np.ones((1, 9), dtype=np.int64)})
+        >>> out["position_ids"].tolist(), out["past_key_values.0.key"].shape
+        ([[8]], (1, 2, 8, 8))
+    """
+    import numpy as np
+
+    if "input_ids" not in feeds:
+        raise MeasurementError(
+            f"A KV-cache decoder graph needs input_ids; got inputs {sorted(feeds)}")
+    out = dict(feeds)
+    batch, tokens = np.asarray(out["input_ids"]).shape
+    mask = out.get("attention_mask")
+    if mask is None:
+        mask = out["attention_mask"] = np.ones((batch, tokens), dtype=np.int64)
+    past = int(mask.shape[1]) - int(tokens)
+    if past < 0:
+        raise MeasurementError(
+            f"attention_mask is {mask.shape[1]} wide, narrower than input_ids ({tokens}); a "
+            "decoder's mask covers the past and the new tokens")
+    if "position_ids" not in out:
+        out["position_ids"] = np.tile(np.arange(past, past + tokens, dtype=np.int64),
+                                      (batch, 1))
+    rng = np.random.default_rng(seed)
+    for name in layout.past_names:
+        if name not in out:
+            shape = layout.past_shape(name, batch, past)
+            out[name] = (rng.standard_normal(shape) if past else np.zeros(shape)).astype(
+                layout.dtype)
+    return out
 
 
 def greedy_decode(

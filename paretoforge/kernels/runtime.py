@@ -5,7 +5,11 @@
 * ``OrtRuntime`` -- an ONNX Runtime session with the profile's provider, graph optimization
   level and threads; with ``io_binding`` the inputs and outputs of each batch are bound to
   device memory once (``stage``), so timed calls measure the model, not host-device copies;
-  with ``cuda_graph`` the model is captured once and replayed.
+  with ``cuda_graph`` the model is captured once and replayed. A KV-cache decoder graph
+  (:mod:`paretoforge.kernels.decoder_export`) is fed its positions and past tensors in its
+  own cache layout (:func:`~paretoforge.kernels.decoder_export.complete_feeds`): a batch of
+  token inputs is a prefill, a mask wider than the tokens a decode step, so a candidate and
+  its reference run the same batches whatever heads and layers each kept.
 * ``TorchRuntime`` -- the PyTorch checkpoint in eager mode or through ``torch.compile``;
   CUDA calls are timed with CUDA events.
 
@@ -117,6 +121,9 @@ class OrtRuntime(Runtime):
         self.profile = profile
         self._n_cores = n_cores
         self.session = create_session(self.path, profile, n_cores)
+        from paretoforge.kernels.decoder_export import decoder_layout
+
+        self._layout = decoder_layout(self.session)  # None: not a KV-cache decoder graph
         self._device = "cuda" if profile.device == "cuda" else "cpu"
         self._graph: Any = None  # (binding, input OrtValues, output OrtValues) when capturing
         if profile.device == "cuda":
@@ -130,15 +137,30 @@ class OrtRuntime(Runtime):
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
 
+    @property
+    def cache_layout(self) -> Any:
+        """The graph's :class:`~paretoforge.kernels.decoder_export.CacheLayout`, or None
+        when it is not a KV-cache decoder graph."""
+        return self._layout
+
+    def _complete(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A decoder graph's positions and past tensors added to token inputs."""
+        if self._layout is None:
+            return inputs
+        from paretoforge.kernels.decoder_export import complete_feeds
+
+        return complete_feeds(self._layout, inputs)
+
     def validate(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
         from paretoforge.kernels.ort import validate_inputs
 
-        validate_inputs(self.session, inputs, batch_size=batch_size)
+        validate_inputs(self.session, self._complete(inputs), batch_size=batch_size)
 
     def _fail(self, err: Exception) -> MeasurementError:
         return MeasurementError(f"ONNX Runtime failed on {str(self.path)!r}: {err}")
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = self._complete(inputs)
         if self.profile.cuda_graph:
             self.timed_call(self.stage(inputs))
             return [v.numpy() for v in self._graph[2]]
@@ -150,6 +172,7 @@ class OrtRuntime(Runtime):
     def stage(self, inputs: dict[str, np.ndarray]) -> Any:
         import onnxruntime as ort
 
+        inputs = self._complete(inputs)
         if self.profile.cuda_graph:
             return self._stage_graph(inputs)
         if not self.profile.io_binding:
@@ -526,6 +549,7 @@ def placement_report(
     import onnx
     import onnxruntime as ort
 
+    from paretoforge.kernels.decoder_export import complete_feeds, decoder_layout
     from paretoforge.kernels.ort import providers_for, session_options_for
 
     if cores is not None:
@@ -551,12 +575,17 @@ def placement_report(
             sess = ort.InferenceSession(
                 str(path), sess_options=so, providers=providers_for(profile, cuda_graph=False)
             )
+            layout = decoder_layout(sess)
             if inputs is None:
                 feed = _synthetic_batch(sess, profile)
+                if layout is not None:  # a prefill of synthetic tokens
+                    feed = {k: feed[k] for k in ("input_ids", "attention_mask") if k in feed}
             else:
                 bs = profile.batch_size
                 feed = {k: np.ascontiguousarray(np.asarray(v)[np.arange(bs) % len(v)])
                         for k, v in inputs.items()}
+            if layout is not None:
+                feed = complete_feeds(layout, feed)
             sess.run(None, feed)
             trace = sess.end_profiling()
         except Exception as err:

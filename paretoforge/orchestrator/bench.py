@@ -70,13 +70,16 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
                     cores: list[int], node_id: str, precision: str = "fp32",
                     reference: Path | None = None,
                     hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                    settings: dict[str, Any] | None = None,
+                    decode_past: int | None = None) -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
     ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
     and the placement is reported outside it. ``reference`` (the base's artifact directory)
     is timed beside the candidate, round by round. ``settings`` (``rounds``, ``max_rounds``,
     ``max_seconds``) override the profile's protocol, e.g. for a screening measurement.
+    ``decode_past``: time one decode step of a KV-cache decoder graph after that many cached
+    tokens (its placement is the prefill's, reported with that measurement, so none here).
 
     Returns:
         The :class:`~paretoforge.evaluators.latency.Measurement` as JSON, ``env.node_id`` set
@@ -89,9 +92,11 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     from paretoforge.kernels.runtime import placement_report
 
     m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision,
-                        reference=reference, hold=hold, **_protocol(settings))
+                        reference=reference, hold=hold, decode_past=decode_past,
+                        **_protocol(settings))
     t0 = time.perf_counter()
-    placement = placement_report(onnx_path, profile, inputs, cores=cores)
+    placement = ({} if decode_past is not None
+                 else placement_report(onnx_path, profile, inputs, cores=cores))
     out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
     out.setdefault("cost_s", {})["placement_s"] = round(time.perf_counter() - t0, 6)
     out.setdefault("env", {})["node_id"] = node_id
@@ -149,7 +154,8 @@ class Bench:
     def measure(self, files: dict[str, bytes] | bytes, profile_name: str,
                 inputs: dict[str, Any], precision: str = "fp32",
                 reference: dict[str, bytes] | None = None,
-                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                settings: dict[str, Any] | None = None,
+                decode_past: int | None = None) -> dict[str, Any]:
         """Measure a candidate on ``profile_name`` with the worker's samples.
 
         ``files`` are the candidate's artifact files by name: ``model.onnx`` for ONNX Runtime
@@ -157,6 +163,7 @@ class Bench:
         the PyTorch model from them); plain bytes are ``model.onnx``. ``reference`` holds the
         same files of the base's artifact, timed beside the candidate round by round (the
         worker puts them in Ray's object store once, so a node receives them once).
+        ``decode_past``: a decode step of a decoder graph (see :func:`measure_profile`).
 
         Returns:
             What :func:`measure_profile` returns; ``env.node_id`` is this bench's node.
@@ -187,7 +194,7 @@ class Bench:
             # The gate is held around the timed calls only, not the sessions or placement.
             out = measure_profile(path, profile, inputs, cores=cores, node_id=self.node_id,
                                   precision=precision, reference=ref, hold=self.gate.exclusive,
-                                  settings=settings)
+                                  settings=settings, decode_past=decode_past)
         self.measured += 1
         return out
 

@@ -275,7 +275,7 @@ class Run:
         if base is not None:
             bm = base.user_attrs.get(TrialAttr.METRICS, {})
             for k, v in metrics.items():
-                if k.startswith("latency_") and bm.get(k):
+                if k.startswith(("latency_", "decode_")) and bm.get(k):
                     relative[f"speedup_{k}"] = bm[k] / v if v else float("inf")
             for k in ("onnx_bytes", "params"):
                 if bm.get(k):

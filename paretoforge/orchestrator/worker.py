@@ -11,7 +11,8 @@ artifact (:func:`paretoforge.pipeline.stages.reference_artifact`, built once per
 ``<run_dir>/reference/``), round by round on the same core and inputs. The run's one base
 latency per profile is the reference's median in the first measurement of that profile,
 recorded in ``<run_dir>/reference/<base key>/latency@<profile>.json`` (the first worker to
-write it wins, a resumed run reads it back); each candidate's ranked latency is its relative
+write it wins, a resumed run reads it back; a decoder's decode step has its own,
+``latency@<profile>.decode.json``); each candidate's ranked latency is its relative
 latency times it (:func:`~paretoforge.evaluators.latency.with_base_latency`).
 """
 
@@ -185,8 +186,8 @@ class Worker:
     # -- where a profile is measured ----------------------------------------------------------
 
     def _measure(self, onnx_path: Path, profile_name: str, inputs: dict[str, Any], *,
-                 precision: str = "fp32", settings: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 precision: str = "fp32", settings: dict[str, Any] | None = None,
+                 decode_past: int | None = None) -> dict[str, Any]:
         """Measure ``profile_name`` here, or on a bench of a node that carries its resource,
         beside the run's reference; the record carries the drift-free median.
 
@@ -195,7 +196,9 @@ class Worker:
         no GPU, so Ray hides the devices from it. The node's gate is held (shared on the
         worker's own cores, exclusive for more) around the timed calls only. ``settings``
         (a screening measurement's rounds and time budget) override the profile's protocol;
-        the record's ``fidelity`` says which one it followed.
+        the record's ``fidelity`` says which one it followed. ``decode_past``: a decoder's
+        decode step after that many cached tokens, whose base latency is the run's own
+        (``latency@<profile>.decode.json``).
         """
         from paretoforge.hw_profiles import get_profile
         from paretoforge.orchestrator.bench import measure_profile
@@ -204,7 +207,8 @@ class Worker:
         reference = self.reference()
         if profile.resource and self.benches.get(profile.name) and (
                 profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
-            rec = self._measure_on_bench(onnx_path, profile, inputs, precision, settings)
+            rec = self._measure_on_bench(onnx_path, profile, inputs, precision, settings,
+                                         decode_past)
         else:
             self._check_node_serves(profile)
             if (profile.intra_op_threads is not None
@@ -215,16 +219,17 @@ class Worker:
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
                                       reference=reference, hold=self.gate.shared,
-                                      settings=settings)
+                                      settings=settings, decode_past=decode_past)
             else:
                 # Needs more cores than this worker owns: every build on the node yields
                 # while the timed calls run.
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.all_cores,
                                       node_id=self.node_id, precision=precision,
                                       reference=reference, hold=self.gate.exclusive,
-                                      settings=settings)
+                                      settings=settings, decode_past=decode_past)
         rec["fidelity"] = "full" if settings is None else "screening"
-        return self._with_base_latency(profile.name, rec)
+        return self._with_base_latency(profile.name, rec,
+                                       kind="latency" if decode_past is None else "decode")
 
     def reference(self) -> Path:
         """The run's reference artifact (the base, fp32), built on first use."""
@@ -233,30 +238,34 @@ class Worker:
                 self._reference = st.reference_artifact(self.context, self.run_dir)
         return self._reference
 
-    def _with_base_latency(self, profile: str, rec: dict[str, Any]) -> dict[str, Any]:
-        """``rec`` with the run's base latency on ``profile`` and the drift-free median."""
+    def _with_base_latency(self, profile: str, rec: dict[str, Any], *,
+                           kind: str = "latency") -> dict[str, Any]:
+        """``rec`` with the run's base latency on ``profile`` and the drift-free median
+        (``kind``: ``latency``, a call on the samples; ``decode``, a decoder's decode step)."""
         from paretoforge.evaluators.latency import with_base_latency
 
         if rec.get("ref_p50_ms") is None:
             return rec
-        base = self._base_latency.get(profile)
+        # latency@cpu-1t.json, latency@cpu-1t.decode.json (a remote run store uploads both)
+        name = f"latency@{profile}" if kind == "latency" else f"latency@{profile}.{kind}"
+        base = self._base_latency.get(name)
         if base is None and not self.in_place:  # recorded in the driver's run directory
             import ray
 
-            rel = (self.reference() / f"latency@{profile}.json").relative_to(self.run_dir)
+            rel = (self.reference() / f"{name}.json").relative_to(self.run_dir)
             base = float(ray.get(self.keeper.base_latency.remote(
                 rel.as_posix(), float(rec["ref_p50_ms"]),
                 {"measured_by": self.index, "node_id": self.node_id})))
-            self._base_latency[profile] = base
+            self._base_latency[name] = base
         if base is None:
-            base = _run_base_latency(self.reference() / f"latency@{profile}.json",
+            base = _run_base_latency(self.reference() / f"{name}.json",
                                      float(rec["ref_p50_ms"]), {"measured_by": self.index})
-            self._base_latency[profile] = base
+            self._base_latency[name] = base
         return with_base_latency(rec, base)
 
     def _measure_on_bench(self, onnx_path: Path, profile: Any, inputs: dict[str, Any],
-                          precision: str = "fp32", settings: dict[str, Any] | None = None
-                          ) -> dict[str, Any]:
+                          precision: str = "fp32", settings: dict[str, Any] | None = None,
+                          decode_past: int | None = None) -> dict[str, Any]:
         """Send the artifact files and the samples to a bench of ``profile``; wait for the result.
 
         Benches are taken in turn; a lost one (its node left, its process died) is skipped from
@@ -290,7 +299,7 @@ class Worker:
                 return dict(ray.get(b.handle.measure.remote(files, profile.name, inputs,
                                                                precision,
                                                                self._reference_files,
-                                                               settings)))
+                                                               settings, decode_past)))
             except RayTaskError as e:  # the bench ran, and the measurement itself failed
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 kind = type(cause) if isinstance(cause, ParetoforgeError) else MeasurementError

@@ -125,26 +125,29 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         with timer.stage("measure", "measure_s"):
             samples, latency_inputs = st.latency_samples(ctx)
             measured = st.measure(graph.path, profiles, samples, measurer,
-                                  precision=cfg.precision)
+                                  precision=cfg.precision, decode_past=exported.decode_past)
         metrics.update(measured.metrics)
         # the whole build and measurement, waits for the node's gate included
         timer.timings["total_s"] = time.perf_counter() - t_start
         files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
         side = [f for f in files if f not in st.ARTIFACT_FILES]
         train = p.feeds("train")
+        inputs = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
+                  for k, v in train.items()]
+        summary = graph_summary(graph.path)
+        if exported.cache_layout is not None:  # the decoder graph's inputs, past included
+            inputs = list(summary["inputs"])
         manifest = Manifest(
             config=cfg.model_dump(mode="json"), key=key, plan=plan,
             metrics=metrics, measurements=measured.measurements,
             placement=measured.placement, quality_batch_size=st.QUALITY_BATCH,
-            graph=graph_summary(graph.path), fusions=graph.fusions,
+            graph=summary, fusions=graph.fusions,
             task={"name": p.task.name, "metric": p.task.metric,
                   "heldout_split": p.task.split, "n_heldout": int(p.task.split.get(
                       "n_heldout", len(p.task.y_validation))),
                   "metrics_split": "validation",
                   "n_validation": int(len(p.task.y_validation))},
-            inputs=[{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
-                    for k, v in train.items()],
-            outputs=[exported.output],
+            inputs=inputs, outputs=[exported.output], cache_layout=exported.cache_layout,
             preprocessing=p.task.preprocessing + (
                 f"; the checkpoint's tokenizer / preprocessing files, in this directory: "
                 f"{side}" if p.checkpoint_dir else ""),

@@ -2,10 +2,12 @@
 
     derive  (surgery: importance-ranked dense pruning of the base)   -> Weights
     recover (distillation from the base on the training split)        -> Weights
-    export  (safetensors + config.json, the task's head traced to ONNX) -> Exported
+    export  (safetensors + config.json, the task's head traced to ONNX; a decoder: its
+             KV-cache graph)                                           -> Exported
     passes  (ONNX Runtime fusions, then the precision)                -> Graph
     score   (the task's quality metric on the validation split, ONNX Runtime) -> float
-    measure (latency per profile, through the caller's measurer)      -> Measured
+    measure (latency per profile, through the caller's measurer; a decoder: prefill and
+             one decode step)                                          -> Measured
 
 Each stage's output has a content key (:func:`stage_key`) made of what determines it: the
 base model, the part of the config the stage reads, and the key of the stage before it. Two
@@ -154,7 +156,9 @@ class Weights:
 @dataclass
 class Exported:
     """The weights on disk: ``model.safetensors`` + ``config.json`` (+ the checkpoint's side
-    files) and the fp32 ONNX graph of the task's head, in the build's directory."""
+    files) and the fp32 ONNX graph of the task's head, in the build's directory. For a
+    decoder (the task's head sets ``decode_past``) the graph is the KV-cache graph, and
+    ``cache_layout`` is its :meth:`~paretoforge.kernels.decoder_export.CacheLayout.as_dict`."""
 
     onnx_fp32: Path
     output: dict[str, Any]  # name, shape, dtype, extra
@@ -162,6 +166,8 @@ class Exported:
     hidden_size: int
     model_type: str
     key: str
+    cache_layout: dict[str, Any] | None = None
+    decode_past: int | None = None
 
 
 @dataclass
@@ -256,6 +262,10 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
     """Write ``model.safetensors`` + ``config.json`` (+ the checkpoint's tokenizer / pooling
     files) into ``out`` and trace the task's export head to ``out/model_fp32.onnx``.
 
+    A head with ``decode_past`` (a decoder that generates) is exported with
+    :func:`~paretoforge.kernels.decoder_export.export_decoder_onnx`: one KV-cache graph for
+    prefill and decode, checked against PyTorch, whose cache layout the manifest records.
+
     Custom ``export`` dimensions of ``cfg`` act first, on a copy of the recovered model (the
     stage cache keeps the recovered model for other candidates)."""
     import torch
@@ -273,9 +283,15 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
             model = _call(dim, value, dim.apply, model, value)
     save_pretrained(model, out, side_files_from=p.checkpoint_dir)
     head = ctx.task.export_head(model, p.task_state, p.task)
-    example = {k: torch.from_numpy(v[:1]) for k, v in p.feeds("train").items()}
     onnx_fp32 = out / "model_fp32.onnx"
-    export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,))
+    layout = None
+    if head.decode_past is not None:
+        from paretoforge.kernels.decoder_export import export_decoder_onnx
+
+        layout = export_decoder_onnx(head.module, onnx_fp32).as_dict()
+    else:
+        example = {k: torch.from_numpy(v[:1]) for k, v in p.feeds("train").items()}
+        export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,))
     return Exported(
         onnx_fp32=onnx_fp32,
         output={"name": head.output_name, "shape": ["batch", *head.output_shape],
@@ -283,6 +299,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
         params=int(param_count(model)), hidden_size=int(model.config.hidden_size),
         model_type=str(model.config.model_type),
         key=export_key(ctx, weights.key, cfg),
+        cache_layout=layout, decode_past=head.decode_past,
     )
 
 
@@ -313,6 +330,11 @@ def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Pat
         if cfg.precision == "int8-static":  # activations calibrated on training inputs
             calibration = {k: v[:CALIBRATION_EXAMPLES]
                            for k, v in ctx.prepared.feeds("train").items()}
+            if exported.cache_layout is not None:  # a decoder: prefills of those blocks
+                from paretoforge.kernels.decoder_export import CacheLayout, complete_feeds
+
+                calibration = complete_feeds(CacheLayout.from_dict(exported.cache_layout),
+                                             calibration)
         apply_precision(src, dst, cfg.precision, calibration=calibration)
     finally:
         fused.unlink(missing_ok=True)
@@ -453,7 +475,8 @@ Measurer = Callable[..., dict[str, Any]]  # (path, profile, samples, *, precisio
 
 
 def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
-            measurer: Measurer, *, precision: str = "fp32") -> Measured:
+            measurer: Measurer, *, precision: str = "fp32",
+            decode_past: int | None = None) -> Measured:
     """Latency of the graph on every profile, each through ``measurer(path, profile,
     samples, precision=...)`` (the worker decides where: its own core, all cores, or a
     bench; a torch profile builds the candidate's precision in PyTorch).
@@ -462,8 +485,18 @@ def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
     (``drift_free_p50_ms``: the candidate's latency relative to the base's, measured round by
     round beside it, times the run's one base latency) when the measurer gives one, else the
     absolute median; ``latency_p50_abs_ms@PROFILE`` is the absolute median either way.
-    ``latency_p90_ms`` and ``latency_mean_ms`` are absolute.
+    ``latency_p90_ms`` and ``latency_mean_ms`` are absolute. For a decoder graph these time a
+    prefill of one block of ``samples``.
+
+    With ``decode_past`` (a KV-cache decoder graph) every ONNX Runtime profile is measured a
+    second time, through ``measurer(..., decode_past=decode_past)``: one decode step after
+    that many cached tokens, by the same protocol beside the reference's decode step.
+    ``decode_ms_per_token@PROFILE`` is its drift-free median (else the absolute one) and
+    ``decode_abs_ms_per_token@PROFILE`` the absolute median; the record is the profile's
+    measurement's ``decode``.
     """
+    from paretoforge.hw_profiles import get_profile
+
     out = Measured()
     for name in profiles:
         m = dict(measurer(onnx_path, name, samples, precision=precision))
@@ -474,6 +507,15 @@ def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
         out.metrics[f"latency_p50_abs_ms@{name}"] = m["p50_ms"]
         out.metrics[f"latency_p90_ms@{name}"] = m["p90_ms"]
         out.metrics[f"latency_mean_ms@{name}"] = m["mean_ms"]
+        if decode_past is None or get_profile(name).runtime != "onnxruntime":
+            continue
+        d = dict(measurer(onnx_path, name, samples, precision=precision,
+                          decode_past=decode_past))
+        d.pop("placement", None)  # the same graph's placement, reported with the prefill
+        m["decode"] = d
+        ranked = d.get("drift_free_p50_ms")
+        out.metrics[f"decode_ms_per_token@{name}"] = d["p50_ms"] if ranked is None else ranked
+        out.metrics[f"decode_abs_ms_per_token@{name}"] = d["p50_ms"]
     return out
 
 

@@ -25,6 +25,7 @@ from paretoforge.exceptions import SpecError, UnknownComponentError
 from paretoforge.hw_profiles._profile import HardwareProfile
 from paretoforge.spec._sections import (
     _NAME_RE,
+    DECODE_METRICS,
     LATENCY_METRICS,
     SIZE_METRICS,
     ClusterSpec,
@@ -47,6 +48,7 @@ from paretoforge.spec._sections import (
 )
 
 __all__ = [
+    "DECODE_METRICS",
     "LATENCY_METRICS",
     "SIZE_METRICS",
     "checkpoint_families",
@@ -234,7 +236,7 @@ class Spec(_Strict):
             ("constraints", [c.metric for c in self.constraints]),
         ):
             for m in names:
-                _, profile = parse_metric(m)
+                base, profile = parse_metric(m)
                 if (profile is not None and profile not in self.profiles
                         and profile not in self.prediction.profiles):
                     raise ValueError(
@@ -243,7 +245,27 @@ class Spec(_Strict):
                         f"prediction.profiles with the source of its measurements (predicted), "
                         f"or change the metric"
                     )
+                if base in DECODE_METRICS:
+                    self._check_decode_metric(where, m, task, profile)
         return self
+
+    def _check_decode_metric(self, where: str, metric: str, task: Any,
+                             profile: str | None) -> None:
+        """A per-token decode latency needs a decoder task and an onnxruntime profile."""
+        from paretoforge.hw_profiles import PROFILES
+        from paretoforge.tasks import TASKS
+
+        if not task.decoder:
+            takes = [t for t in TASKS if TASKS.get(t).decoder]
+            raise ValueError(
+                f"{where}: metric {metric!r} is a decoder's per-token decode latency, and task "
+                f"{self.task.name!r} exports no KV-cache decoder (tasks that do: "
+                f"{', '.join(takes) or 'none'}); use latency_p50_ms@{profile} instead")
+        if profile in PROFILES and PROFILES.get(profile).runtime != "onnxruntime":
+            raise ValueError(
+                f"{where}: metric {metric!r}: profile {profile!r} runs "
+                f"{PROFILES.get(profile).runtime}, and a decode step is timed on the KV-cache "
+                "ONNX graph; measure decode_ms_per_token on an onnxruntime profile")
 
     @model_validator(mode="after")
     def _profiles_run_precisions(self) -> Spec:

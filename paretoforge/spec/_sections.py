@@ -18,6 +18,9 @@ from paretoforge.samplers import SAMPLERS
 # metrics carry the profile: ``latency_p50_ms@cpu-1t``.
 SIZE_METRICS = ("onnx_bytes", "params")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
+# A decoder's per-token generation latency: one decode step after a past of the task's
+# context (tasks whose Task.decoder is True; onnxruntime profiles).
+DECODE_METRICS = ("decode_ms_per_token",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -258,7 +261,8 @@ class ObjectiveSpec(_Strict):
     metric: str = Field(
         description="Metric name: accuracy, embedding_cosine, onnx_bytes, params, or a latency "
         "with its profile, "
-        "e.g. latency_p50_ms@cpu-1t."
+        "e.g. latency_p50_ms@cpu-1t (for a decoder: a prefill of one block), or a decoder's "
+        "per-token decode latency, e.g. decode_ms_per_token@cpu-1t."
     )
     direction: Literal["minimize", "maximize"] = Field(description="minimize or maximize.")
 
@@ -591,7 +595,7 @@ def parse_metric(name: str) -> tuple[str, str | None]:
         ('latency_p50_ms', 'cpu-1t')
     """
     base, sep, profile = name.partition("@")
-    if base in LATENCY_METRICS:
+    if base in LATENCY_METRICS + DECODE_METRICS:
         if not sep or not profile:
             raise ValueError(
                 f"metric {name!r} needs the profile it is measured on, e.g. '{base}@cpu-1t'"
@@ -600,5 +604,5 @@ def parse_metric(name: str) -> tuple[str, str | None]:
     plain = plain_metrics()
     if base in plain and not sep:
         return base, None
-    known = ", ".join(plain + tuple(f"{m}@PROFILE" for m in LATENCY_METRICS))
+    known = ", ".join(plain + tuple(f"{m}@PROFILE" for m in LATENCY_METRICS + DECODE_METRICS))
     raise ValueError(f"unknown metric {name!r}; known: {known}")

@@ -66,12 +66,18 @@ class ExportHead:
         output_name: The ONNX output's name, e.g. ``"logits"``, ``"sentence_embedding"``.
         output_shape: The output's shape after the batch dimension, e.g. ``[10]``.
         extra: JSON-able facts about the output recorded in the manifest (e.g. its pooling).
+        decode_past: Set for a decoder that generates: ``module`` is the causal LM itself,
+            exported as one KV-cache graph for prefill and decode
+            (:func:`~paretoforge.kernels.decoder_export.export_decoder_onnx`), and every
+            ONNX Runtime profile also times one decode step after this many cached tokens
+            (``decode_ms_per_token@PROFILE``). None: one graph of ``module``'s forward.
     """
 
     module: Any
     output_name: str
     output_shape: list[int | str]
     extra: dict[str, Any] = field(default_factory=dict)
+    decode_past: int | None = None
 
 
 class Task(ABC):
@@ -102,6 +108,8 @@ class Task(ABC):
             held-out part divided in half by :class:`TaskData`.
         distill_losses: The distillation losses it supports beyond hidden states:
             ``"logits"`` (soft labels, temperature) and/or ``"pooled"`` (pooled embedding).
+        decoder: Whether its exports are KV-cache decoder graphs (:meth:`export_head` sets
+            ``decode_past``), so that the spec accepts ``decode_ms_per_token@PROFILE``.
     """
 
     name: ClassVar[str]
@@ -114,6 +122,7 @@ class Task(ABC):
     data_may_be_dir: ClassVar[bool] = False
     split_params: ClassVar[tuple[str, ...]] = ("heldout_fraction", "test_fraction")
     distill_losses: ClassVar[tuple[str, ...]] = ("logits",)
+    decoder: ClassVar[bool] = False
 
     # -- what it is -------------------------------------------------------------------------
 

@@ -9,6 +9,11 @@ own tokenizer, the documents joined by its end-of-sequence token and cut into bl
 (no padding). Quality is the perplexity of the next token on the held-out blocks (lower is
 better); ``next_token_accuracy`` is the fraction of positions whose arg-max is the next token.
 
+A candidate is exported for generation: one KV-cache graph serving prefill and decode
+(:mod:`paretoforge.kernels.decoder_export`), scored as a prefill of each held-out block, and
+timed both ways: ``latency_p50_ms@PROFILE`` is a prefill of one block, and
+``decode_ms_per_token@PROFILE`` one decode step after a past of ``block_size`` tokens.
+
 Example:
     >>> from paretoforge.tasks import load_task
     >>> task = load_task("causal-lm", checkpoint="tiny-llama/")  # doctest: +SKIP
@@ -336,20 +341,6 @@ def causal_lm_loss() -> Callable[..., Any]:
     return loss
 
 
-def _logits_only(model: nn.Module) -> nn.Module:
-    import torch
-
-    class _Logits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lm = model
-
-        def forward(self, **inputs: Any) -> Any:
-            return self.lm(**inputs, use_cache=False).logits  # (B, T, V)
-
-    return _Logits()
-
-
 # -- the task -------------------------------------------------------------------------------
 
 
@@ -362,6 +353,7 @@ class CausalLMTask(Task):
     families = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
     data = "your text: a .txt file (paragraphs) or a .jsonl file with a text field"
     distill_losses = ("logits",)
+    decoder = True
 
     def load(self, checkpoint: str, path: str | os.PathLike[str] | None = None,
              heldout_fraction: float = 0.1, seed: int = 0, block_size: int = 64,
@@ -385,10 +377,12 @@ class CausalLMTask(Task):
 
     def export_head(self, model: nn.Module, state: Mapping[str, Any],
                     data: TaskData) -> ExportHead:
+        """The causal LM itself, exported as one KV-cache graph (prefill and decode); its
+        decode step is timed after a past of one block (``block_size`` tokens)."""
         block = int(data.feeds("train")["input_ids"].shape[1])
-        return ExportHead(module=_logits_only(model), output_name="logits",
-                          output_shape=[block, int(model.config.vocab_size)],
-                          extra={"per_token": True})
+        return ExportHead(module=model, output_name="logits",
+                          output_shape=["sequence", int(model.config.vocab_size)],
+                          extra={"per_token": True}, decode_past=block)
 
     def score(self, outputs: np.ndarray, data: TaskData, state: Mapping[str, Any]) -> float:
         ids = data.feeds("heldout")["input_ids"]  # (N, T); outputs (N, T, V)

@@ -497,7 +497,7 @@ def check_task(task: Any) -> None:
     an adapter, a loader taking ``seed`` and its split parameters, and the methods the
     pipeline calls."""
     from paretoforge.models.families import ADAPTERS
-    from paretoforge.spec import LATENCY_METRICS, SIZE_METRICS
+    from paretoforge.spec import DECODE_METRICS, LATENCY_METRICS, SIZE_METRICS
     from paretoforge.tasks import TASKS, Task, task_metrics
 
     _expect(isinstance(task, Task), f"{task!r} is not a Task")
@@ -505,7 +505,8 @@ def check_task(task: Any) -> None:
     _expect(task.quality_metric in task.metrics, f"{task.name}: no quality metric")
     for m, d in task.metrics.items():
         _expect(d in ("maximize", "minimize"), f"{task.name}: metric {m!r} direction {d!r}")
-        _expect(m not in SIZE_METRICS and m not in LATENCY_METRICS and "@" not in m,
+        _expect(m not in SIZE_METRICS and m not in LATENCY_METRICS + DECODE_METRICS
+                and "@" not in m,
                 f"{task.name}: metric {m!r} clashes with a size or latency metric")
         _expect(task_metrics()[m] == d,
                 f"{task.name}: metric {m!r} means {d} here and otherwise elsewhere")

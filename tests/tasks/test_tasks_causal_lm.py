@@ -115,7 +115,7 @@ def test_scores_of_known_logits() -> None:
 def test_onnx_head_scores_as_pytorch_and_importance_and_distillation_run(llama_dir,
                                                                          tmp_path) -> None:
     from paretoforge.evaluators.quality import onnx_logits
-    from paretoforge.kernels.export import export_onnx
+    from paretoforge.kernels.decoder_export import export_decoder_onnx
     from paretoforge.models.distill import distill
     from paretoforge.models.importance import compute_importance
     from paretoforge.models.io import load_pretrained
@@ -126,9 +126,12 @@ def test_onnx_head_scores_as_pytorch_and_importance_and_distillation_run(llama_d
                      max_train_blocks=24, max_heldout_blocks=6)
     base = load_pretrained(llama_dir)
     head = task.export_head(base, {}, data)
-    assert head.output_shape == [16, base.config.vocab_size]
-    example = {k: torch.from_numpy(v[:1]) for k, v in data.feeds("train").items()}
-    path = export_onnx(head.module, example, tmp_path / "m.onnx", output_names=("logits",))
+    # the model itself, exported with a KV cache; its decode step is timed after one block
+    assert head.module is base and head.decode_past == 16 and task.decoder
+    assert head.output_shape == ["sequence", base.config.vocab_size]
+    path = tmp_path / "m.onnx"
+    export_decoder_onnx(head.module, path)
+    # the decoder graph scored as a prefill of each block, as the score stage runs it
     out = onnx_logits(path, data.feeds("heldout"), batch_size=1)
     with torch.no_grad():
         ref = base(**{k: torch.from_numpy(v) for k, v in data.feeds("heldout").items()}).logits
