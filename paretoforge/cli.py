@@ -185,8 +185,8 @@ def _print_front(members: list[Any], objectives: list[str],
         predicted = set(getattr(m, "predicted", []) or [])
         test = m.test_metrics.get(quality) if quality else None
         table.add_row(str(m.trial), desc,
-                      *(("~" if o in predicted else "") + f"{m.objectives[o]:.4g}"
-                        for o in objectives),
+                      *(("~" if o in predicted else "")  # latencies: as re-timed, if so
+                        + f"{m.metrics.get(o, m.objectives[o]):.4g}" for o in objectives),
                       *(([f"{test:.4g}" if test is not None else "-"]) if quality else []),
                       f"{speed:.2f}x" if speed else "-",
                       f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB",
@@ -200,6 +200,14 @@ def _print_front(members: list[Any], objectives: list[str],
         typer.echo(f"{quality} (validation): the split every search decision used, an optimistic"
                    f" estimate; {quality} (test): never seen by the search, scored once per "
                    "member after it -- quote the test number")
+    retimed = {p: r.get("rounds") for m in members for p, r in (getattr(m, "latency", None)
+                                                                or {}).items()}
+    if retimed:
+        typer.echo("latency: " + ", ".join(f"{p} re-timed after the search, each member beside "
+                                           f"the base in {n} interleaved rounds"
+                                           for p, n in retimed.items())
+                   + " (their range: `front --json`, `latency`); the search's own figures: "
+                   "`metrics_in_search`")
     if any(getattr(m, "predicted", None) for m in members):
         typer.echo("~ predicted by a latency predictor (prediction.profiles), not measured")
     from paretoforge.orchestrator.prediction import predictor_lines
@@ -244,6 +252,30 @@ def export(
         test = q.get("test")
         typer.echo(f"{q.get('metric')}: validation {q.get('validation'):.4g}, test "
                    + (f"{test:.4g}" if test is not None else "not scored (not a front member)"))
+
+
+@app.command()
+@_errors
+def retime(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a finished search.")],
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=1, help="Interleaved rounds (default: the spec's search.retime_rounds)."
+    )] = None,
+) -> None:
+    """Time the front's members and the base again, together, on this machine, now.
+
+    The stage a search ends with (search.retime_rounds): every member beside the base, in
+    interleaved rounds; the front then quotes these latencies and their range.
+    """
+    from paretoforge.orchestrator.retime import retime_run
+
+    got = retime_run(run_dir, rounds=rounds, log=typer.echo)
+    for trial, by_profile in sorted(got.items(), key=lambda kv: int(kv[0])):
+        for profile, rec in by_profile.items():
+            if rec.get("rel_p50") is not None:
+                typer.echo(f"trial {trial:>5} {profile}: {rec['rel_p50']:.4f} x the base "
+                           f"[{rec['rel_low']:.4f}, {rec['rel_high']:.4f}] over "
+                           f"{rec['rounds']} rounds")
 
 
 @app.command()

@@ -94,6 +94,9 @@ class StudyAttr:
     # {str(trial number): {quality metric: value on the test split}}, for the front members
     # and the base trial, scored once after the search (the manifest's test_metrics).
     TEST_METRICS: Final = "test_metrics"
+    # {str(trial number): {profile: record}}: the front's members and the base timed again
+    # together after the search, in interleaved rounds (orchestrator/retime.py).
+    RETIMED: Final = "retimed"
 
     def __new__(cls) -> StudyAttr:
         raise TypeError("StudyAttr is a namespace of names; use StudyAttr.TEST_METRICS")

@@ -302,6 +302,18 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                         c).is_unpruned(*base_shape))
             stats.wall_s = loop.stats.wall_s
         run = load_run(run_dir)
+        if spec.search.retime_rounds and stats.stop_reason != StopReason.MAX_FAILURES:
+            from paretoforge.orchestrator.retime import retime_front
+
+            slot = pool.take()
+            if slot is None:
+                log("front re-time: no worker is up; the front keeps the search's latencies")
+            else:
+                try:
+                    retime_front(run, slot.handle, rounds=spec.search.retime_rounds,
+                                 study=study, store=store, log=log, seed=spec.search.seed)
+                finally:
+                    pool.release(slot.index)
         score_test_split(run, prepared, study=study, log=log)  # once, after every decision
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])

@@ -38,6 +38,7 @@ from paretoforge._io import sha256_file
 from paretoforge.exceptions import ParetoforgeError, SpecError
 from paretoforge.manifest import Manifest, load_manifest, read_manifest
 from paretoforge.names import FailKind, Phase, StudyAttr, TrialAttr
+from paretoforge.orchestrator.retime import retimed_metrics
 from paretoforge.orchestrator.storage import open_study
 from paretoforge.pipeline.artifacts import files_match
 from paretoforge.spec import Spec
@@ -89,6 +90,11 @@ class FrontMember:
     one_shot: dict[str, Any] | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)  # quality on the test split
     quality_metric: str = ""
+    # Latency re-timed after the search (orchestrator/retime.py), per profile: the ratio to
+    # the base (median and range over the interleaved rounds); ``metrics`` quote it, and
+    # ``metrics_in_search`` keeps what the search measured. Empty: not re-timed.
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics_in_search: dict[str, float] = field(default_factory=dict)
 
     @property
     def quality(self) -> dict[str, float | None]:
@@ -109,7 +115,8 @@ class FrontMember:
                 "misses": self.misses, "predicted": self.predicted,
                 "prediction_error": self.prediction_error, "artifacts": self.artifacts,
                 "phase": self.phase, "recovery_epochs": self.recovery_epochs,
-                "one_shot": self.one_shot}
+                "one_shot": self.one_shot, "latency": self.latency,
+                "metrics_in_search": self.metrics_in_search}
 
 
 class Run:
@@ -159,6 +166,10 @@ class Run:
         """
         return {name: {k: v for k, v in entry.items() if k != "model"}
                 for name, entry in self.predictors().items()}
+
+    def retimed(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Trial (string) -> profile -> its record of the front's re-time (none: empty)."""
+        return dict(self.study.user_attrs.get(StudyAttr.RETIMED) or {})
 
     def test_metrics(self) -> dict[int, dict[str, float]]:
         """Trial number -> its quality on the test split, for the trials scored on it after
@@ -263,7 +274,9 @@ class Run:
     def _member(self, t: Any, base: Any | None,
                 errors: dict[str, dict[str, Any]] | None = None,
                 scored: dict[int, dict[str, float]] | None = None) -> FrontMember:
-        metrics = dict(t.user_attrs.get(TrialAttr.METRICS, {}))
+        searched = dict(t.user_attrs.get(TrialAttr.METRICS, {}))
+        retimed = self.retimed()
+        metrics = retimed_metrics(searched, retimed.get(str(t.number)))
         scored = self.test_metrics() if scored is None else scored
         test_metrics = self._test_metrics_of(t, scored)
         predicted = list(t.user_attrs.get(TrialAttr.PREDICTED_METRICS) or [])
@@ -273,7 +286,8 @@ class Run:
             prediction_error[m] = {"source": entry.get("source"), **(entry.get("held_out") or {})}
         relative: dict[str, float] = {}
         if base is not None:
-            bm = base.user_attrs.get(TrialAttr.METRICS, {})
+            bm = retimed_metrics(base.user_attrs.get(TrialAttr.METRICS, {}),
+                                 retimed.get(str(base.number)))
             for k, v in metrics.items():
                 if k.startswith(("latency_", "decode_")) and bm.get(k):
                     relative[f"speedup_{k}"] = bm[k] / v if v else float("inf")
@@ -298,6 +312,11 @@ class Run:
             recovery_epochs=t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS),
             one_shot=self._one_shot_of(t),
             test_metrics=test_metrics, quality_metric=self.spec.task.quality_metric,
+            latency={p: {"rel_p50": r.get("rel_p50"), "rel_low": r.get("rel_low"),
+                         "rel_high": r.get("rel_high"), "rounds": r.get("rounds"),
+                         "source": "front re-time"}
+                     for p, r in (retimed.get(str(t.number)) or {}).items()},
+            metrics_in_search=searched if str(t.number) in retimed else {},
         )
 
     def _one_shot_of(self, t: Any) -> dict[str, Any] | None:

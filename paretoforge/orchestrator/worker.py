@@ -118,9 +118,10 @@ class Worker:
     # -- public verbs ------------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
-        """Where this worker runs: index, Ray node, pinned cores and process id."""
+        """Where this worker runs: index, Ray node, pinned cores, process id, and whether it
+        sees the run directory (``in_place``)."""
         return {"index": self.index, "node_id": self.node_id, "cores": self.cores,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "in_place": self.in_place}
 
     def evaluate(self, trial_number: int, config: dict[str, Any], *,
                  recovery_epochs: int | None = None) -> dict[str, Any]:
@@ -155,6 +156,93 @@ class Worker:
             tb = traceback.format_exc(limit=4)
             raise BuildError(f"candidate {cfg.key} failed: {type(e).__name__}: {e}\n{tb}") from e
         return self._result(manifest, reused=False)
+
+    def retime(self, members: list[dict[str, Any]], *, rounds: int,
+               seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
+        """Time the finished front again, every member beside the base, in interleaved rounds.
+
+        Each of ``rounds`` rounds visits the members in a fresh shuffled order, and each visit
+        is one round of the profile's protocol against the run's reference (fresh sessions of
+        both, warm-up, alternating timed calls, the same samples). So a member's rounds are
+        spread over the whole stage, minutes of machine state apart on a large front, instead
+        of the back-to-back rounds of its search measurement, which share one machine state
+        and agree with each other more than with a later re-measurement.
+
+        Args:
+            members: ``{"trial", "key", "precision"}`` each, plus ``"files"`` (name -> bytes)
+                when this worker does not see the run directory.
+            rounds: Interleaved rounds (at least 1).
+            seed: Seed of the shuffles.
+
+        Returns:
+            Trial (as a string) -> profile -> the record: ``rel_rounds`` (a ratio to the base
+            per round), ``rel_p50`` (their median), ``rel_low`` / ``rel_high`` (their range),
+            ``round_p50_ms`` / ``ref_round_p50_ms``, ``rounds``, ``base_p50_ms`` and
+            ``drift_free_p50_ms`` (``rel_p50`` times the run's base latency), ``wall_s``.
+        """
+        import inspect
+        import random
+        import time
+
+        from paretoforge.evaluators.latency import measure_latency
+
+        if rounds < 1:
+            raise ParetoforgeError(f"retime: rounds must be >= 1, got {rounds}")
+        from paretoforge.hw_profiles import get_profile
+
+        samples, _ = st.latency_samples(self.context)
+        profiles = [get_profile(n) for n in self.spec.measured_profiles]
+        # One round of the profile's full protocol: its share of measure_latency's budget.
+        budget = inspect.signature(measure_latency).parameters["max_seconds"].default
+        per_round = {p.name: budget / p.latency_max_rounds for p in profiles}
+        t0 = time.perf_counter()
+        got: dict[str, dict[str, list[dict[str, Any]]]] = {
+            str(m["trial"]): {p.name: [] for p in profiles} for m in members}
+        with tempfile.TemporaryDirectory(prefix="pf-retime-") as scratch:
+            paths: dict[str, Path] = {}
+            for m in members:
+                if m.get("files"):
+                    d = Path(scratch) / str(m["trial"])
+                    d.mkdir()
+                    for name, data in m["files"].items():
+                        if Path(name).name != name:
+                            raise ParetoforgeError(f"retime: bad artifact file name {name!r}")
+                        (d / name).write_bytes(data)
+                    paths[str(m["trial"])] = d / "model.onnx"
+                else:
+                    paths[str(m["trial"])] = artifact_path(self.run_dir, m["key"]) / "model.onnx"
+            precision = {str(m["trial"]): m.get("precision", "fp32") for m in members}
+            order = list(paths)
+            rng = random.Random(seed)
+            for _ in range(rounds):
+                rng.shuffle(order)
+                for t in order:
+                    for p in profiles:
+                        rec = self._measure(paths[t], p.name, samples, precision=precision[t],
+                                            settings={"rounds": 1, "max_rounds": 1,
+                                                      "max_seconds": per_round[p.name]})
+                        got[t][p.name].append(rec)
+        wall = time.perf_counter() - t0
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for t, by_profile in got.items():
+            out[t] = {}
+            for name, recs in by_profile.items():
+                rel = [r["rel_p50"] for r in recs if r.get("rel_p50") is not None]
+                rec: dict[str, Any] = {
+                    "rounds": len(recs), "wall_s": round(wall, 3),
+                    "round_p50_ms": [float(r["p50_ms"]) for r in recs],
+                    "ref_round_p50_ms": [float(r["ref_p50_ms"]) for r in recs
+                                         if r.get("ref_p50_ms") is not None],
+                    "p50_ms": float(_median([float(r["p50_ms"]) for r in recs])),
+                    "env": recs[0].get("env", {}),
+                }
+                if rel:
+                    rec.update(rel_rounds=rel, rel_p50=float(_median(rel)), rel_low=min(rel),
+                               rel_high=max(rel), base_p50_ms=recs[0].get("base_p50_ms"))
+                    if rec["base_p50_ms"] is not None:
+                        rec["drift_free_p50_ms"] = rec["rel_p50"] * float(rec["base_p50_ms"])
+                out[t][name] = rec
+        return out
 
     def _screening(self, cfg: CandidateConfig, recovery_epochs: int | None
                    ) -> dict[str, Any] | None:
@@ -333,6 +421,12 @@ class Worker:
             "bench for it; it is not measured elsewhere (the driver starts a bench on every "
             "node that carries the resource)"
         )
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
 
 
 def _run_base_latency(path: Path, measured_ms: float, extra: dict[str, Any]) -> float:

@@ -365,6 +365,14 @@ class SearchConfig(_Strict):
         "PRUNED in the study and do not count towards `trials`; the base model and "
         "seed_configs are always built.",
     )
+    retime_rounds: int = Field(
+        7, ge=0, le=50,
+        description="After the search, the front's members and the base are timed again "
+        "together on one worker: this many rounds, each visiting every member in a new "
+        "shuffled order (one round of the profile's protocol against the base each), so a "
+        "member's rounds are spread over the whole stage. The front quotes these latencies "
+        "and their range; the search's own stay in the study. 0: keep the search's.",
+    )
     prescreen_max_consecutive: int = Field(
         20,
         ge=1,

@@ -31,7 +31,8 @@ TINY_SPEC: dict[str, Any] = {
     "objectives": [{"metric": "accuracy", "direction": "maximize"},
                    {"metric": "latency_p50_ms@cpu-1t", "direction": "minimize"}],
     "profiles": ["cpu-1t"],
-    "search": {"trials": 6, "population_size": 4, "seed": 0, "strategy": "per-candidate"},
+    "search": {"trials": 6, "population_size": 4, "seed": 0, "strategy": "per-candidate",
+               "retime_rounds": 2},
     "cluster": {"workers": 2},
 }
 

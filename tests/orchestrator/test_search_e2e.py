@@ -179,3 +179,54 @@ def test_profile_no_node_serves_is_refused_at_start(ray_cluster, tiny_spec, tmp_
     with pytest.raises(PlacementError, match="hw:edge-arm"):
         run_search(spec, tmp_path / "refused")
     assert not list((tmp_path / "refused").glob("artifacts/*"))
+
+
+def test_the_front_and_the_base_are_retimed_together_after_the_search(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    run = load_run(run_dir)
+    retimed = run.retimed()
+    front = run.front()
+    base = run.base_trial()
+    rounds = run.spec.search.retime_rounds
+    assert rounds >= 2
+    assert set(retimed) == {str(m.trial) for m in front} | {str(base.number)}
+    for m in front:
+        rec = retimed[str(m.trial)]["cpu-1t"]
+        assert rec["rounds"] == rounds == len(rec["rel_rounds"]) == len(rec["round_p50_ms"])
+        assert rec["rel_low"] <= rec["rel_p50"] <= rec["rel_high"]
+        # the front quotes the re-timed drift-free median; the search's figure is kept beside
+        assert m.metrics["latency_p50_ms@cpu-1t"] == pytest.approx(
+            rec["rel_p50"] * rec["base_p50_ms"])
+        searched = run.trial(m.trial).user_attrs[TrialAttr.METRICS]
+        assert m.metrics_in_search["latency_p50_ms@cpu-1t"] == searched["latency_p50_ms@cpu-1t"]
+        assert m.latency["cpu-1t"]["rel_low"] == rec["rel_low"]
+        assert m.to_json()["latency"]["cpu-1t"]["source"] == "front re-time"
+        manifest = json.loads(Path(m.artifacts["manifest.json"]).read_text())
+        assert manifest["measurements"]["cpu-1t"]["front_retime"]["rel_rounds"] == \
+            rec["rel_rounds"]
+    # the base timed against its own reference: the same graph, so near 1
+    assert 0.5 < retimed[str(base.number)]["cpu-1t"]["rel_p50"] < 2.0
+
+
+def test_retime_cli_times_a_finished_front_again(tiny_run, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    result = CliRunner().invoke(app, ["retime", str(copy), "--rounds", "3"])
+    assert result.exit_code == 0, result.output
+    assert "interleaved rounds" in result.output
+    run = load_run(copy)
+    retimed = run.retimed()
+    front = json.loads((copy / "front.json").read_text())
+    for m in front:
+        rec = retimed[str(m["trial"])]["cpu-1t"]
+        assert rec["rounds"] == 3 == len(rec["rel_rounds"])
+        # the interval spans the re-time's rounds and the build's own
+        assert rec["rel_low"] <= min(rec["rel_rounds"] + rec["search_rel_rounds"])
+        assert rec["rel_high"] >= max(rec["rel_rounds"] + rec["search_rel_rounds"])
+        assert m["latency"]["cpu-1t"]["rounds"] == 3
+        assert Path(m["artifacts"]["model.onnx"]).is_relative_to(copy)
+    bad = CliRunner().invoke(app, ["retime", str(copy), "--rounds", "0"])
+    assert bad.exit_code == 2

@@ -1,0 +1,198 @@
+"""The front's latencies, timed again together after the search: the figures a user quotes.
+
+During the search each candidate is measured when it is built, its rounds back to back: they
+share one machine state, so they agree with each other better than with a re-measurement
+minutes later (benchmarks/measurement_fidelity.py: intervals from 3 consecutive rounds held
+the re-measured ratio for 50-60% of the quickstart's members). Once the front is known, its
+members and the base are timed again on one worker (:meth:`Worker.retime
+<paretoforge.orchestrator.worker.Worker.retime>`): ``search.retime_rounds`` rounds, each
+visiting every member in a new shuffled order, each visit one round of the profile's protocol
+against the run's reference. A member's rounds are then spread over the whole stage.
+
+What it reports, per member and profile: the median ratio to the base over the re-time's
+rounds (``rel_p50``: all members timed side by side, so the ranking is of one moment), and
+the interval ``[rel_low, rel_high]``: the range of every round the graph was timed in against
+the base, at its build and at the re-time -- two moments minutes apart, because a small
+model's ratio to its base itself moves with the machine's state (benchmarks/
+measurement_fidelity.py: the same front re-measured minutes apart moved by up to 16%). The
+front (``front``, ``front --json``, ``report``, exports) quotes these; the search's own figures
+stay in the study and in ``metrics_in_search``. No search decision uses them: the front's
+membership was decided before, on the search's values.
+
+Example:
+    >>> retimed = retime_front(run, pool, rounds=7)  # doctest: +SKIP
+    >>> retimed["12"]["cpu-1t"]["rel_p50"], retimed["12"]["cpu-1t"]["rel_low"]  # doctest: +SKIP
+    (0.331, 0.318)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from paretoforge.manifest import read_manifest
+from paretoforge.names import StudyAttr, TrialAttr
+
+__all__ = ["retime_front", "retime_run", "retimed_metrics"]
+
+
+def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None,
+                 store: Any = None, log: Callable[[str], None] = print,
+                 seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
+    """Re-time the run's front members and its base on one worker.
+
+    Args:
+        run: The finished :class:`~paretoforge.orchestrator.results.Run`.
+        worker: A :class:`~paretoforge.orchestrator.worker.Worker`: the search's idle Ray
+            actor, or one in this process (``paretoforge retime``).
+        rounds: Interleaved rounds; 0 does nothing.
+        study: Where to record it (default: the run's study).
+        store: The run's store (a remote one gets the updated manifests).
+        log: Where the summary line goes.
+        seed: Seed of the shuffles.
+
+    Returns:
+        Trial (string) -> profile -> record (see ``Worker.retime``), also in the study's
+        :attr:`~paretoforge.names.StudyAttr.RETIMED` and each manifest's
+        ``measurements.<profile>.front_retime``.
+    """
+    if rounds <= 0:
+        return {}
+    trials = [run.trial(m.trial) for m in run.front()]
+    base = run.base_trial()
+    if base is not None and base.number not in {t.number for t in trials}:
+        trials.append(base)
+    if not trials:
+        return {}
+    if not hasattr(worker, "retime"):  # a stand-in worker class (tests of the loop)
+        log("front re-time: the worker class cannot re-time; the front keeps the search's "
+            "latencies")
+        return {}
+    in_place = bool(_call(worker, "ping").get("in_place", True))
+    members = []
+    for t in trials:
+        cfg = t.user_attrs.get(TrialAttr.CONFIG, t.params)
+        m: dict[str, Any] = {"trial": t.number, "key": t.user_attrs.get(TrialAttr.KEY),
+                             "precision": cfg.get("precision", "fp32")}
+        d = run.artifact_dir(t)
+        if not in_place:  # a worker that does not see the run directory gets the files
+            m["files"] = {n: (d / n).read_bytes() for n in
+                          ("model.onnx", "config.json", "model.safetensors")
+                          if (d / n).is_file()}
+        else:
+            m["key"] = d.name  # the artifact's own key (a cached twin's, for a cached trial)
+        members.append(m)
+    got = _call(worker, "retime", members, rounds=rounds, seed=seed)
+    done_at = time.time()
+    for v in got.values():
+        for rec in v.values():
+            rec["measured_at"] = done_at  # what a later re-measurement's age counts from
+    for t in trials:  # the interval: every round this graph was timed in the run
+        manifest = read_manifest(run.artifact_dir(t))
+        for p, rec in got.get(str(t.number), {}).items():
+            if rec.get("rel_rounds") is None:
+                continue
+            searched = list(((manifest.measurements.get(p) or {}).get("rel_rounds") or [])
+                            if manifest is not None else [])
+            rec["retime_rel_low"], rec["retime_rel_high"] = rec["rel_low"], rec["rel_high"]
+            rec["search_rel_rounds"] = searched
+            rec["rel_low"] = min([rec["rel_low"], *searched])
+            rec["rel_high"] = max([rec["rel_high"], *searched])
+            rec["interval"] = (f"range of every round this graph was timed in against the base:"
+                               f" {len(searched)} at its build, {rec['rounds']} at the front's "
+                               "re-time")
+    study = study if study is not None else run.study
+    old = dict(study.user_attrs.get(StudyAttr.RETIMED) or {})
+    old.update(got)
+    study.set_user_attr(StudyAttr.RETIMED, old)
+    for t in trials:
+        directory = run.artifact_dir(t)
+        manifest = read_manifest(directory)
+        if manifest is None or str(t.number) not in got:
+            continue
+        meas = {p: dict(v) for p, v in manifest.measurements.items()}
+        for p, rec in got[str(t.number)].items():
+            if p in meas:
+                meas[p]["front_retime"] = rec
+        manifest.model_copy(update={"measurements": meas}).write(directory / "manifest.json")
+        if store is not None and getattr(store, "remote", False):
+            store.push_file(str((directory / "manifest.json").relative_to(store.local)))
+    wall = max((r.get("wall_s", 0.0) for v in got.values() for r in v.values()), default=0.0)
+    log(f"front re-time: {len(got)} member(s) and the base timed together in {rounds} "
+        f"interleaved rounds ({wall:.1f} s); the front quotes these latencies")
+    return got
+
+
+def retime_run(run_dir: str | os.PathLike[str], *, rounds: int | None = None,
+               log: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, Any]]]:
+    """Re-time a finished run's front on this machine, now (``paretoforge retime RUN``).
+
+    The same stage as at the end of a search, by the same worker code in this process: e.g.
+    on a quiet machine, or after the search ran with ``search.retime_rounds: 0``. The run's
+    reference (the base's fp32 artifact) and its one base latency are the search's, so the
+    figures stay comparable with the rest of the run.
+
+    Args:
+        run_dir: A finished run directory.
+        rounds: Interleaved rounds (default: the spec's ``search.retime_rounds``, or 7).
+
+    Raises:
+        SpecError: ``rounds`` below 1, or the run has no front.
+    """
+    from paretoforge._system import pin_process, usable_cores
+    from paretoforge.exceptions import SpecError
+    from paretoforge.orchestrator.results import load_run
+    from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline.prepare import prepare_cached
+
+    run = load_run(run_dir)
+    spec = run.spec
+    n = rounds if rounds is not None else (spec.search.retime_rounds or 7)
+    if n < 1:
+        raise SpecError(f"retime: --rounds must be >= 1, got {n}")
+    if not run.front():
+        raise SpecError(f"retime: {run.dir} has no completed trial, so no front to re-time")
+    prepared = prepare_cached(spec, log=log)  # the base and its data: the reference's key
+    affinity = usable_cores()
+    try:
+        worker = Worker(prepared.for_workers(), spec.model_dump(mode="json"), str(run.dir),
+                        index=0)
+        got = retime_front(run, worker, rounds=n, log=log, seed=spec.search.seed)
+    finally:
+        pin_process(affinity)  # the worker pinned this process to its own core
+    from paretoforge._io import atomic_write_json
+
+    atomic_write_json(run.dir / "front.json", [m.to_json() for m in load_run(run.dir).front()])
+    return got
+
+
+def retimed_metrics(metrics: dict[str, float], retimed: dict[str, dict[str, Any]] | None
+                    ) -> dict[str, float]:
+    """``metrics`` with each re-timed profile's ``latency_p50_ms@P`` replaced by the re-timed
+    drift-free median (``latency_p50_abs_ms@P`` by the absolute one).
+
+    Example:
+        >>> retimed_metrics({"latency_p50_ms@cpu-1t": 0.2, "accuracy": 0.9},
+        ...                 {"cpu-1t": {"drift_free_p50_ms": 0.21, "p50_ms": 0.25}})
+        {'latency_p50_ms@cpu-1t': 0.21, 'accuracy': 0.9, 'latency_p50_abs_ms@cpu-1t': 0.25}
+    """
+    out = dict(metrics)
+    for p, rec in (retimed or {}).items():
+        ranked = rec.get("drift_free_p50_ms")
+        key = f"latency_p50_ms@{p}"
+        if key in out:
+            out[key] = float(rec["p50_ms"] if ranked is None else ranked)
+        out[f"latency_p50_abs_ms@{p}"] = float(rec["p50_ms"])
+    return out
+
+
+def _call(worker: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``worker.name(...)``, on a Ray actor (waited for) or a plain object."""
+    method = getattr(worker, name)
+    if hasattr(method, "remote"):
+        import ray
+
+        return ray.get(method.remote(*args, **kwargs))
+    return method(*args, **kwargs)
