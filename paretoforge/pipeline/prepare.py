@@ -167,7 +167,7 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    state, test_state, imp = _state_and_importance(model, task)
+    state, test_state, imp = _state_and_importance(model, task, spec.search.seed)
     timings["importance_s"] = time.perf_counter() - t0
 
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -229,7 +229,7 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
-    state, test_state, imp = _state_and_importance(model, task)
+    state, test_state, imp = _state_and_importance(model, task, spec.search.seed)
     quality = TASKS.get(task.name).describe_base(model, task)
     timings["importance_s"] = time.perf_counter() - t0
     log(f"base model: {spec.model.path} ({type(model).__name__}, "
@@ -266,20 +266,51 @@ def prepare_cached(spec: Spec, *, log: Any = print) -> Prepared:
     return _LAST[key]
 
 
-def _state_and_importance(model: Any,
-                          task: TaskData) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def _state_and_importance(model: Any, task: TaskData, seed: int = 0
+                          ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """The task's state from the unpruned base for validation (the search's) and for test
     (the driver's), then importance on the training split with the loss the task asks for
-    (its labels' loss by default)."""
-    from paretoforge.models.importance import compute_importance
+    (its labels' loss by default), cached on disk by content key (``cache_dir()/importance``:
+    all-MiniLM-L6-v2's takes minutes on 2 cores, and a resumed search wants the same)."""
+    from paretoforge.models.importance import Importance, compute_importance
 
     impl = TASKS.get(task.name)
     state = impl.prepare_state(model, task.scoring("validation"))
     test_state = impl.prepare_state(model, task.scoring("test"))
     loss_fn = impl.importance_loss(state)
     labels = None if loss_fn is not None else task.y_train
-    imp = compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
+    path = cache_dir() / "importance" / f"{_importance_key(model, task, labels, seed)}.json"
+    try:
+        imp = Importance.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        imp = compute_importance(model, task.feeds("train"), labels, loss_fn=loss_fn)
+        from paretoforge._io import atomic_write_json
+
+        atomic_write_json(path, imp.to_dict())
     return state, test_state, imp
+
+
+def _importance_key(model: Any, task: TaskData, labels: Any, seed: int) -> str:
+    """Content key of an importance computation: the base's weights, the task and its
+    training split, the labels (or the task's own loss), the seed, and the importance code."""
+    import hashlib
+
+    import numpy as np
+
+    from paretoforge.models import importance
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for name, arr in sorted(task.feeds("train").items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    h.update(json.dumps([task.name, task.metric, seed], sort_keys=True).encode())
+    h.update(Path(importance.__file__).read_bytes())
+    return h.hexdigest()[:24]
 
 
 def _jsonable(v: Any) -> bool:

@@ -1,0 +1,27 @@
+"""Importance is cached on disk by content key: a second prepare of the same base reuses it."""
+
+from __future__ import annotations
+
+import json
+
+from paretoforge import testing
+from paretoforge.pipeline.prepare import cache_dir, prepare
+
+
+def test_importance_is_cached_by_content_key_and_recomputed_when_unreadable() -> None:
+    spec = testing.tiny_spec()
+    first = prepare(spec, log=lambda _m: None)
+    files = sorted((cache_dir() / "importance").glob("*.json"))
+    assert files, "the importance scores were written to the cache"
+    again = prepare(spec, log=lambda _m: None)
+    assert again.importance == first.importance
+    # another seed is another computation (another key)
+    other = prepare(testing.tiny_spec({"seed": 1}), log=lambda _m: None)
+    assert len(sorted((cache_dir() / "importance").glob("*.json"))) == len(files) + 1
+    assert other.importance.keys() == first.importance.keys()
+    # a corrupt entry is not trusted: recomputed, the same scores, and rewritten
+    for f in files:
+        f.write_text("{not json")
+    third = prepare(spec, log=lambda _m: None)
+    assert third.importance == first.importance
+    assert all(json.loads(f.read_text()) for f in files)
