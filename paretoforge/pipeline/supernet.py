@@ -135,13 +135,34 @@ def _orders(x: Any) -> Any:
 
 
 def _state_api_available() -> bool:
-    """Whether Ray's State API answers (it needs the dashboard, off by default here)."""
+    """Whether Ray's State API answers (it needs the dashboard, off by default here).
+
+    The dashboard's address is read from the GCS and its port tried once. Asking the State API
+    itself on a cluster whose dashboard does not serve took 40 s here (its client retries
+    the GCS for 40 s before it gives up).
+    """
+    import socket
+
+    try:
+        import ray.experimental.internal_kv as kv
+        from ray._private import ray_constants
+
+        raw = kv._internal_kv_get(ray_constants.DASHBOARD_ADDRESS,
+                                  namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+        if raw is None:
+            return False  # no dashboard registered
+        host, _, port = raw.decode().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            pass
+    except Exception:  # not registered, not listening, or another Ray version
+        return False
     try:
         from ray.util.state import list_actors
 
-        list_actors(limit=1, timeout=2, raise_on_missing_output=False)
+        list_actors(address=f"http://{host}:{port}", limit=1, timeout=2,
+                    raise_on_missing_output=False)
         return True
-    except Exception:  # no dashboard: the State API's server is not there
+    except Exception:  # the dashboard is there, its State API is not
         return False
 
 

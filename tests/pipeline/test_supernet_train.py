@@ -112,3 +112,16 @@ def test_a_killed_worker_resumes_from_the_last_epoch(ray_cluster, prepared, tmp_
     listing = sorted(p.name for p in (tmp_path / key).iterdir())
     assert begun.count(0) == 1, (begun, listing)  # not restarted from 0
     assert begun.count(1) == 2 and begun.count(2) == 1, begun
+
+
+def test_the_state_api_check_answers_at_once_without_a_dashboard(ray_cluster):
+    # The test cluster runs no dashboard: the check must say so without the State API
+    # client's 40 s of GCS retries, and the trainer then drops the placement-group cleaner.
+    from paretoforge.pipeline.supernet import _state_api_available, _trainer_without_pg_cleaner
+
+    t0 = time.perf_counter()
+    assert _state_api_available() is False
+    assert time.perf_counter() - t0 < 5.0
+    from ray.train.torch import TorchTrainer
+
+    assert issubclass(_trainer_without_pg_cleaner(), TorchTrainer)
