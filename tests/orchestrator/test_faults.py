@@ -23,6 +23,7 @@ import yaml
 from paretoforge._io import sha256_file
 from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import load_run
+from paretoforge.testing.processes import sigkill_session, wait_for_trials
 
 HERE = Path(__file__).parent
 
@@ -107,25 +108,9 @@ def test_driver_sigkilled_then_resumed(tiny_spec, tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               start_new_session=True, env=os.environ.copy())
     try:
-        deadline = time.monotonic() + 180
-        complete = 0
-        while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-            if (run_dir / "study.journal").is_file():
-                trials = load_run(run_dir).study.get_trials(deepcopy=False)
-                complete = sum(t.state.name == "COMPLETE" for t in trials)
-                if complete >= 2:
-                    break
-        assert driver.poll() is None, driver.stderr.read()[-3000:] if driver.stderr else ""
-        assert complete >= 2, "the search made progress before the kill"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        wait_for_trials(driver, run_dir, 2)
     finally:
-        # the driver's own Ray processes (same session) go with it
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        sigkill_session(driver)  # the driver's own Ray processes (same session) go with it
     before = {t.number: t for t in load_run(run_dir).study.get_trials(deepcopy=False)}
     left_running = [n for n, t in before.items() if t.state.name == "RUNNING"]
     done_before = {n for n, t in before.items() if t.state.name == "COMPLETE"}
