@@ -133,3 +133,45 @@ def test_driver_sigkilled_then_resumed(tiny_spec, tmp_path: Path) -> None:
 def _no_ray_address(monkeypatch) -> None:
     """Subprocess drivers start their own Ray; never the session's through RAY_ADDRESS."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _raylet_of(session: int) -> int | None:
+    """The pid of the raylet a driver started with ``start_new_session=True`` runs."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if os.getsid(p.pid) == session and (
+                    p.info["name"] == "raylet"
+                    or any(a.endswith("/raylet") for a in (p.info["cmdline"] or [])[:1])):
+                return p.pid
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return None
+
+
+def test_local_raylet_sigkilled_then_the_search_restarts_it(tiny_spec, tmp_path: Path) -> None:
+    """The embedded cluster loses its only node (raylet SIGKILLed) mid-search: the search
+    restarts a local cluster and resumes by itself; exit 0, nothing lost or built twice."""
+    run_dir = tmp_path / "run"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(
+        tiny_spec.with_overrides(**{"search.trials": 5}).model_dump(mode="json")))
+    driver = subprocess.Popen(_cli("search", str(spec_path), "--run-dir", str(run_dir)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, env=os.environ.copy())
+    try:
+        wait_for_trials(driver, run_dir, 2)
+        raylet = _raylet_of(driver.pid)
+        assert raylet is not None, "the driver's local cluster has a raylet"
+        before = {t.number: t.values for t in load_run(run_dir).trials()}
+        os.kill(raylet, signal.SIGKILL)
+        out, err = driver.communicate(timeout=400)
+    finally:
+        sigkill_session(driver)
+    assert driver.returncode == 0, (out or "")[-2000:] + (err or "")[-3000:]
+    assert "restart" in (out + err).lower(), "the driver says it restarted the local cluster"
+    complete = _assert_intact(run_dir, 5)
+    after = {t.number: t.values for t in complete}
+    for n, values in before.items():  # nothing done is lost or changed
+        assert after[n] == values
