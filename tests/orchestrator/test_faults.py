@@ -150,6 +150,7 @@ def _raylet_of(session: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_local_raylet_sigkilled_then_the_search_restarts_it(tiny_spec, tmp_path: Path) -> None:
     """The embedded cluster loses its only node (raylet SIGKILLed) mid-search: the search
     restarts a local cluster and resumes by itself; exit 0, nothing lost or built twice."""
