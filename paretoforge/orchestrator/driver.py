@@ -9,6 +9,11 @@ storage (:class:`paretoforge.testing.FakeWorker` does, for tests and benchmarks)
 One driver at a time per run directory: it holds an exclusive lock on ``<run>/.driver.lock``
 while it runs (the operating system drops it when the driver dies, however it dies).
 
+If the local cluster the driver started loses its only node (its raylet exits: killed, or the
+out-of-memory killer), a watchdog stops the search, the driver starts a new local cluster and
+resumes the run, as ``paretoforge resume`` would (at most :data:`LOCAL_RESTARTS` times); a
+cluster it joined is never restarted.
+
 Example:
     >>> summary = run_search(Spec.from_file("examples/quickstart.yaml"),
     ...                      "runs/quickstart")  # doctest: +SKIP
@@ -23,6 +28,7 @@ import fcntl
 import functools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +44,11 @@ from paretoforge.orchestrator.runstore import RunStore
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 
-__all__ = ["SearchSummary", "check_before_start", "connect_ray", "run_lock", "run_search"]
+__all__ = ["LOCAL_RESTARTS", "SearchSummary", "check_before_start", "connect_ray", "run_lock",
+           "run_search"]
+
+# How many times a search restarts its own local cluster after losing its node.
+LOCAL_RESTARTS = 3
 
 
 @dataclass
@@ -201,16 +211,60 @@ def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | Non
         _check_run_dir(spec, run_dir)  # again: another driver may have written it meanwhile
         atomic_write_text(run_dir / "spec.yaml", _recorded(spec).to_yaml())
         store.push_file("spec.yaml")
-        return _run_locked(spec, store, space, profiles, progress, t_start, address=address,
-                           debug=debug, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {},
-                           verify=verify, opened=opened)
+        for restart in range(LOCAL_RESTARTS + 1):
+            lost: dict[str, Any] = {}
+            try:
+                return _run_locked(spec, store, space, profiles, progress, t_start,
+                                   address=address, debug=debug, worker_cls=worker_cls,
+                                   worker_kwargs=worker_kwargs or {}, verify=verify,
+                                   opened=opened, lost=lost)
+            except BaseException:
+                if not lost or restart == LOCAL_RESTARTS:
+                    raise
+            opened = None  # the storage is opened again with the study
+            progress.log(f"the local Ray node was lost (its raylet exited, code "
+                         f"{lost['raylet']}); restarting the local cluster and resuming the "
+                         f"search ({restart + 1} of {LOCAL_RESTARTS})")
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
+def _local_raylet() -> Any:
+    """The raylet process of the local cluster this process started (a Popen), or None."""
+    try:
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        procs = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) if node else None
+        return procs[0].process if procs else None
+    except Exception:  # Ray's internals moved: no watchdog, as before
+        return None
+
+
+def _watch_raylet(raylet: Any, lost: dict[str, Any], stop: threading.Event) -> threading.Thread:
+    """Interrupt the main thread once ``raylet`` exits (unless ``stop`` is set first), noting
+    its exit code in ``lost["raylet"]``."""
+    import _thread
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            rc = raylet.poll()
+            if rc is not None and not stop.is_set():
+                lost["raylet"] = rc
+                _thread.interrupt_main()
+                return
+
+    t = threading.Thread(target=watch, name="pf-raylet-watch", daemon=True)
+    t.start()
+    return t
 
 
 def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[Any],
                 progress: Progress, t_start: float, *, address: str | None, debug: bool,
                 worker_cls: type[CandidateWorker] | None, worker_kwargs: dict[str, Any],
                 verify: Callable[..., dict[str, Any] | None] | None,
-                opened: tuple[Any, Any] | None = None) -> SearchSummary:
+                opened: tuple[Any, Any] | None = None,
+                lost: dict[str, Any] | None = None) -> SearchSummary:
     import ray
 
     from paretoforge.orchestrator.bench import start_benches, stop_benches
@@ -230,6 +284,11 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
     storage, backend = opened or open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
     started = connect_ray(spec, address=address, debug=debug)
+    stop_watch = threading.Event()
+    local = started and not (address or spec.cluster.address or os.environ.get("RAY_ADDRESS"))
+    raylet = _local_raylet() if local and lost is not None else None
+    if raylet is not None and lost is not None:
+        _watch_raylet(raylet, lost, stop_watch)
     pool: WorkerPool | None = None
     gates: dict[str, Any] = {}
     benches: dict[str, list[Any]] = {}
@@ -324,6 +383,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                              stopped=stats.stopped, stop_reason=stats.stop_reason,
                              stats=stats.to_json())
     finally:
+        stop_watch.set()  # from here on the cluster is ours to stop
         if backend is not None:
             backend.sync()
         store.push_journal()

@@ -37,12 +37,20 @@ from typing import Any
 from paretoforge.exceptions import ParetoforgeError, SpecError
 from paretoforge.orchestrator.runstore import is_uri
 
-__all__ = ["DEFAULT_ADDRESS", "WORKING_DIR_LIMIT", "follow_job", "job_logs", "job_status",
-           "submit_search"]
+__all__ = ["DEFAULT_ADDRESS", "READY_TIMEOUT_S", "WORKING_DIR_LIMIT", "follow_job", "job_logs",
+           "job_status", "submit_search"]
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 WORKING_DIR_LIMIT = 500 * 1024**2  # Ray's limit on a job's working_dir package
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# How long a freshly started head may take before its Jobs API accepts a submission (the
+# dashboard answers within seconds of `ray start` on an idle machine; its job agent and a
+# loaded machine can take minutes); PARETOFORGE_JOBS_READY_TIMEOUT_S changes it.
+READY_TIMEOUT_S = float(os.environ.get("PARETOFORGE_JOBS_READY_TIMEOUT_S", "300"))
+# Failures that a head still starting gives: the dashboard not listening yet, or up while its
+# job agent is not. Anything else (token refused, a bad request) is reported at once.
+_NOT_READY = ("connection", "connect", "refused", "timed out", "timeout", "503", "502", "500",
+              "not ready", "agent", "temporarily", "reset by peer", "cannot reach")
 
 
 def _address(address: str | None) -> str:
@@ -145,16 +153,57 @@ def submit_search(spec_path: Path, *, address: str | None = None, run_dir: str |
                 "model.path")
         entry = ["python", "-m", "paretoforge.cli", "search", "spec.yaml", "--run-dir", where,
                  *(extra_args or [])]
-        client = _client(address)
         # No credentials travel with the job (a job's runtime_env is visible on the
         # dashboard): the head node reads the storage URI with its own.
-        return str(_call(client.submit_job, what="submitting the search",
-                         entrypoint=shlex.join(entry),
-                         runtime_env={"working_dir": str(work)},
-                         metadata={"paretoforge": "search", "run_dir": where,
-                                   "spec": spec.name}))
+        return _submit_when_ready(
+            address, entrypoint=shlex.join(entry), runtime_env={"working_dir": str(work)},
+            metadata={"paretoforge": "search", "run_dir": where, "spec": spec.name})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _submit_when_ready(address: str | None, *, timeout_s: float | None = None,
+                       poll_s: float = 2.0, **job: Any) -> str:
+    """Submit ``job`` once the head's Jobs API takes it, retrying while the head is starting.
+
+    The submission has an id of its own, so a retry after a submission whose answer was lost
+    finds that job instead of starting a second one.
+
+    Raises:
+        ParetoforgeError: the Jobs API refused for a reason other than starting up, or did not
+            take the job within ``timeout_s`` (default :data:`READY_TIMEOUT_S`); one line.
+    """
+    limit = READY_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + limit
+    sid = f"paretoforge_{secrets.token_hex(8)}"
+    last = ""
+    while True:
+        try:
+            client = _client(address)
+            try:
+                return str(client.submit_job(submission_id=sid, **job))
+            except Exception as e:
+                last = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                with_id = None
+                try:
+                    with_id = client.get_job_info(sid)
+                except Exception:
+                    pass
+                if with_id is not None:  # it went through; only the answer was lost
+                    return sid
+                if not any(w in last.lower() for w in _NOT_READY):
+                    raise ParetoforgeError(
+                        f"submitting the search: {type(e).__name__}: {last}") from None
+        except ParetoforgeError as e:
+            if "could not reach" not in str(e):
+                raise
+            last = str(e)
+        if time.monotonic() + poll_s > deadline:
+            raise ParetoforgeError(
+                f"the Ray Jobs API at {_address(address)!r} did not accept the job within "
+                f"{limit:.0f} s (PARETOFORGE_JOBS_READY_TIMEOUT_S); last answer: {last}"
+            ) from None
+        time.sleep(poll_s)
 
 
 def job_status(job_id: str, *, address: str | None = None) -> dict[str, Any]:

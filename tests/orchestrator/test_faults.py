@@ -23,6 +23,7 @@ import yaml
 from paretoforge._io import sha256_file
 from paretoforge.names import TrialAttr
 from paretoforge.orchestrator.results import load_run
+from paretoforge.testing.processes import sigkill_session, wait_for_trials
 
 HERE = Path(__file__).parent
 
@@ -107,25 +108,9 @@ def test_driver_sigkilled_then_resumed(tiny_spec, tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               start_new_session=True, env=os.environ.copy())
     try:
-        deadline = time.monotonic() + 180
-        complete = 0
-        while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-            if (run_dir / "study.journal").is_file():
-                trials = load_run(run_dir).study.get_trials(deepcopy=False)
-                complete = sum(t.state.name == "COMPLETE" for t in trials)
-                if complete >= 2:
-                    break
-        assert driver.poll() is None, driver.stderr.read()[-3000:] if driver.stderr else ""
-        assert complete >= 2, "the search made progress before the kill"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        wait_for_trials(driver, run_dir, 2)
     finally:
-        # the driver's own Ray processes (same session) go with it
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        sigkill_session(driver)  # the driver's own Ray processes (same session) go with it
     before = {t.number: t for t in load_run(run_dir).study.get_trials(deepcopy=False)}
     left_running = [n for n, t in before.items() if t.state.name == "RUNNING"]
     done_before = {n for n, t in before.items() if t.state.name == "COMPLETE"}
@@ -148,3 +133,46 @@ def test_driver_sigkilled_then_resumed(tiny_spec, tmp_path: Path) -> None:
 def _no_ray_address(monkeypatch) -> None:
     """Subprocess drivers start their own Ray; never the session's through RAY_ADDRESS."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _raylet_of(session: int) -> int | None:
+    """The pid of the raylet a driver started with ``start_new_session=True`` runs."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if os.getsid(p.pid) == session and (
+                    p.info["name"] == "raylet"
+                    or any(a.endswith("/raylet") for a in (p.info["cmdline"] or [])[:1])):
+                return p.pid
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_local_raylet_sigkilled_then_the_search_restarts_it(tiny_spec, tmp_path: Path) -> None:
+    """The embedded cluster loses its only node (raylet SIGKILLed) mid-search: the search
+    restarts a local cluster and resumes by itself; exit 0, nothing lost or built twice."""
+    run_dir = tmp_path / "run"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(
+        tiny_spec.with_overrides(**{"search.trials": 5}).model_dump(mode="json")))
+    driver = subprocess.Popen(_cli("search", str(spec_path), "--run-dir", str(run_dir)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, env=os.environ.copy())
+    try:
+        wait_for_trials(driver, run_dir, 2)
+        raylet = _raylet_of(driver.pid)
+        assert raylet is not None, "the driver's local cluster has a raylet"
+        before = {t.number: t.values for t in load_run(run_dir).trials()}
+        os.kill(raylet, signal.SIGKILL)
+        out, err = driver.communicate(timeout=400)
+    finally:
+        sigkill_session(driver)
+    assert driver.returncode == 0, (out or "")[-2000:] + (err or "")[-3000:]
+    assert "restart" in (out + err).lower(), "the driver says it restarted the local cluster"
+    complete = _assert_intact(run_dir, 5)
+    after = {t.number: t.values for t in complete}
+    for n, values in before.items():  # nothing done is lost or changed
+        assert after[n] == values

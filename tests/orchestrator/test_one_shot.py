@@ -13,6 +13,7 @@ from paretoforge.orchestrator.progress import Progress
 from paretoforge.orchestrator.results import load_run
 from paretoforge.pipeline.artifacts import verify_artifact
 from paretoforge.testing import tiny_spec
+from paretoforge.testing.processes import sigkill_session, wait_for_trials
 
 pytestmark = pytest.mark.slow
 
@@ -92,10 +93,8 @@ def test_one_shot_driver_sigkilled_then_resumed(tmp_path: Path) -> None:
     supernet is not trained again, no sub-network is built twice, nothing done is lost, and
     the finishing rungs run once."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
@@ -111,25 +110,14 @@ def test_one_shot_driver_sigkilled_then_resumed(tmp_path: Path) -> None:
     driver = subprocess.Popen([*cli, "search", str(spec_path), "--run-dir", str(run_dir),
                                "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               start_new_session=True, env=env)
+
+    def built(t) -> bool:  # a trial trained, not one cached from an earlier trial
+        return t.state.name == "COMPLETE" and TrialAttr.CACHED_FROM not in t.user_attrs
+
     try:
-        deadline, built = time.monotonic() + 300, 0
-        while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-            if (run_dir / "study.journal").is_file():
-                trials = load_run(run_dir).study.get_trials(deepcopy=False)
-                built = sum(t.state.name == "COMPLETE" and TrialAttr.CACHED_FROM
-                            not in t.user_attrs for t in trials)
-                if built >= 4:
-                    break
-        assert driver.poll() is None, driver.stderr.read()[-3000:] if driver.stderr else ""
-        assert built >= 4, "the one-shot search made progress before the kill"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        wait_for_trials(driver, run_dir, 4, counts=built, timeout_s=300)
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        sigkill_session(driver)
     before = {t.number: t for t in load_run(run_dir).study.get_trials(deepcopy=False)
               if t.state.name == "COMPLETE"}
     resumed = subprocess.run([*cli, "resume", str(run_dir)], capture_output=True, text=True,
