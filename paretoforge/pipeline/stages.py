@@ -335,13 +335,17 @@ def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Pat
 
                 calibration = complete_feeds(CacheLayout.from_dict(exported.cache_layout),
                                              calibration)
-        apply_precision(src, dst, cfg.precision, calibration=calibration)
+        apply_precision(src, dst, cfg.precision, calibration=calibration,
+                        int4_accuracy_level=cfg.int4_accuracy_level)
     finally:
         fused.unlink(missing_ok=True)
         for step in steps:
             step.unlink(missing_ok=True)
-    key = (stage_key("passes", exported.key, cfg.fusion, cfg.precision, dict(custom))
-           if custom else stage_key("passes", exported.key, cfg.fusion, cfg.precision))
+    # the int4 accuracy level joins the key only when set, so other keys are as they were
+    precision: Any = (cfg.precision if not cfg.int4_accuracy_level
+                      else [cfg.precision, cfg.int4_accuracy_level])
+    key = (stage_key("passes", exported.key, cfg.fusion, precision, dict(custom))
+           if custom else stage_key("passes", exported.key, cfg.fusion, precision))
     return Graph(path=dst, fusions=fusions, key=key)
 
 
