@@ -172,7 +172,15 @@ def _print_front(members: list[Any], objectives: list[str],
         table.add_column(f"{o} (validation)" if o == quality else o, justify="right")
     if quality:
         table.add_column(f"{quality} (test)", justify="right")
-    table.add_column("speed-up (cpu-1t p50)", justify="right")
+    # a decoder run quotes its decode-per-token speed-up, and the prefill's beside it
+    basis = getattr(members[0] if members else None, "speedup_metric",
+                    "speedup_latency_p50_ms@cpu-1t")
+    speed_cols = [basis] + (["speedup_latency_p50_ms@" + basis.partition("@")[2]]
+                            if basis.startswith("speedup_decode_") else [])
+    for key in speed_cols:
+        kind = ("decode/token" if key.startswith("speedup_decode_")
+                else "prefill p50" if len(speed_cols) > 1 else "p50")
+        table.add_column(f"speed-up ({key.partition('@')[2]} {kind})", justify="right")
     table.add_column("size", justify="right")
     one_shot = any(getattr(m, "phase", None) for m in members)
     if one_shot:
@@ -181,14 +189,14 @@ def _print_front(members: list[Any], objectives: list[str],
         cfg = m.config
         desc = (f"L{cfg.get('layers_kept')} H{_compact(cfg.get('heads_kept'))} "
                 f"FFN{_compact(cfg.get('ffn_kept'))} {cfg.get('precision')}")
-        speed = m.relative.get("speedup_latency_p50_ms@cpu-1t")
+        speeds = [m.relative.get(key) for key in speed_cols]
         predicted = set(getattr(m, "predicted", []) or [])
         test = m.test_metrics.get(quality) if quality else None
         table.add_row(str(m.trial), desc,
                       *(("~" if o in predicted else "")  # latencies: as re-timed, if so
                         + f"{m.metrics.get(o, m.objectives[o]):.4g}" for o in objectives),
                       *(([f"{test:.4g}" if test is not None else "-"]) if quality else []),
-                      f"{speed:.2f}x" if speed else "-",
+                      *(f"{speed:.2f}x" if speed else "-" for speed in speeds),
                       f"{m.metrics.get('onnx_bytes', 0) / 1024:.0f} KiB",
                       *([_one_shot_cell(m, quality or objectives[0])] if one_shot else []))
     Console(width=max(100, Console().width)).print(table)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from paretoforge.exceptions import BuildError, MeasurementError
 from paretoforge.kernels._quiet import quiet
+from paretoforge.kernels.export import _commit_onnx
 
 if TYPE_CHECKING:
     import numpy as np
@@ -420,9 +421,7 @@ def export_decoder_onnx(
                     f"(opset {opset}): {type(err).__name__}: {err}") from err
             if verify:
                 _check_against_torch(wrapper, tmp, layout, vocab, tolerance)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _commit_onnx(tmp, path)
     finally:
         model.train(was_training)
         if tmp.exists():

@@ -27,6 +27,14 @@ def default_output_fn(out: Any) -> Any:
     return out
 
 
+def _commit_onnx(tmp: Path, path: Path) -> None:
+    """Make the finished temporary graph ``tmp`` durable and rename it over ``path`` (one
+    step: readers see the old file or the whole new one, never a part)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _wrapper(model: torch.nn.Module, names: Sequence[str], output_fn: Callable[[Any], Any]) -> Any:
     import torch
 
@@ -135,9 +143,7 @@ def export_onnx(
                 f"output_fn returned {n_out} output(s) but output_names has "
                 f"{len(output_names)} ({output_names}); make them match"
             )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _commit_onnx(tmp, path)
     finally:
         model.train(was_training)
         if tmp.exists():

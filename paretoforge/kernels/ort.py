@@ -251,7 +251,9 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         ``{"file_bytes", "opset", "node_count", "op_counts", "quant_op_counts",
         "matmul_weight_elems", "activation_matmuls", "initializer_count", "initializer_bytes",
-        "initializer_dtype_bytes", "inputs", "outputs"}``. ``initializer_bytes`` is the weights
+        "initializer_dtype_bytes", "inputs", "outputs"}``, and for a graph with
+        ``MatMulNBits`` nodes ``"matmulnbits_accuracy_levels"`` (their ``accuracy_level``,
+        0 when unset, -> node count). ``initializer_bytes`` is the weights
         alone; on small models the file is mostly graph structure, so it is the better measure
         of what quantization saved. ``matmul_weight_elems`` sums the weights of matmul and conv
         nodes (followed through DequantizeLinear in QDQ models; ``K * N`` of a MatMulNBits):
@@ -271,12 +273,14 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     for n in graph.node:  # QDQ models: a weight is DequantizeLinear(int8 initializer)
         if n.op_type == "DequantizeLinear" and n.input and n.input[0] in init_elems:
             init_elems[n.output[0]] = init_elems[n.input[0]]
+    nbits_levels: Counter[str] = Counter()  # MatMulNBits accuracy_level (absent: 0) -> nodes
     weight_elems = 0  # multiply-accumulates per token of the weight matmuls (linear layers)
     activation_matmuls = 0  # activation x activation products: attention scores and context
     for n in graph.node:
         if n.op_type == "MatMulNBits":  # packed low-bit weight: its K x N from the attributes
             attrs = {a.name: a.i for a in n.attribute}
             weight_elems += int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+            nbits_levels[str(attrs.get("accuracy_level", 0))] += 1
             continue
         if n.op_type not in _WEIGHT_OPS or len(n.input) < 2:
             continue
@@ -316,4 +320,6 @@ def graph_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "initializer_dtype_bytes": dict(sorted(dtype_bytes.items())),
         "inputs": _io(graph.input),
         "outputs": _io(graph.output),
+        **({"matmulnbits_accuracy_levels": dict(sorted(nbits_levels.items()))}
+           if nbits_levels else {}),
     }

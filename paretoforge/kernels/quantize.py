@@ -450,6 +450,7 @@ def quantize_int4(
     dst: str | os.PathLike[str],
     *,
     block_size: int = INT4_BLOCK_SIZE,
+    accuracy_level: int = 0,
 ) -> Path:
     """Quantize the constant matmul weights of ``src`` to 4 bits; write it atomically to ``dst``.
 
@@ -458,22 +459,36 @@ def quantize_int4(
     nearest), holding the weight as 4-bit integers in blocks of ``block_size`` along the input
     axis, one symmetric scale per block; activations stay float32. Gemm layers with a constant
     weight are rewritten as MatMul (+ Add) first so that they are quantized too. ONNX Runtime
-    runs ``MatMulNBits`` on CPU (and CUDA); ``accuracy_level`` is left unset, i.e. the weights
-    are dequantized to float32 for the product (the most accurate mode).
+    runs ``MatMulNBits`` on CPU (and CUDA). ``accuracy_level`` is the type of the product:
+    0 leaves the attribute unset (the weights are dequantized to float32, the most accurate
+    mode), 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations quantized per block, the fast CPU
+    kernel); a level a provider lacks falls back to a lower one at run time.
 
     Args:
         src: fp32 ONNX model.
         dst: Where to write the int4 model.
         block_size: Weights sharing one scale (a power of two >= 16).
+        accuracy_level: ``MatMulNBits`` ``accuracy_level`` of every quantized node, 0 to 4
+            (:data:`~paretoforge.search_spaces.INT4_ACCURACY_LEVELS`).
 
     Returns:
         ``dst`` as a :class:`~pathlib.Path`.
 
     Raises:
         BuildError: quantization failed, or the model has no weight to quantize.
+        SpecError: ``accuracy_level`` is not 0 to 4.
+
+    Example:
+        >>> quantize_int4("model.onnx", "model.int4.onnx", accuracy_level=5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        paretoforge.exceptions.SpecError: int4 accuracy_level 5: use 0 (unset, fp32 on CPU), ...
     """
     import onnx
 
+    if isinstance(accuracy_level, bool) or accuracy_level not in range(5):
+        raise SpecError(f"int4 accuracy_level {accuracy_level!r}: use 0 (unset, fp32 on CPU), "
+                        "1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
     MatMulNBitsQuantizer = _nbits_quantizer_class()  # noqa: N806
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -484,7 +499,8 @@ def quantize_int4(
             _gemm_to_matmul(model)
             with quiet():
                 quantizer = MatMulNBitsQuantizer(
-                    model, bits=4, block_size=block_size, is_symmetric=True
+                    model, bits=4, block_size=block_size, is_symmetric=True,
+                    accuracy_level=accuracy_level or None,
                 )
                 quantizer.process()
             out = quantizer.model.model
@@ -509,6 +525,7 @@ def apply_precision(
     calibration: Mapping[str, np.ndarray] | ArrayCalibrationReader | None = None,
     calibration_method: str = "minmax",
     per_channel: bool | None = None,
+    int4_accuracy_level: int = 0,
 ) -> Path:
     """Write the ``precision`` version of the fp32 model ``src_fp32`` to ``dst``.
 
@@ -551,7 +568,7 @@ def apply_precision(
     if precision == "fp16":
         return convert_fp16(src, dst)
     if precision == "int4":
-        return quantize_int4(src, dst)
+        return quantize_int4(src, dst, accuracy_level=int4_accuracy_level)
     if precision == "int8-static":
         if calibration is None:
             raise BuildError(

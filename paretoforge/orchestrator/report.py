@@ -240,8 +240,10 @@ def render_html(run: Run, png: bytes) -> str:
             r[f"{quality} (validation)"] = m.metrics.get(quality)
             r[f"{quality} (test)"] = m.test_metrics.get(quality)
         for k, v in m.relative.items():
-            if k.startswith("speedup_latency_p50"):
+            if k.startswith("speedup_latency_p50"):  # a decoder's: a prefill of one block
                 r[k.replace("speedup_latency_p50_ms@", "speed-up@")] = v
+            elif k.startswith("speedup_decode_ms_per_token"):  # a decoder's generation
+                r[k.replace("speedup_decode_ms_per_token@", "decode speed-up@")] = v
         r["onnx KiB"] = m.metrics.get("onnx_bytes", 0) / 1024
         r["misses"] = "; ".join(f"{k} by {v:.4g}" for k, v in m.misses.items())
         front_rows.append(r)

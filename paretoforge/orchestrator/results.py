@@ -44,7 +44,25 @@ from paretoforge.pipeline.artifacts import files_match
 from paretoforge.spec import Spec
 
 __all__ = ["Checkpoint", "FrontMember", "Run", "export_trial", "load_run", "non_dominated",
-           "open_study", "score_test_split"]
+           "open_study", "score_test_split", "speedup_basis"]
+
+
+def speedup_basis(objectives: list[str]) -> str:
+    """The ``relative_to_base`` key a run's speed-up is quoted by: the first per-token decode
+    objective's (``speedup_decode_ms_per_token@P``: a decoder's generation), else the first
+    latency objective's, else ``cpu-1t``'s p50 (a prefill of one block, for a decoder).
+
+    Example:
+        >>> speedup_basis(["perplexity", "decode_ms_per_token@cpu-1t"])
+        'speedup_decode_ms_per_token@cpu-1t'
+        >>> speedup_basis(["accuracy", "latency_p50_ms@cpu"])
+        'speedup_latency_p50_ms@cpu'
+    """
+    for prefix in ("decode_ms_per_token@", "latency_p50_ms@"):
+        for o in objectives:
+            if o.startswith(prefix):
+                return f"speedup_{o}"
+    return "speedup_latency_p50_ms@cpu-1t"
 
 def non_dominated(points: list[tuple[float, ...]], directions: list[str]) -> list[int]:
     """Indices of the points no other point dominates (duplicates of a point all stay).
@@ -95,6 +113,8 @@ class FrontMember:
     # ``metrics_in_search`` keeps what the search measured. Empty: not re-timed.
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics_in_search: dict[str, float] = field(default_factory=dict)
+    # The relative_to_base key the member's speed-up is quoted by (speedup_basis).
+    speedup_metric: str = "speedup_latency_p50_ms@cpu-1t"
 
     @property
     def quality(self) -> dict[str, float | None]:
@@ -116,7 +136,9 @@ class FrontMember:
                 "prediction_error": self.prediction_error, "artifacts": self.artifacts,
                 "phase": self.phase, "recovery_epochs": self.recovery_epochs,
                 "one_shot": self.one_shot, "latency": self.latency,
-                "metrics_in_search": self.metrics_in_search}
+                "metrics_in_search": self.metrics_in_search,
+                "speedup": {"metric": self.speedup_metric.removeprefix("speedup_"),
+                            "value": self.relative.get(self.speedup_metric)}}
 
 
 class Run:
@@ -312,6 +334,7 @@ class Run:
             recovery_epochs=t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS),
             one_shot=self._one_shot_of(t),
             test_metrics=test_metrics, quality_metric=self.spec.task.quality_metric,
+            speedup_metric=speedup_basis(self.objective_names),
             latency={p: {"rel_p50": r.get("rel_p50"), "rel_low": r.get("rel_low"),
                          "rel_high": r.get("rel_high"), "rounds": r.get("rounds"),
                          "source": "front re-time"}

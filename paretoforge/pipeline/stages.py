@@ -335,13 +335,17 @@ def passes(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, dst: Pat
 
                 calibration = complete_feeds(CacheLayout.from_dict(exported.cache_layout),
                                              calibration)
-        apply_precision(src, dst, cfg.precision, calibration=calibration)
+        apply_precision(src, dst, cfg.precision, calibration=calibration,
+                        int4_accuracy_level=cfg.int4_accuracy_level)
     finally:
         fused.unlink(missing_ok=True)
         for step in steps:
             step.unlink(missing_ok=True)
-    key = (stage_key("passes", exported.key, cfg.fusion, cfg.precision, dict(custom))
-           if custom else stage_key("passes", exported.key, cfg.fusion, cfg.precision))
+    # the int4 accuracy level joins the key only when set, so other keys are as they were
+    precision: Any = (cfg.precision if not cfg.int4_accuracy_level
+                      else [cfg.precision, cfg.int4_accuracy_level])
+    key = (stage_key("passes", exported.key, cfg.fusion, precision, dict(custom))
+           if custom else stage_key("passes", exported.key, cfg.fusion, precision))
     return Graph(path=dst, fusions=fusions, key=key)
 
 
@@ -493,7 +497,10 @@ def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
     that many cached tokens, by the same protocol beside the reference's decode step.
     ``decode_ms_per_token@PROFILE`` is its drift-free median (else the absolute one) and
     ``decode_abs_ms_per_token@PROFILE`` the absolute median; the record is the profile's
-    measurement's ``decode``.
+    measurement's ``decode``. On a CPU profile, a decoder's ``peak_memory_mb@PROFILE`` is the
+    resident memory its session adds at its peak over creation, a prefill of ``decode_past``
+    tokens and 8 decode steps (:func:`~paretoforge.evaluators.memory.session_peak_memory`,
+    in this process, at the profile's threads); the record is the measurement's ``memory``.
     """
     from paretoforge.hw_profiles import get_profile
 
@@ -516,6 +523,18 @@ def measure(onnx_path: Path, profiles: Iterable[str], samples: dict[str, Any],
         ranked = d.get("drift_free_p50_ms")
         out.metrics[f"decode_ms_per_token@{name}"] = d["p50_ms"] if ranked is None else ranked
         out.metrics[f"decode_abs_ms_per_token@{name}"] = d["p50_ms"]
+        profile = get_profile(name)
+        if profile.device == "cpu":
+            import os
+
+            from paretoforge.evaluators.memory import session_peak_memory
+
+            mem = session_peak_memory(onnx_path, prompt_tokens=decode_past,
+                                      intra_op_threads=profile.threads_for(
+                                          len(os.sched_getaffinity(0))),
+                                      provider=profile.provider)
+            m["memory"] = mem
+            out.metrics[f"peak_memory_mb@{name}"] = mem["peak_mb"]
     return out
 
 

@@ -24,7 +24,11 @@ Example:
 
 from __future__ import annotations
 
-from paretoforge.search_spaces._config import _OPTIONAL_DIMENSIONS, CandidateConfig
+from paretoforge.search_spaces._config import (
+    _OPTIONAL_DIMENSIONS,
+    INT4_ACCURACY_LEVELS,
+    CandidateConfig,
+)
 from paretoforge.search_spaces._dimensions import (
     DIMENSIONS,
     STAGES,
@@ -39,6 +43,7 @@ from paretoforge.search_spaces._space import (
     SpacePreset,
 )
 
-__all__ = ["DIMENSIONS", "PER_LAYER_DIMENSIONS", "SPACES", "STAGES", "CandidateConfig",
+__all__ = ["DIMENSIONS", "INT4_ACCURACY_LEVELS", "PER_LAYER_DIMENSIONS", "SPACES", "STAGES",
+           "CandidateConfig",
            "Dimension", "SearchSpace", "SpacePreset", "_OPTIONAL_DIMENSIONS",
            "load_dimension_modules", "register_dimension"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,13 @@ from pydantic import (
 
 from paretoforge.names import Precision
 
-__all__ = ["CandidateConfig", "CustomValue"]
+__all__ = ["INT4_ACCURACY_LEVELS", "CandidateConfig", "CustomValue"]
+
+#: ``MatMulNBits`` ``accuracy_level`` values (ONNX Runtime): the type the product is computed
+#: in after the 4-bit weights are unpacked. 0: unset (the provider's default, fp32 on CPU);
+#: 1: fp32; 2: fp16; 3: bf16; 4: int8 (activations quantized per block: the fast CPU kernel).
+Int4AccuracyLevel = Literal[0, 1, 2, 3, 4]
+INT4_ACCURACY_LEVELS: tuple[int, ...] = get_args(Int4AccuracyLevel)
 
 #: A custom dimension's value: a JSON scalar (hashable, sortable, the same after JSON).
 CustomValue = bool | int | float | str
@@ -64,6 +70,13 @@ class CandidateConfig(BaseModel):
         "(activations calibrated on the training split), fp16 (float16 graph, for GPUs; runs "
         "on CPU too) or int4 (4-bit weight-only MatMulNBits, blocks of 32, fp32 activations)."
     )
+    int4_accuracy_level: Int4AccuracyLevel = Field(
+        default=0,
+        description="int4 only: the MatMulNBits accuracy_level, the type the product is "
+        "computed in (0 unset = fp32 on CPU, 1 fp32, 2 fp16, 3 bf16, 4 int8 with activations "
+        "quantized per block). Optional dimension: absent means 0; a config of another "
+        "precision always holds 0 (the level changes nothing there).",
+    )
     fusion: bool = Field(
         default=False,
         description="Run ONNX Runtime's transformer graph fusions (Attention, "
@@ -76,6 +89,14 @@ class CandidateConfig(BaseModel):
         "not at their default, as a mapping; absent means every custom dimension at its "
         "default (the candidate unchanged by it).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _level_only_for_int4(cls, data: Any) -> Any:
+        # One config (one key) per graph: fp32 at level 4 is fp32 at level 0.
+        if isinstance(data, dict) and data.get("precision") != "int4":
+            data = {k: v for k, v in data.items() if k != "int4_accuracy_level"}
+        return data
 
     @field_validator("heads_kept", "ffn_kept", mode="before")
     @classmethod
@@ -122,8 +143,8 @@ class CandidateConfig(BaseModel):
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of the config; optional dimensions at their default
-        (``fusion`` False, no custom values) are left out, so keys of configs from before them
-        are unchanged."""
+        (``fusion`` False, ``int4_accuracy_level`` 0, no custom values) are left out, so
+        keys of configs from before them are unchanged."""
         data = self.model_dump(mode="json")
         for name in _OPTIONAL_DIMENSIONS:
             if data.get(name) == CandidateConfig.model_fields[name].default:
@@ -159,4 +180,4 @@ class CandidateConfig(BaseModel):
 
 
 #: Dimensions a space may leave out (the config's default then applies to every candidate).
-_OPTIONAL_DIMENSIONS: tuple[str, ...] = ("fusion",)
+_OPTIONAL_DIMENSIONS: tuple[str, ...] = ("fusion", "int4_accuracy_level")

@@ -47,7 +47,8 @@ __all__ = ["DIMENSIONS", "STAGES", "Dimension", "Stage", "load_dimension_modules
 Stage = Literal["derive", "export", "passes"]
 STAGES: tuple[str, ...] = get_args(Stage)
 
-_BUILTIN = ("layers_kept", "heads_kept", "ffn_kept", "precision", "fusion", "custom")
+_BUILTIN = ("layers_kept", "heads_kept", "ffn_kept", "precision", "fusion",
+            "int4_accuracy_level", "custom")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PER_LAYER_PARAM = re.compile(rf"^({'|'.join(_BUILTIN)})_\d+$")
 _UNSET: Any = object()

@@ -8,14 +8,19 @@ from pydantic import BaseModel, ConfigDict
 
 from paretoforge.exceptions import SpecError
 from paretoforge.registry import Registry
-from paretoforge.search_spaces._config import _OPTIONAL_DIMENSIONS, CandidateConfig
+from paretoforge.search_spaces._config import (
+    _OPTIONAL_DIMENSIONS,
+    INT4_ACCURACY_LEVELS,
+    CandidateConfig,
+)
 from paretoforge.search_spaces._dimensions import DIMENSIONS, Dimension
 
 __all__ = ["PER_LAYER_DIMENSIONS", "SPACES", "SearchSpace", "SpacePreset"]
 
 #: Dimensions a space may choose per layer (one Optuna parameter per layer position).
 PER_LAYER_DIMENSIONS: tuple[str, ...] = ("heads_kept", "ffn_kept")
-_CONFIG_DIMENSIONS = ("layers_kept", "heads_kept", "ffn_kept", "precision", "fusion")
+_CONFIG_DIMENSIONS = ("layers_kept", "heads_kept", "ffn_kept", "precision", "fusion",
+                      "int4_accuracy_level")
 # A valid config that a choice is put into, to check it by the config's own field rules.
 _PROBE: dict[str, Any] = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 1.0,
                           "precision": "fp32"}
@@ -90,9 +95,10 @@ class SearchSpace:
 
     Args:
         dimensions: Every dimension of :class:`CandidateConfig` with its choices; the
-            optional ones (``fusion``) may be left out, their default then applies. A custom
-            dimension (:func:`~paretoforge.search_spaces.register_dimension`) is named with
-            a subset of its choices that holds its default.
+            optional ones (``fusion``, ``int4_accuracy_level``) may be left out, their
+            default then applies. A custom dimension
+            (:func:`~paretoforge.search_spaces.register_dimension`) is named with a subset of
+            its choices that holds its default.
         fit_to_model: Dimensions (``layers_kept``, ``heads_kept``) whose choices
             :meth:`check_model` fits to the base model instead of rejecting.
         per_layer: Dimensions (``heads_kept``, ``ffn_kept``) chosen for each kept layer:
@@ -137,6 +143,9 @@ class SearchSpace:
                 raise SpecError(f"space.dimensions.{name}: {list(choices)} repeats a choice")
             if name in custom:
                 _check_custom_choices(DIMENSIONS.get(name), choices)
+                continue
+            if name == "int4_accuracy_level":
+                _check_accuracy_levels(choices, dimensions.get("precision", ()))
                 continue
             for c in choices:  # validate every choice through the config's own field rules
                 try:
@@ -248,6 +257,8 @@ class SearchSpace:
         }
         if "fusion" in self.dimensions:
             base["fusion"] = False
+        if "int4_accuracy_level" in self.dimensions:  # the fp32 base holds 0 whatever is asked
+            base["int4_accuracy_level"] = self.dimensions["int4_accuracy_level"][0]
         for name in self.custom:
             base[name] = DIMENSIONS.get(name).default
         params: dict[str, Any] = {}
@@ -315,6 +326,20 @@ def _check_custom_choices(dim: Dimension, choices: tuple[Any, ...]) -> None:
     if dim.default not in choices:
         raise SpecError(f"space.dimensions.{dim.name}: must include the dimension's default "
                         f"{dim.default!r} (trial 0 is the unchanged base); got {list(choices)}")
+
+
+def _check_accuracy_levels(choices: tuple[Any, ...], precisions: tuple[Any, ...]) -> None:
+    bad = [c for c in choices if isinstance(c, bool) or c not in INT4_ACCURACY_LEVELS]
+    if bad:
+        raise SpecError(
+            f"space.dimensions.int4_accuracy_level: bad choice {bad[0]!r}; MatMulNBits "
+            f"accuracy levels are {list(INT4_ACCURACY_LEVELS)} (0 unset = fp32 on CPU, 1 fp32, "
+            "2 fp16, 3 bf16, 4 int8); use some of those")
+    if len(choices) > 1 and "int4" not in precisions:
+        raise SpecError(
+            f"space.dimensions.int4_accuracy_level: {list(choices)} is searched but "
+            f"space.dimensions.precision {list(precisions)} has no 'int4', where alone the "
+            "level acts; add 'int4' to the precisions or drop int4_accuracy_level")
 
 
 def _required_dimensions() -> list[str]:

@@ -258,7 +258,8 @@ class Spec(_Strict):
         if not task.decoder:
             takes = [t for t in TASKS if TASKS.get(t).decoder]
             raise ValueError(
-                f"{where}: metric {metric!r} is a decoder's per-token decode latency, and task "
+                f"{where}: metric {metric!r} is measured on a KV-cache decoder graph (per-token "
+                f"decode latency, or its session's peak memory), and task "
                 f"{self.task.name!r} exports no KV-cache decoder (tasks that do: "
                 f"{', '.join(takes) or 'none'}); use latency_p50_ms@{profile} instead")
         if profile in PROFILES and PROFILES.get(profile).runtime != "onnxruntime":
@@ -266,6 +267,12 @@ class Spec(_Strict):
                 f"{where}: metric {metric!r}: profile {profile!r} runs "
                 f"{PROFILES.get(profile).runtime}, and a decode step is timed on the KV-cache "
                 "ONNX graph; measure decode_ms_per_token on an onnxruntime profile")
+        if (metric.startswith("peak_memory_mb@") and profile in PROFILES
+                and PROFILES.get(profile).device != "cpu"):
+            raise ValueError(
+                f"{where}: metric {metric!r}: profile {profile!r} runs on "
+                f"{PROFILES.get(profile).device}, and peak memory is the resident memory of a "
+                "CPU session; use peak_memory_mb on a CPU profile (e.g. peak_memory_mb@cpu-1t)")
 
     @model_validator(mode="after")
     def _profiles_run_precisions(self) -> Spec:

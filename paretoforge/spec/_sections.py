@@ -19,8 +19,9 @@ from paretoforge.samplers import SAMPLERS
 SIZE_METRICS = ("onnx_bytes", "params")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms")
 # A decoder's per-token generation latency: one decode step after a past of the task's
-# context (tasks whose Task.decoder is True; onnxruntime profiles).
-DECODE_METRICS = ("decode_ms_per_token",)
+# context, and the peak memory of its session (tasks whose Task.decoder is True; onnxruntime
+# profiles; peak memory on CPU profiles).
+DECODE_METRICS = ("decode_ms_per_token", "peak_memory_mb")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -141,3 +141,36 @@ def test_decode_step_feeds_and_complete_feeds_agree(graphs) -> None:
     fixed = decode_step_feeds(layout, PAST)
     done = complete_feeds(layout, {k: fixed[k] for k in ("input_ids", "attention_mask")})
     assert {k: v.shape for k, v in done.items()} == {k: v.shape for k, v in fixed.items()}
+
+
+def test_peak_memory_is_recorded_and_grows_with_the_model(graphs, tmp_path: Path) -> None:
+    import transformers
+
+    from paretoforge.evaluators.memory import session_peak_memory
+    from paretoforge.pipeline.stages import measure
+
+    small, _, _ = graphs["pruned"]
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(  # ~4.3M parameters: 17 MB of fp32 weights
+        hidden_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=640, vocab_size=2000, max_position_embeddings=128,
+        tie_word_embeddings=False)
+    big_model = transformers.LlamaForCausalLM(config).eval()
+    weight_mb = sum(p.numel() for p in big_model.parameters()) * 4 / 2**20
+    big = tmp_path / "big.onnx"
+    export_decoder_onnx(big_model, big)
+
+    def timing(path, profile, samples, *, precision, decode_past=None):  # timing is not
+        return {"p50_ms": 1.0, "p90_ms": 1.0, "mean_ms": 1.0}  # what this test is about
+
+    measured = {}
+    for name, path in (("small", small), ("big", big)):
+        out = measure(path, ["cpu-1t"], {}, timing, decode_past=PAST)
+        mem = out.measurements["cpu-1t"]["memory"]
+        assert out.metrics["peak_memory_mb@cpu-1t"] == mem["peak_mb"]
+        assert mem["prompt_tokens"] == PAST and "VmHWM" in mem["method"]
+        assert mem["peak_mb"] >= mem["session_mb"] >= 0
+        measured[name] = mem["peak_mb"]
+    # the session holds the weights at least once: the big model's peak is over them
+    assert measured["big"] > measured["small"] + 0.8 * weight_mb
+    assert session_peak_memory(big, prompt_tokens=4, decode_tokens=0)["peak_mb"] > weight_mb / 2

@@ -181,6 +181,34 @@ def test_pruned_decoder_quantizes_and_decodes(name: str, precision: str, op: str
     assert corr > 0.9
 
 
+def test_int4_accuracy_levels_are_in_the_graph_and_both_run(exported, tmp_path: Path) -> None:
+    from paretoforge.kernels import graph_summary
+
+    small, path, layout = exported["llama-gqa4"]
+    prompt = _prompt(small.config.vocab_size)
+    runs = {}
+    for level in (0, 4):
+        dst = apply_precision(path, tmp_path / f"int4.acc{level}.onnx", "int4",
+                              int4_accuracy_level=level)
+        nodes = [n for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits"]
+        assert nodes
+        levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+                  for n in nodes}
+        assert levels == {level}  # every quantized matmul carries the level asked for
+        assert graph_summary(dst)["matmulnbits_accuracy_levels"] == {str(level): len(nodes)}
+        session = _session(dst)
+        assert CacheLayout.from_session(session) == layout
+        logits, ids = _run_cached(session, prompt, DECODE_STEPS)
+        assert all(np.isfinite(x).all() for x in logits)
+        want = _torch_logits(small, ids)[:, -1]
+        assert np.corrcoef(logits[-1][:, 0].ravel(), want.ravel())[0, 1] > 0.9
+        runs[level] = logits[0]
+    # level 4 quantizes the activations to int8 as well: a different product, not a relabel
+    assert not np.array_equal(runs[0], runs[4])
+    with pytest.raises(Exception, match="accuracy_level 7"):
+        apply_precision(path, tmp_path / "bad.onnx", "int4", int4_accuracy_level=7)
+
+
 def test_pruned_member_greedy_decodes_the_same_32_tokens_as_pytorch(exported) -> None:
     small, path, _ = exported["llama-gqa4"]
     prompt = [5, 17, 42, 8, 61]

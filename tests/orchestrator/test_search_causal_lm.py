@@ -68,6 +68,8 @@ def test_causal_lm_search_of_a_tiny_llama(ray_cluster, tmp_path) -> None:
         decode = manifest["measurements"]["cpu-1t"]["decode"]
         assert decode["env"]["inputs"]["past"] == 16 and decode["rel_p50"] > 0
         assert decode["drift_free_p50_ms"] == metrics["decode_ms_per_token@cpu-1t"]
+        memory = manifest["measurements"]["cpu-1t"]["memory"]  # the session's peak memory
+        assert metrics["peak_memory_mb@cpu-1t"] == memory["peak_mb"] > 0
         layers = t.params["layers_kept"]
         assert manifest["cache_layout"]["kv_heads"] == [t.params["heads_kept"]] * layers
         assert [i["name"] for i in manifest["inputs"]] == manifest["cache_layout"]["inputs"]
@@ -92,6 +94,7 @@ def test_causal_lm_search_of_a_tiny_llama(ray_cluster, tmp_path) -> None:
     # onnxruntime alone the 32 tokens its PyTorch model picks greedily
     front = load_run(tmp_path / "run").front()
     member = next((m for m in front if m.trial != 0), front[0])
+    assert member.to_json()["speedup"]["metric"] == "decode_ms_per_token@cpu-1t"
     out = export_trial(load_run(tmp_path / "run"), member.trial, tmp_path / "exported")
     prompt = [int(i) for i in run_prompt(out)]
     onnx_tokens = greedy_decode(out / "model.onnx", prompt, 32,

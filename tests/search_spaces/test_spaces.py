@@ -118,3 +118,29 @@ def test_fusion_is_an_optional_dimension() -> None:
     assert declared.size() == 2
     with pytest.raises(SpecError, match="must include the base model's value False"):
         SearchSpace.from_preset("vit-prune", {"fusion": [True]}).check_model(4, 4)
+
+
+def test_int4_accuracy_level_is_a_searchable_dimension() -> None:
+    from paretoforge.exceptions import SpecError
+
+    dims = {"layers_kept": [1, 2], "heads_kept": [2], "ffn_kept": [1.0],
+            "precision": ["fp32", "int4"], "int4_accuracy_level": [4, 0]}
+    space = SearchSpace.from_preset(None, dims)
+    assert space.param_choices()["int4_accuracy_level"] == (0, 4)
+    assert space.size() == 2 * 2 * 2
+    base = space.base_params(2, 2)
+    assert space.config_from_params(base).key == CandidateConfig(
+        layers_kept=2, heads_kept=2, ffn_kept=1.0, precision="fp32").key  # old keys kept
+    a = space.config_from_params({**base, "precision": "int4", "int4_accuracy_level": 4})
+    b = space.config_from_params({**base, "precision": "int4", "int4_accuracy_level": 0})
+    assert a.int4_accuracy_level == 4 and a.key != b.key
+    # a level changes nothing outside int4: one config, one key, one build
+    c = space.config_from_params({**base, "int4_accuracy_level": 4})
+    assert c.int4_accuracy_level == 0 and c.key == space.config_from_params(base).key
+    with pytest.raises(SpecError, match=r"int4_accuracy_level: bad choice 5.*0, 1, 2, 3, 4"):
+        SearchSpace.from_preset(None, {**dims, "int4_accuracy_level": [0, 5]})
+    with pytest.raises(SpecError, match="has no 'int4'"):
+        SearchSpace.from_preset(None, {**dims, "precision": ["fp32", "int8"]})
+    # a preset takes it as an override
+    assert SearchSpace.from_preset("decoder-prune", {"precision": ["fp32", "int4"],
+                                                     "int4_accuracy_level": [0, 4]}).size()

@@ -25,7 +25,7 @@ def _decoder_spec(tmp_path: Path, metric: str, **top) -> dict:
 
 
 def test_decode_ms_per_token_is_a_decoder_objective(tmp_path) -> None:
-    assert DECODE_METRICS == ("decode_ms_per_token",)
+    assert DECODE_METRICS == ("decode_ms_per_token", "peak_memory_mb")
     assert parse_metric("decode_ms_per_token@cpu-1t") == ("decode_ms_per_token", "cpu-1t")
     spec = Spec.from_dict(_decoder_spec(tmp_path, "decode_ms_per_token@cpu-1t"))
     assert spec.objectives[1].metric == "decode_ms_per_token@cpu-1t"
@@ -56,4 +56,21 @@ def test_a_decode_metric_needs_an_onnxruntime_profile(tmp_path) -> None:
                                  "runtime": "torch-eager", "precisions": ["fp32", "int8"]}],
                       profiles=["cpu-torch-dec"])
     with pytest.raises(SpecError, match="runs torch-eager.*onnxruntime profile"):
+        Spec.from_dict(d)
+
+
+def test_peak_memory_is_a_decoder_objective_on_cpu_profiles(tmp_path) -> None:
+    assert parse_metric("peak_memory_mb@cpu-1t") == ("peak_memory_mb", "cpu-1t")
+    spec = Spec.from_dict(_decoder_spec(tmp_path, "peak_memory_mb@cpu-1t"))
+    assert spec.objectives[1].metric == "peak_memory_mb@cpu-1t"
+    with pytest.raises(SpecError, match="exports no KV-cache decoder"):
+        Spec.from_dict(tiny_spec_dict(objectives=[
+            {"metric": "accuracy", "direction": "maximize"},
+            {"metric": "peak_memory_mb@cpu-1t", "direction": "minimize"}]))
+    d = _decoder_spec(tmp_path, "peak_memory_mb@gpu-dec",
+                      hardware=[{"name": "gpu-dec", "device": "cuda",
+                                 "provider": "CUDAExecutionProvider",
+                                 "precisions": ["fp32", "int8"]}],
+                      profiles=["gpu-dec"])
+    with pytest.raises(SpecError, match="runs on cuda.*peak_memory_mb@cpu-1t"):
         Spec.from_dict(d)
