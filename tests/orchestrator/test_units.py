@@ -114,6 +114,9 @@ def test_every_sampler_proposes_valid_configs(sampler: str, make_spec) -> None:
             if k == "fusion" and k not in space.dimensions:  # an optional dimension, off here
                 assert v is False
                 continue
+            if k == "int4_accuracy_level" and k not in space.dimensions:  # optional, unset
+                assert v == 0
+                continue
             assert v in space.dimensions[k]
         m = fake_metrics(cfg, ["cpu-1t"])
         for j, c in enumerate(constraint_values(spec, m)):
