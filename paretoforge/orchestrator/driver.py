@@ -371,6 +371,9 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                 try:
                     retime_front(run, slot.handle, rounds=spec.search.retime_rounds,
                                  study=study, store=store, log=log, seed=spec.search.seed)
+                except Exception as e:  # the search's own figures stand; say why, go on
+                    log(f"front re-time failed ({type(e).__name__}: {str(e).splitlines()[0]}"
+                        f"); the front keeps the search's latencies")
                 finally:
                     pool.release(slot.index)
         score_test_split(run, prepared, study=study, log=log)  # once, after every decision
