@@ -262,7 +262,8 @@ class Run:
         base = self.base_trial()
         errors = self.predictor_errors()
         scored = self.test_metrics()
-        members = [self._member(pool[i], base, errors, scored) for i in idx]
+        retimed = self.retimed()
+        members = [self._member(pool[i], base, errors, scored, retimed) for i in idx]
         first = self.objective_names[0]
         return sorted(members, key=lambda m: m.objectives[first])
 
@@ -295,9 +296,10 @@ class Run:
 
     def _member(self, t: Any, base: Any | None,
                 errors: dict[str, dict[str, Any]] | None = None,
-                scored: dict[int, dict[str, float]] | None = None) -> FrontMember:
+                scored: dict[int, dict[str, float]] | None = None,
+                retimed: dict[str, dict[str, Any]] | None = None) -> FrontMember:
         searched = dict(t.user_attrs.get(TrialAttr.METRICS, {}))
-        retimed = self.retimed()
+        retimed = self.retimed() if retimed is None else retimed
         metrics = retimed_metrics(searched, retimed.get(str(t.number)))
         scored = self.test_metrics() if scored is None else scored
         test_metrics = self._test_metrics_of(t, scored)

@@ -89,8 +89,9 @@ def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None
     for v in got.values():
         for rec in v.values():
             rec["measured_at"] = done_at  # what a later re-measurement's age counts from
+    manifests = {t.number: read_manifest(run.artifact_dir(t)) for t in trials}
     for t in trials:  # the interval: every round this graph was timed in the run
-        manifest = read_manifest(run.artifact_dir(t))
+        manifest = manifests[t.number]
         for p, rec in got.get(str(t.number), {}).items():
             if rec.get("rel_rounds") is None:
                 continue
@@ -108,10 +109,10 @@ def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None
     old.update(got)
     study.set_user_attr(StudyAttr.RETIMED, old)
     for t in trials:
-        directory = run.artifact_dir(t)
-        manifest = read_manifest(directory)
+        manifest = manifests[t.number]
         if manifest is None or str(t.number) not in got:
             continue
+        directory = run.artifact_dir(t)
         meas = {p: dict(v) for p, v in manifest.measurements.items()}
         for p, rec in got[str(t.number)].items():
             if p in meas:

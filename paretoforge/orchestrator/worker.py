@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import tempfile
 import traceback
 from pathlib import Path
@@ -233,12 +234,13 @@ class Worker:
                     "round_p50_ms": [float(r["p50_ms"]) for r in recs],
                     "ref_round_p50_ms": [float(r["ref_p50_ms"]) for r in recs
                                          if r.get("ref_p50_ms") is not None],
-                    "p50_ms": float(_median([float(r["p50_ms"]) for r in recs])),
+                    "p50_ms": float(statistics.median([float(r["p50_ms"]) for r in recs])),
                     "env": recs[0].get("env", {}),
                 }
                 if rel:
-                    rec.update(rel_rounds=rel, rel_p50=float(_median(rel)), rel_low=min(rel),
-                               rel_high=max(rel), base_p50_ms=recs[0].get("base_p50_ms"))
+                    rec.update(rel_rounds=rel, rel_p50=float(statistics.median(rel)),
+                               rel_low=min(rel), rel_high=max(rel),
+                               base_p50_ms=recs[0].get("base_p50_ms"))
                     if rec["base_p50_ms"] is not None:
                         rec["drift_free_p50_ms"] = rec["rel_p50"] * float(rec["base_p50_ms"])
                 out[t][name] = rec
@@ -421,12 +423,6 @@ class Worker:
             "bench for it; it is not measured elsewhere (the driver starts a bench on every "
             "node that carries the resource)"
         )
-
-
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    n = len(ys)
-    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
 
 
 def _run_base_latency(path: Path, measured_ms: float, extra: dict[str, Any]) -> float:
