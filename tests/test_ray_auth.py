@@ -66,13 +66,15 @@ SEARCH_WATCHING_SOCKETS = textwrap.dedent("""
     from paretoforge.orchestrator.progress import Progress
     from paretoforge.testing import FakeWorker, tiny_spec
 
-    seen, stop = set(), threading.Event()
+    seen, nice, stop = set(), {}, threading.Event()
 
     def watch():  # every Ray process this driver started, all through the search
         me = psutil.Process()
         while not stop.is_set():
             for p in me.children(recursive=True):
                 try:
+                    if p.name().startswith("ray::"):
+                        nice[p.name()] = max(nice.get(p.name(), -99), p.nice())
                     for c in p.net_connections(kind="inet"):
                         if c.status == psutil.CONN_LISTEN:
                             seen.add((p.name(), c.laddr.ip, c.laddr.port))
@@ -87,12 +89,13 @@ SEARCH_WATCHING_SOCKETS = textwrap.dedent("""
                          progress=Progress(4, live=False, quiet=True))
     stop.set()
     t.join()
-    print(json.dumps({"completed": summary.completed, "listening": sorted(seen)}))
+    print(json.dumps({"completed": summary.completed, "listening": sorted(seen),
+                      "worker_nice": nice, "driver_nice": psutil.Process().nice()}))
 """)
 
 
-def test_the_local_cluster_of_a_search_listens_on_loopback_only(ray_tmp: Path,
-                                                                tmp_path: Path) -> None:
+def test_the_local_cluster_of_a_search_listens_on_loopback_only_at_the_drivers_priority(
+        ray_tmp: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", SEARCH_WATCHING_SOCKETS, str(tmp_path / "run")],
                          env=_env(ray_tmp), capture_output=True, text=True, timeout=600,
                          cwd=ROOT)
@@ -105,6 +108,10 @@ def test_the_local_cluster_of_a_search_listens_on_loopback_only(ray_tmp: Path,
     assert any(n.startswith("ray::") for n in names), listening  # and its workers
     exposed = [x for x in listening if not _loopback(x[1])]
     assert exposed == [], f"Ray processes listening beyond loopback: {exposed}"
+    # Ray's default would start the workers at niceness 15, where a normal-priority job on the
+    # same machine starves the search (issue 13: the quickstart under a CPU hog).
+    assert result["worker_nice"], result
+    assert set(result["worker_nice"].values()) == {result["driver_nice"]}, result
 
 
 def test_doctor_without_address_ignores_a_stale_current_cluster(ray_tmp: Path) -> None:
