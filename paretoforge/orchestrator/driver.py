@@ -361,6 +361,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                         c).is_unpruned(*base_shape))
             stats.wall_s = loop.stats.wall_s
         run = load_run(run_dir)
+        _fetch_front(run, store)  # a resumed remote run's working copy may lack them
         if spec.search.retime_rounds and stats.stop_reason != StopReason.MAX_FAILURES:
             from paretoforge.orchestrator.retime import retime_front
 
@@ -401,6 +402,17 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                 ray.kill(g, no_restart=True)
         if started:
             ray.shutdown()
+
+
+def _fetch_front(run: Any, store: RunStore) -> None:
+    """Bring the front's members and the base into the working copy of a remote run, for the
+    re-time and the test split: a driver resumed on another machine has only what it built."""
+    if not store.remote:
+        return
+    trials = [run.trial(m.trial) for m in run.front()]
+    base = run.base_trial()
+    for t in trials + ([base] if base is not None else []):
+        store.fetch_artifact(run.artifact_dir(t).name)
 
 
 def _fetching_verify(store: RunStore) -> Callable[..., Any]:

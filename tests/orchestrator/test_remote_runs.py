@@ -148,6 +148,8 @@ def test_a_run_on_s3_survives_a_driver_sigkill_and_pulls_back(s3, tmp_path) -> N
     assert [m.trial for m in here.front()] == [m["trial"] for m in front]
     for m in here.front():
         assert here.checkpoint(m.trial).verify()
+    # The resumed driver fetched the front it had not built and re-timed it with the base.
+    assert all(m.latency for m in here.front()), [m.trial for m in here.front()]
 
 
 def _ray_start(args: list[str], env: dict[str, str], prefix: list[str] | None = None
