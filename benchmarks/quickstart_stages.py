@@ -100,7 +100,8 @@ def main() -> int:
         return 2
     costs = stage_costs(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    per_profile = {p: v.get("total_s") for p, v in costs["measure_median_s"].get("all", {}).items()}
+    overall = costs["measure_median_s"].get("all", {})
+    per_profile = {p: v.get("total_s") for p, v in overall.items()}
     result = {
         "command": f"python benchmarks/quickstart_stages.py --run {run_dir}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
