@@ -2,7 +2,9 @@
 non-dominated sorting (MO-ASHA, Schmucker et al. 2021).
 
 The one-shot phase scores every sub-network as cut from the supernet, without recovery. Its
-best candidates -- the front first, then the next fronts, ties broken by crowding distance --
+best candidates -- the front first, then the next fronts, ties broken by crowding distance,
+ranked beside the unpruned model at each precision (final as built, so a candidate it
+dominates comes after it) --
 are then distilled from the unpruned base, starting from their supernet weights, for the first
 rung's epochs; the best ``1/eta`` of each rung (ranked the same way on their recovered values)
 go on to the next rung's larger budget. Optuna's multi-objective studies have no pruners, so the
@@ -84,16 +86,21 @@ def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
     return dist
 
 
-def select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int) -> list[int]:
+def select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int, *,
+           beside: Sequence[Sequence[float]] = ()) -> list[int]:
     """Indices of the ``k`` best points: by non-dominated rank, then by crowding distance
-    within a rank (largest first), then by index; returned in ascending index order."""
+    within a rank (largest first), then by index; returned in ascending index order.
+
+    ``beside`` are points that take part in the ranking and are never chosen (e.g. the
+    unpruned model at each precision: a candidate they dominate is ranked behind them)."""
     if k <= 0 or not points:
         return []
-    ranks = nondominated_ranks(points, directions)
-    crowd = [0.0] * len(points)
+    every = [*points, *beside]
+    ranks = nondominated_ranks(every, directions)
+    crowd = [0.0] * len(every)
     for r in set(ranks):
         members = [i for i, x in enumerate(ranks) if x == r]
-        for i, d in zip(members, crowding_distance([points[i] for i in members]), strict=True):
+        for i, d in zip(members, crowding_distance([every[i] for i in members]), strict=True):
             crowd[i] = d
     order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
     return sorted(order[:k])
@@ -123,7 +130,8 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     """The fixed trials ``(params, user_attrs)`` of finishing rung ``rung`` still to run.
 
     Rung 0 takes the best ``one_shot.finish_candidates`` pruned one-shot trials (feasible ones
-    first: a rung ranks the feasible, then the infeasible if too few); rung ``r`` the best of
+    first: a rung ranks the feasible, then the infeasible if too few), ranked beside the
+    unpruned model's trials (at every precision), which are never chosen; rung ``r`` the best of
     rung ``r - 1``'s results, ``ceil(n / eta)`` of them. Candidates whose trial at this rung
     is complete already (a resumed driver) are left out: nothing runs twice.
     """
@@ -148,7 +156,13 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
         size = rung_sizes(o.finish_candidates, rung + 1, o.eta)[rung]
     feasible = [t for t in pool if _feasible(t)]
     ranked = feasible if len(feasible) >= size else pool
-    chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size)]
+    # The unpruned model at each precision is final as built: a candidate it dominates is
+    # ranked behind it (the MiniLM run finished three fp32 sub-networks slower than the
+    # unpruned int8 model, 563 s of its 1,505 s).
+    unpruned = [tuple(t.values) for t in done if t.user_attrs.get(TrialAttr.PHASE) != Phase.FINISH
+                and is_unpruned(t.user_attrs.get(TrialAttr.CONFIG, {})) and _feasible(t)]
+    chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size,
+                                        beside=unpruned)]
     epochs = o.finish_epochs[rung]
     have = {t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL) for t in done
             if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH

@@ -103,3 +103,19 @@ def test_plan_rung_selects_and_never_repeats() -> None:
     rung1 = plan_rung(trials, spec, 1, is_unpruned=unpruned)
     assert len(rung1) == 1 and rung1[0][1][TrialAttr.RECOVERY_EPOCHS] == 3
     assert rung1[0][1][TrialAttr.ONE_SHOT_TRIAL] in origins
+
+
+def test_a_candidate_the_unpruned_model_dominates_is_finished_last() -> None:
+    # MiniLM: three fp32 sub-networks slower than the unpruned int8 model were finished, and
+    # none of them could reach the front (the unpruned int8 model is final as built).
+    spec = tiny_spec(one_shot={"finish_candidates": 2, "finish_epochs": [1], "eta": 2})
+    base_fp32 = _one_shot(0, 1.0, 34.0, layers=2)
+    base_int8 = _one_shot(1, 0.99, 15.0, layers=2)
+    slow = [_one_shot(2, 0.95, 33.0), _one_shot(3, 0.94, 32.0)]  # dominated by base_int8
+    fast = [_one_shot(4, 0.80, 4.0), _one_shot(5, 0.90, 10.0)]  # not dominated
+    unpruned = lambda c: c.get("layers_kept") == 2  # noqa: E731
+    jobs = plan_rung([base_fp32, base_int8, *slow, *fast], spec, 0, is_unpruned=unpruned)
+    assert sorted(a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs) == [4, 5]
+    # without the unpruned trials beside them, the slow ones are on the pruned trials' front
+    jobs = plan_rung([*slow, *fast], spec, 0, is_unpruned=unpruned)
+    assert 2 in {a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs}
