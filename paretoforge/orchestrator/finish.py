@@ -158,7 +158,7 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     ranked = feasible if len(feasible) >= size else pool
     # The unpruned model at each precision is final as built: a candidate it dominates is
     # ranked behind it (the MiniLM run finished three fp32 sub-networks slower than the
-    # unpruned int8 model, 563 s of its 1,505 s).
+    # unpruned int8 model: 563 s of worker time).
     unpruned = [tuple(t.values) for t in done if t.user_attrs.get(TrialAttr.PHASE) != Phase.FINISH
                 and is_unpruned(t.user_attrs.get(TrialAttr.CONFIG, {})) and _feasible(t)]
     chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size,
