@@ -43,3 +43,16 @@ def write_result(path: Path, data: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, data)
+
+
+def finished_run(arg: str) -> Path | None:
+    """``--run ARG`` as a run directory, or None after one line on stderr when it holds no
+    finished run (no ``run.json``)."""
+    import sys
+
+    run_dir = Path(arg)
+    if not (run_dir / "run.json").is_file():
+        print(f"--run {run_dir}: no run.json there; give a finished run directory",
+              file=sys.stderr)
+        return None
+    return run_dir

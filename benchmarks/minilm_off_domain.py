@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, write_result  # noqa: E402
+from _common import finished_run, machine, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -104,10 +104,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/minilm_off_domain.json"))
     ap.add_argument("--max-sentences", type=int, default=300)
     args = ap.parse_args()
-    run_dir = Path(args.run)
-    if not (run_dir / "run.json").is_file():
-        print(f"--run {run_dir}: no run.json there; give a finished run directory",
-              file=sys.stderr)
+    run_dir = finished_run(args.run)
+    if run_dir is None:
         return 2
 
     import numpy as np
@@ -143,7 +141,7 @@ def main() -> int:
             "trial": m.trial, "config": m.config, "test_cosine": m.quality["test"],
             "validation_cosine": m.quality["validation"],
             "speedup": m.relative.get(m.speedup_metric),
-            "distilled": m.phase is not None and m.recovery_epochs is not None,
+            "distilled": m.recovery_epochs is not None,
         }
         for name, f in feeds.items():
             cos = mean_cosine(_embed(onnx, f), reference[name])

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, write_result  # noqa: E402
+from _common import finished_run, machine, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,19 +93,16 @@ def main() -> int:
     ap.add_argument("--run", required=True, help="a finished quickstart run directory")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quickstart_stages.json"))
     args = ap.parse_args()
-    run_dir = Path(args.run)
-    if not (run_dir / "run.json").is_file():
-        print(f"--run {run_dir}: no run.json there; give a finished run directory",
-              file=sys.stderr)
+    run_dir = finished_run(args.run)
+    if run_dir is None:
         return 2
     costs = stage_costs(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
     overall = costs["measure_median_s"].get("all", {})
     per_profile = {p: v.get("total_s") for p, v in overall.items()}
     result = {
         "command": f"python benchmarks/quickstart_stages.py --run {run_dir}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "run": str(run_dir), "run_started": info.get("started"),
+        "run": str(run_dir),
         **costs,
         "measure_per_profile_per_trial_median_s": per_profile,
         "target_s": 1.0,
