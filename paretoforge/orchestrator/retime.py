@@ -90,20 +90,22 @@ def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None
         for rec in v.values():
             rec["measured_at"] = done_at  # what a later re-measurement's age counts from
     manifests = {t.number: read_manifest(run.artifact_dir(t)) for t in trials}
-    for t in trials:  # the interval: every round this graph was timed in the run
+    for t in trials:  # the interval, part 1: every round this graph was timed in the run
         manifest = manifests[t.number]
         for p, rec in got.get(str(t.number), {}).items():
             if rec.get("rel_rounds") is None:
                 continue
-            searched = list(((manifest.measurements.get(p) or {}).get("rel_rounds") or [])
-                            if manifest is not None else [])
+            meas = (manifest.measurements.get(p) or {}) if manifest is not None else {}
+            searched = list(meas.get("rel_rounds") or [])
             rec["retime_rel_low"], rec["retime_rel_high"] = rec["rel_low"], rec["rel_high"]
             rec["search_rel_rounds"] = searched
+            rec["search_ref_round_p50_ms"] = list(meas.get("ref_round_p50_ms") or [])
             rec["rel_low"] = min([rec["rel_low"], *searched])
             rec["rel_high"] = max([rec["rel_high"], *searched])
             rec["interval"] = (f"range of every round this graph was timed in against the base:"
                                f" {len(searched)} at its build, {rec['rounds']} at the front's "
                                "re-time")
+    _widen_by_machine_state(run, got)  # part 2: the machine states the whole run saw
     study = study if study is not None else run.study
     old = dict(study.user_attrs.get(StudyAttr.RETIMED) or {})
     old.update(got)
@@ -186,6 +188,87 @@ def retimed_metrics(metrics: dict[str, float], retimed: dict[str, dict[str, Any]
         if key in out:
             out[key] = float(rec["p50_ms"] if ranked is None else ranked)
         out[f"latency_p50_abs_ms@{p}"] = float(rec["p50_ms"])
+    return out
+
+
+def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Widen each member's interval to the machine states the whole run saw.
+
+    A small model's ratio to its base is not free of the machine's state: when the machine is
+    slow (the base's own round median high) the fixed per-call cost weighs more, and a
+    0.05 ms member's ratio rises by ~10% while the base's latency rises by ~50%
+    (benchmarks/measurement_fidelity.py, ``rho_ratio_vs_base_speed``). A re-measurement an
+    hour later may find the machine in a state none of the member's own rounds saw, so its
+    rounds' range alone under-covers it. The model, fitted on the front's own rounds (search
+    and re-time, each a pair: the base's round median ``b`` and the member's ratio ``r``)::
+
+        log r = a_member + gamma * (1 - r_member) * log b
+
+    one ``gamma`` for every member (how much of a member's latency is the fixed cost scales
+    with how much smaller than the base it is: the base itself has ``r = 1`` and no slope).
+    The states: the base's round medians of every measured trial of the run, 1st to 99th
+    percentile. Each member's interval becomes the hull of its rounds and the model's ratio at
+    both ends of that range. ``gamma`` and the range go into the record
+    (``state_gamma``, ``state_ref_range_ms``).
+    """
+    import numpy as np
+
+    for p in {p for by in got.values() for p in by}:
+        rows = []  # (trial, mean log b, mean log r, r, [(log b, log r)])
+        for t, by in got.items():
+            rec = by.get(p)
+            if not rec or rec.get("rel_rounds") is None:
+                continue
+            pairs = [(b, r) for b, r in zip(rec.get("search_ref_round_p50_ms") or [],
+                                            rec.get("search_rel_rounds") or [], strict=False)]
+            pairs += list(zip(rec.get("ref_round_p50_ms") or [], rec["rel_rounds"],
+                              strict=False))
+            pairs = [(float(np.log(b)), float(np.log(r))) for b, r in pairs if b > 0 and r > 0]
+            if len(pairs) < 2:
+                continue
+            lb, lr = np.asarray(pairs).T
+            rows.append((t, float(lb.mean()), float(lr.mean()), float(rec["rel_p50"]), lb, lr))
+        states = _run_reference_rounds(run, p)
+        if not rows or len(states) < 2:
+            continue
+        num = den = 0.0
+        for _, mb, mr, r, lb, lr in rows:
+            x = (1.0 - r) * (lb - mb)
+            num += float((x * (lr - mr)).sum())
+            den += float((x * x).sum())
+        if den <= 0.0:
+            continue
+        gamma = num / den
+        lo, hi = (float(v) for v in np.percentile(states, [1, 99]))
+        for t, mb, mr, r, _, _ in rows:
+            rec = got[t][p]
+            ends = [float(np.exp(mr + gamma * (1.0 - r) * (np.log(b) - mb))) for b in (lo, hi)]
+            rec["state_gamma"] = round(gamma, 4)
+            rec["state_ref_range_ms"] = [lo, hi]
+            rec["state_rel_range"] = sorted(ends)
+            rec["rel_low"] = min(rec["rel_low"], *ends)
+            rec["rel_high"] = max(rec["rel_high"], *ends)
+            rec["interval"] += (f", widened to the base's round medians the run saw "
+                                f"({lo:.4g}-{hi:.4g} ms) by the front's ratio-vs-state slope "
+                                f"(gamma {gamma:.3f})")
+
+
+def _run_reference_rounds(run: Any, profile: str) -> list[float]:
+    """The base's round medians on ``profile`` in every measured trial's local manifest: the
+    machine states the run was measured in."""
+    import json
+
+    out: list[float] = []
+    for t in run.trials():
+        rel = t.user_attrs.get(TrialAttr.ARTIFACT_DIR)
+        path = run.dir / rel / "manifest.json" if rel else None
+        if path is None or not path.is_file():  # a remote run's unfetched artifact: skip
+            continue
+        try:
+            meas = (json.loads(path.read_text()).get("measurements") or {}).get(profile) or {}
+        except (OSError, ValueError):
+            continue
+        out.extend(float(v) for v in meas.get("ref_round_p50_ms") or [] if v and v > 0)
     return out
 
 
