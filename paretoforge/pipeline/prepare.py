@@ -159,11 +159,14 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     t0 = time.perf_counter()
     # Train with no more threads than idle cores: torch's intra-op threads spin at their
     # barriers, and on busy cores that turned a 23 s training into 470 s here.
-    torch.set_num_threads(idle_cores())
+    threads = idle_cores()
+    torch.set_num_threads(threads)
     model, info = get_base_model(recipe, task, cache_dir() / "base")
     timings["base_s"] = time.perf_counter() - t0
+    timings["base_threads"] = threads
     log(f"base model: validation {task.metric} {info['heldout_accuracy']:.4f} "
-        f"({'cached' if info.get('cached') else 'trained'} in {timings['base_s']:.1f}s)")
+        f"({'cached' if info.get('cached') else f'trained on {threads} thread(s)'} in "
+        f"{timings['base_s']:.1f}s)")
 
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -48,8 +49,12 @@ def local_ray(num_cpus: int = 2, *, object_store_mb: int = 128,
     """
     import ray
 
+    from paretoforge._ray_auth import LOCAL_ENV
+
     started = not ray.is_initialized()
     if started:
+        for name, value in LOCAL_ENV.items():
+            os.environ.setdefault(name, value)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  object_store_memory=object_store_mb * _MiB,
                  logging_level=logging.DEBUG if debug else logging.WARNING,
