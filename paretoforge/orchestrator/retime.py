@@ -14,7 +14,8 @@ rounds (``rel_p50``: all members timed side by side, so the ranking is of one mo
 the interval ``[rel_low, rel_high]``: the range of every round the graph was timed in against
 the base, at its build and at the re-time -- two moments minutes apart, because a small
 model's ratio to its base itself moves with the machine's state (benchmarks/
-measurement_fidelity.py: the same front re-measured minutes apart moved by up to 16%). The
+measurement_fidelity.py: the same front re-measured minutes apart moved by up to 16%) --
+widened to the machine states the whole run saw (:func:`_widen_by_machine_state`). The
 front (``front``, ``front --json``, ``report``, exports) quotes these; the search's own figures
 stay in the study and in ``metrics_in_search``. No search decision uses them: the front's
 membership was decided before, on the search's values.
@@ -194,27 +195,31 @@ def retimed_metrics(metrics: dict[str, float], retimed: dict[str, dict[str, Any]
 def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Widen each member's interval to the machine states the whole run saw.
 
-    A small model's ratio to its base is not free of the machine's state: when the machine is
-    slow (the base's own round median high) the fixed per-call cost weighs more, and a
-    0.05 ms member's ratio rises by ~10% while the base's latency rises by ~50%
-    (benchmarks/measurement_fidelity.py, ``rho_ratio_vs_base_speed``). A re-measurement an
-    hour later may find the machine in a state none of the member's own rounds saw, so its
-    rounds' range alone under-covers it. The model, fitted on the front's own rounds (search
-    and re-time, each a pair: the base's round median ``b`` and the member's ratio ``r``)::
+    A small model's ratio to its base is not free of the machine's state: when the base's own
+    round median ``b`` moves, a sub-millisecond member's ratio moves with it (on an AVX-512
+    machine a 0.05 ms member's ratio rose ~10% while the base slowed ~50%:
+    benchmarks/measurement_fidelity.py, ``rho_ratio_vs_base_speed``). A re-measurement an hour
+    later may find the machine in a state none of the member's own rounds saw, so their range
+    alone under-covers it. The model, fitted on the front's own rounds (at its build and at
+    the re-time, each a pair ``(b, r)``)::
 
         log r = a_member + gamma * (1 - r_member) * log b
 
-    one ``gamma`` for every member (how much of a member's latency is the fixed cost scales
-    with how much smaller than the base it is: the base itself has ``r = 1`` and no slope).
-    The states: the base's round medians of every measured trial of the run, 1st to 99th
-    percentile. Each member's interval becomes the hull of its rounds and the model's ratio at
-    both ends of that range. ``gamma`` and the range go into the record
-    (``state_gamma``, ``state_ref_range_ms``).
+    one ``gamma`` for every member (the base itself, ``r = 1``, has no slope), by least
+    squares with its standard error ``se``. The sign is not trusted: the front's rounds see
+    the machine in a narrow band of states, a single slow round decides it, and two fresh
+    quickstart runs on one AVX2 machine gave -0.29 and +0.35. So the widening is symmetric,
+    with the magnitude ``|gamma| + 2 se``: each member's interval becomes the hull of its
+    rounds and ``exp(mean log r +- (|gamma| + 2 se) (1 - r) D)``, ``D`` the largest log-distance
+    from the member's mean state to the 1st or 99th percentile of the base's round medians of
+    every measured trial of the run (the states the run saw). ``gamma``, ``se``, the magnitude
+    and the states go into the record (``state_gamma``, ``state_gamma_se``,
+    ``state_sensitivity``, ``state_ref_range_ms``, ``state_rel_range``).
     """
     import numpy as np
 
     for p in {p for by in got.values() for p in by}:
-        rows = []  # (trial, mean log b, mean log r, r, [(log b, log r)])
+        rows = []  # (trial, mean log b, mean log r, r, log b's, log r's)
         for t, by in got.items():
             rec = by.get(p)
             if not rec or rec.get("rel_rounds") is None:
@@ -239,18 +244,24 @@ def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]])
         if den <= 0.0:
             continue
         gamma = num / den
+        sq = sum(float(((lr - mr - gamma * (1.0 - r) * (lb - mb)) ** 2).sum())
+                 for _, mb, mr, r, lb, lr in rows)
+        dof = sum(len(lb) for *_, lb, _ in rows) - len(rows) - 1
+        se = float(np.sqrt(sq / dof / den)) if dof > 0 else abs(gamma)
+        sensitivity = abs(gamma) + 2.0 * se
         lo, hi = (float(v) for v in np.percentile(states, [1, 99]))
         for t, mb, mr, r, _, _ in rows:
             rec = got[t][p]
-            ends = [float(np.exp(mr + gamma * (1.0 - r) * (np.log(b) - mb))) for b in (lo, hi)]
-            rec["state_gamma"] = round(gamma, 4)
-            rec["state_ref_range_ms"] = [lo, hi]
-            rec["state_rel_range"] = sorted(ends)
-            rec["rel_low"] = min(rec["rel_low"], *ends)
-            rec["rel_high"] = max(rec["rel_high"], *ends)
+            half = sensitivity * abs(1.0 - r) * max(abs(np.log(lo) - mb), abs(np.log(hi) - mb))
+            ends = [float(np.exp(mr - half)), float(np.exp(mr + half))]
+            rec.update(state_gamma=round(gamma, 4), state_gamma_se=round(se, 4),
+                       state_sensitivity=round(sensitivity, 4), state_ref_range_ms=[lo, hi],
+                       state_rel_range=ends)
+            rec["rel_low"] = min(rec["rel_low"], ends[0])
+            rec["rel_high"] = max(rec["rel_high"], ends[1])
             rec["interval"] += (f", widened to the base's round medians the run saw "
-                                f"({lo:.4g}-{hi:.4g} ms) by the front's ratio-vs-state slope "
-                                f"(gamma {gamma:.3f})")
+                                f"({lo:.4g}-{hi:.4g} ms) by the front's ratio-vs-state "
+                                f"sensitivity, either sign (|gamma| + 2 se = {sensitivity:.3f})")
 
 
 def _run_reference_rounds(run: Any, profile: str) -> list[float]:

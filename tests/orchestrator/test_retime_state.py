@@ -41,9 +41,10 @@ def _member(r0: float, gamma: float, bs: list[float], noise: random.Random) -> d
             "interval": "range of every round"}
 
 
-def test_slope_is_recovered_and_the_interval_reaches_the_run_s_slowest_state(tmp_path) -> None:
+@pytest.mark.parametrize("gamma", [0.4, -0.4])
+def test_the_interval_reaches_the_run_s_slowest_state_whichever_the_slope_s_sign(
+        tmp_path, gamma: float) -> None:
     noise = random.Random(0)
-    gamma = 0.4
     # the front's own rounds saw the machine between 0.19 and 0.23 ms; the run, up to 0.30
     bs = [0.19, 0.2, 0.23, 0.2, 0.21, 0.19, 0.22, 0.2]
     got = {str(t): {"cpu-1t": _member(r0, gamma, bs, noise)}
@@ -54,13 +55,19 @@ def test_slope_is_recovered_and_the_interval_reaches_the_run_s_slowest_state(tmp
     for t, r0 in (("1", 0.25), ("2", 0.45)):
         rec = got[t]["cpu-1t"]
         assert rec["state_gamma"] == pytest.approx(gamma, rel=0.1)
+        assert abs(gamma) < rec["state_sensitivity"] < abs(gamma) + 0.1  # + 2 se, small here
         lo, hi = rec["state_ref_range_ms"]
         assert 0.18 <= lo < 0.185 and 0.295 < hi <= 0.30
         # a re-measurement in the run's slowest state lands inside the widened interval,
-        # outside the rounds' own range
+        # outside the rounds' own range, on whichever side the slope puts it
         slow = _ratio(r0, gamma, 0.298)
-        assert before[t][1] < slow <= rec["rel_high"]
-        assert rec["rel_low"] <= before[t][0] and "widened" in rec["interval"]
+        assert not before[t][0] <= slow <= before[t][1]
+        assert rec["rel_low"] <= slow <= rec["rel_high"]
+        # and about as far on the other side: the sign is not trusted
+        low_gain, high_gain = before[t][0] - rec["rel_low"], rec["rel_high"] - before[t][1]
+        near = before[t][0] - slow if slow < before[t][0] else slow - before[t][1]
+        assert min(low_gain, high_gain) > 0.5 * near > 0
+        assert "widened" in rec["interval"]
     base = got["0"]["cpu-1t"]  # ratio 1: no slope, the interval barely moves
     assert base["rel_high"] - base["rel_low"] < 0.01
 
