@@ -29,8 +29,8 @@ from typing import Any
 from paretoforge.names import Phase, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import _to_min
 
-__all__ = ["contributions", "crowding_distance", "finish_front", "nondominated_ranks",
-           "plan_rung", "rung_sizes", "select"]
+__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_sizes",
+           "select"]
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -86,62 +86,23 @@ def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
     return dist
 
 
-def contributions(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[float]:
-    """Each point's exclusive hypervolume within ``points``: what the set loses without it.
-
-    The reference point is the worst value of each objective pushed out by a tenth of its
-    range, so that the extremes count too. A dominated point contributes 0.
-
-    Example:
-        >>> [round(c, 4) for c in contributions([(0.9, 2.0), (0.8, 1.0), (0.95, 3.0)],
-        ...                                     ["maximize", "minimize"])]
-        [0.1, 0.015, 0.01]
-    """
-    from paretoforge.orchestrator.hypervolume import hypervolume
-
-    if not points:
-        return []
-    worst = [(min if d == "maximize" else max)(float(p[m]) for p in points)
-             for m, d in enumerate(directions)]
-    spans = [max(float(p[m]) for p in points) - min(float(p[m]) for p in points) or 1.0
-             for m in range(len(directions))]
-    ref = [w - 0.1 * s if d == "maximize" else w + 0.1 * s
-           for w, s, d in zip(worst, spans, directions, strict=True)]
-    whole = hypervolume(points, directions, ref)
-    return [whole - hypervolume([q for j, q in enumerate(points) if j != i], directions, ref)
-            for i in range(len(points))]
-
-
 def select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int, *,
-           beside: Sequence[Sequence[float]] = (), by: str = "crowding") -> list[int]:
-    """Indices of the ``k`` best points: by non-dominated rank, then within a rank by
-    crowding distance (``by="crowding"``) or by exclusive hypervolume contribution
-    (``by="contribution"``), largest first, then by index; returned in ascending index order.
+           beside: Sequence[Sequence[float]] = ()) -> list[int]:
+    """Indices of the ``k`` best points: by non-dominated rank, then by crowding distance
+    within a rank (largest first), then by index; returned in ascending index order.
 
     ``beside`` are points that take part in the ranking and are never chosen (e.g. the
-    unpruned model at each precision: a candidate they dominate is ranked behind them).
-
-    Crowding distance keeps a rank's extremes first: right for a first rung chosen on one-shot
-    values, which only roughly predict the recovered ones, and where spread is what helps. A
-    promotion instead wants the candidates whose part of the front is largest: crowding sent
-    the quickstart's 9-epoch rung to its two extremes, a 4-layer network as slow as the base
-    (nothing to gain) and the 1-head network, neither of which moves the front's hypervolume.
-    """
-    if by not in ("crowding", "contribution"):
-        raise ValueError(f"select: by must be 'crowding' or 'contribution', got {by!r}")
+    unpruned model at each precision: a candidate they dominate is ranked behind them)."""
     if k <= 0 or not points:
         return []
     every = [*points, *beside]
     ranks = nondominated_ranks(every, directions)
-    score = [0.0] * len(every)
+    crowd = [0.0] * len(every)
     for r in set(ranks):
         members = [i for i, x in enumerate(ranks) if x == r]
-        group = [every[i] for i in members]
-        values = (crowding_distance(group) if by == "crowding"
-                  else contributions(group, directions))
-        for i, d in zip(members, values, strict=True):
-            score[i] = d
-    order = sorted(range(len(points)), key=lambda i: (ranks[i], -score[i], i))
+        for i, d in zip(members, crowding_distance([every[i] for i in members]), strict=True):
+            crowd[i] = d
+    order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
     return sorted(order[:k])
 
 
@@ -200,11 +161,8 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     # unpruned int8 model: 563 s of worker time).
     unpruned = [tuple(t.values) for t in done if t.user_attrs.get(TrialAttr.PHASE) != Phase.FINISH
                 and is_unpruned(t.user_attrs.get(TrialAttr.CONFIG, {})) and _feasible(t)]
-    # Rung 0 spreads over the one-shot front (crowding); a promotion takes the recovered
-    # candidates that hold the largest parts of the front (hypervolume contribution).
     chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size,
-                                        beside=unpruned,
-                                        by="crowding" if rung == 0 else "contribution")]
+                                        beside=unpruned)]
     epochs = o.finish_epochs[rung]
     have = {t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL) for t in done
             if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH

@@ -10,7 +10,6 @@ from typing import Any
 
 from paretoforge.names import Phase, TrialAttr
 from paretoforge.orchestrator.finish import (
-    contributions,
     crowding_distance,
     nondominated_ranks,
     plan_rung,
@@ -52,28 +51,6 @@ def test_select_takes_fronts_in_order() -> None:
     assert select(pts, DIRS, 4) == [0, 1, 2, 3]
     assert select(pts, DIRS, 0) == []
     assert select(pts, DIRS, 10) == [0, 1, 2, 3, 4]
-
-
-def test_contributions_agree_with_hypervolume_differences() -> None:
-    rng = random.Random(1)
-    pts = [(rng.random(), rng.random()) for _ in range(12)]
-    c = contributions(pts, DIRS)
-    front = {i for i, p in enumerate(pts) if not any(_dominates(q, p) for q in pts)}
-    assert all(c[i] > 0 for i in front)
-    assert all(c[i] == 0 for i in range(len(pts)) if i not in front)
-
-
-def test_a_promotion_takes_the_largest_parts_of_the_front_not_its_extremes() -> None:
-    # the quickstart's first rung, recovered 3 epochs (accuracy, ms), and the unpruned model
-    # at fp32 and int8 beside them: crowding promotes the two extremes -- a 1-head network and
-    # a 4-layer one as slow as the base -- contribution the two that hold most of the front
-    rung0 = [(0.773, 0.070), (0.964, 0.079), (0.973, 0.163), (0.973, 0.178), (0.911, 0.075),
-             (0.991, 0.249), (0.969, 0.104), (0.978, 0.118)]
-    unpruned = [(0.9867, 0.263), (0.982, 0.270)]
-    assert select(rung0, DIRS, 2, beside=unpruned) == [0, 5]
-    assert select(rung0, DIRS, 2, beside=unpruned, by="contribution") == [1, 7]
-    # still rank first: a dominated point never goes before the front
-    assert 2 not in select(rung0, DIRS, 6, beside=unpruned, by="contribution")
 
 
 def test_rung_sizes() -> None:
