@@ -77,7 +77,7 @@ def idle_cores(sample_s: float = 0.25) -> int:
     ``sample_s`` seconds, rounded. Where there is no ``/proc/stat``, minus the 1-minute load
     average instead -- which lags: a minute after an install or a cluster start it still
     counts a core as busy, and the quickstart's base then trained on one thread in 51 s
-    against 35 s on two.
+    against 35-44 s on two.
     """
     cores = usable_cores()
     busy = _busy_cores(cores, sample_s)

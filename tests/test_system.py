@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+import time
 
 import pytest
 
-from paretoforge._system import available_cores, pinned, usable_cores
+from paretoforge._system import available_cores, idle_cores, pinned, usable_cores
 from paretoforge.exceptions import MeasurementError
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
@@ -58,3 +61,21 @@ def test_machine_identity_names_the_isa_and_tells_machines_apart() -> None:
     assert len(str(ident["fingerprint"])) == 12
     if platform.machine() == "x86_64":  # every x86-64 CPU ONNX Runtime supports has SSE4.2
         assert "sse4_2" in ident["isa"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or available_cores() < 2,
+                    reason="needs /proc/stat and two usable cores")
+def test_idle_cores_sees_a_busy_core_at_once() -> None:
+    # A busy loop started a moment ago: the 1-minute load average has barely moved, the cores'
+    # busy time in /proc/stat has (the old rule trained on a busy core's thread, or on one
+    # thread a minute after the machine was busy).
+    core = max(usable_cores())
+    hog = subprocess.Popen([sys.executable, "-c", "import os, time\n"
+                            f"os.sched_setaffinity(0, {{{core}}})\n"
+                            "end = time.time() + 10\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        assert 1 <= idle_cores() <= available_cores() - 1
+    finally:
+        hog.kill()
+        hog.wait()
