@@ -29,8 +29,8 @@ from typing import Any
 from paretoforge.names import Phase, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import _to_min
 
-__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_sizes",
-           "select"]
+__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung",
+           "recovery_gains", "rung_sizes", "select"]
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -87,23 +87,49 @@ def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
 
 
 def select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int, *,
-           beside: Sequence[Sequence[float]] = ()) -> list[int]:
-    """Indices of the ``k`` best points: by non-dominated rank, then by crowding distance
-    within a rank (largest first), then by index; returned in ascending index order.
+           beside: Sequence[Sequence[float]] = (),
+           within: Sequence[float] | None = None) -> list[int]:
+    """Indices of the ``k`` best points: by non-dominated rank, then within a rank by
+    ``within`` (one score per point, largest first) or by default by crowding distance, then
+    by index; returned in ascending index order.
 
     ``beside`` are points that take part in the ranking and are never chosen (e.g. the
     unpruned model at each precision: a candidate they dominate is ranked behind them)."""
     if k <= 0 or not points:
         return []
+    if within is not None and len(within) != len(points):
+        raise ValueError(f"select: {len(within)} scores for {len(points)} points")
     every = [*points, *beside]
     ranks = nondominated_ranks(every, directions)
     crowd = [0.0] * len(every)
-    for r in set(ranks):
-        members = [i for i, x in enumerate(ranks) if x == r]
-        for i, d in zip(members, crowding_distance([every[i] for i in members]), strict=True):
-            crowd[i] = d
+    if within is not None:
+        crowd[:len(points)] = [float(v) for v in within]
+    else:
+        for r in set(ranks):
+            members = [i for i, x in enumerate(ranks) if x == r]
+            for i, d in zip(members, crowding_distance([every[i] for i in members]),
+                            strict=True):
+                crowd[i] = d
     order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
     return sorted(order[:k])
+
+
+def recovery_gains(before: Sequence[Sequence[float]], after: Sequence[Sequence[float]],
+                   directions: Sequence[str]) -> list[float]:
+    """How much each candidate's recovery improved it: per objective, the change in its
+    direction over the range of that objective across ``after``, summed.
+
+    Example:
+        >>> [round(g, 3) for g in recovery_gains([(0.6, 1.0), (0.9, 2.0)],
+        ...                                      [(0.8, 1.0), (0.95, 2.0)],
+        ...                                      ["maximize", "minimize"])]
+        [1.333, 0.333]
+    """
+    spans = [(max(p[m] for p in after) - min(p[m] for p in after)) or 1.0
+             for m in range(len(directions))]
+    sign = [1.0 if d == "maximize" else -1.0 for d in directions]
+    return [sum(sign[m] * (a[m] - b[m]) / spans[m] for m in range(len(directions)))
+            for b, a in zip(before, after, strict=True)]
 
 
 def rung_sizes(candidates: int, rungs: int, eta: int) -> list[int]:
@@ -161,8 +187,20 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     # unpruned int8 model: 563 s of worker time).
     unpruned = [tuple(t.values) for t in done if t.user_attrs.get(TrialAttr.PHASE) != Phase.FINISH
                 and is_unpruned(t.user_attrs.get(TrialAttr.CONFIG, {})) and _feasible(t)]
+    # Rung 0 spreads over the one-shot front (crowding distance). A promotion, within a rank,
+    # takes first the candidates the last rung's recovery improved most: crowding sent the
+    # quickstart's 9-epoch rung to the rank's two extremes, one of them a 4-layer network as
+    # slow as the base with nothing left to gain, while a 1-layer network gains the most
+    # (0.58 -> 0.77 validation accuracy in 3 epochs, 0.87 test after 9).
+    within = None
+    if rung > 0:
+        by_number = {t.number: t for t in done}
+        origins = [by_number.get(t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL)) for t in ranked]
+        if all(o is not None and o.values is not None for o in origins):
+            within = recovery_gains([tuple(o.values) for o in origins],
+                                    [tuple(t.values) for t in ranked], directions)
     chosen = [ranked[i] for i in select([tuple(t.values) for t in ranked], directions, size,
-                                        beside=unpruned)]
+                                        beside=unpruned, within=within)]
     epochs = o.finish_epochs[rung]
     have = {t.user_attrs.get(TrialAttr.ONE_SHOT_TRIAL) for t in done
             if t.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH

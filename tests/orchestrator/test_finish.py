@@ -119,3 +119,26 @@ def test_a_candidate_the_unpruned_model_dominates_is_finished_last() -> None:
     # without the unpruned trials beside them, the slow ones are on the pruned trials' front
     jobs = plan_rung([*slow, *fast], spec, 0, is_unpruned=unpruned)
     assert 2 in {a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs}
+
+
+def test_a_promotion_goes_to_what_recovery_improved_most_not_to_the_extremes() -> None:
+    # The quickstart's first rung (one-shot -> 3 epochs, validation accuracy and ms): crowding
+    # would promote the rank's two extremes, the 1-head network and a 4-layer one as slow as
+    # the base (0.973 -> 0.991: nothing left to gain); the gains promote the 1-layer networks.
+    spec = tiny_spec(one_shot={"finish_candidates": 6, "finish_epochs": [3, 9], "eta": 3})
+    unpruned = lambda c: c.get("layers_kept") == 4  # noqa: E731
+    trials = [_one_shot(0, 0.987, 0.263, layers=4)]
+    rung0 = [(0.578, 0.773, 0.071), (0.858, 0.964, 0.081), (0.800, 0.911, 0.075),
+             (0.893, 0.969, 0.104), (0.933, 0.978, 0.118), (0.973, 0.991, 0.249)]
+    for i, (before, after, ms) in enumerate(rung0, start=1):
+        trials.append(_one_shot(i, before, ms, layers=1 if i <= 3 else 2 if i <= 5 else 3))
+        trials.append(_Trial(10 + i, [after, ms], {"n": i}, {
+            TrialAttr.PHASE: Phase.FINISH.value, TrialAttr.RUNG: 0,
+            TrialAttr.RECOVERY_EPOCHS: 3, TrialAttr.ONE_SHOT_TRIAL: i,
+            TrialAttr.KEY: f"k{i}-r0"}))
+    jobs = plan_rung(trials, spec, 1, is_unpruned=unpruned)
+    assert sorted(a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs) == [1, 3]  # gains .195, .111
+    assert all(a[TrialAttr.RECOVERY_EPOCHS] == 9 for _, a in jobs)
+    # crowding distance (rung 0's rule) would have taken the two extremes
+    points = [(after, ms) for _, after, ms in rung0]
+    assert select(points, DIRS, 2, beside=[(0.987, 0.263)]) == [0, 5]
