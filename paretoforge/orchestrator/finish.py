@@ -6,8 +6,9 @@ best candidates -- the front first, then the next fronts, ties broken by crowdin
 ranked beside the unpruned model at each precision (final as built, so a candidate it
 dominates comes after it) --
 are then distilled from the unpruned base, starting from their supernet weights, for the first
-rung's epochs; the best ``1/eta`` of each rung (ranked the same way on their recovered values)
-go on to the next rung's larger budget. Optuna's multi-objective studies have no pruners, so the
+rung's epochs; the best ``1/eta`` of each rung go on to the next rung's larger budget: ranked
+by non-dominated rank on their recovered values, and within a rank by how much the last
+rung's recovery improved them (:func:`recovery_gains`). Optuna's multi-objective studies have no pruners, so the
 schedule is planned here and run by the ask-and-tell loop as fixed trials.
 
 The plan is a pure function of the study's completed trials: a driver that restarts mid-way
