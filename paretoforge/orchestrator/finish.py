@@ -8,8 +8,8 @@ dominates comes after it) --
 are then distilled from the unpruned base, starting from their supernet weights, for the first
 rung's epochs; the best ``1/eta`` of each rung go on to the next rung's larger budget: ranked
 by non-dominated rank on their recovered values, and within a rank by how much the last
-rung's recovery improved them (:func:`recovery_gains`). Optuna's multi-objective studies have no pruners, so the
-schedule is planned here and run by the ask-and-tell loop as fixed trials.
+rung's recovery improved them (:func:`recovery_gains`). Optuna's multi-objective studies have
+no pruners, so the schedule is planned here and run by the ask-and-tell loop as fixed trials.
 
 The plan is a pure function of the study's completed trials: a driver that restarts mid-way
 plans the same rungs again and runs only what is missing.
