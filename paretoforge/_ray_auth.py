@@ -33,7 +33,7 @@ from typing import Any
 from paretoforge.exceptions import PlacementError
 
 __all__ = ["CONNECT_TIMEOUT_S", "LOCAL_ENV", "LOCAL_SYSTEM_CONFIG", "connect_cluster",
-           "ensure_ray_auth", "start_local_cluster"]
+           "ensure_ray_auth", "set_local_env", "start_local_cluster"]
 
 # How long an address may take to answer as a Ray cluster; PARETOFORGE_RAY_CONNECT_TIMEOUT_S
 # changes it (a cluster across a slow link).
@@ -65,6 +65,13 @@ LOCAL_SYSTEM_CONFIG: dict[str, Any] = {
 # not answer in time is waited for again, not counted as a failure (10 minutes make a worker
 # dead), so a short interval is safe on a busy machine.
 LOCAL_ENV: dict[str, str] = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def set_local_env() -> None:
+    """Put :data:`LOCAL_ENV` into this process's environment (values already set win), before
+    it starts a local cluster: the raylet and every worker inherit it."""
+    for name, value in LOCAL_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def ensure_ray_auth() -> None:
@@ -125,8 +132,7 @@ def start_local_cluster(*, num_cpus: int, dashboard: bool = False,
     """
     import ray
 
-    for name, value in LOCAL_ENV.items():  # the raylet and every worker inherit them
-        os.environ.setdefault(name, value)
+    set_local_env()
     with _loopback_node_address():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", object_store_memory=object_store_memory,

@@ -118,12 +118,10 @@ def _run(spec: Any, run_dir: str, *, address: str | None, quiet: bool,
                          debug=_state["debug"])
     typer.echo(f"\n{summary.completed} trials completed ({summary.cached} cached), "
                f"{summary.failed} failed, in {summary.wall_s:.0f}s. Run directory: {run_dir}")
-    base_s = summary.timings.get("base_s", 0.0)
-    if summary.base_trained and base_s > 0:  # the one-shot cost's yardstick (issue 11)
-        threads = summary.timings.get("base_threads")
+    base_s, threads = summary.timings.get("base_s", 0.0), summary.timings.get("base_threads")
+    if threads and base_s > 0:  # the base was trained by this run: the one-shot yardstick
         typer.echo(f"The whole search took {summary.wall_s / base_s:.2f}x the base model's "
-                   f"training ({base_s:.1f}s" + (f" on {threads:.0f} thread(s)" if threads
-                                                   else "") + ")")
+                   f"training ({base_s:.1f}s on {threads:.0f} thread(s))")
     if summary.stopped:
         typer.echo(f"Stopped early: {summary.stopped}. Continue with: paretoforge resume "
                    f"{run_dir}")

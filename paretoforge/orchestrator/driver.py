@@ -65,10 +65,9 @@ class SearchSummary:
     stopped: str | None = None  # why it stopped early, in words
     stop_reason: StopReason | None = None  # the same, to branch on
     stats: dict[str, Any] = field(default_factory=dict)
-    #: The driver's preparation: ``task_s``, ``base_s`` (and ``base_threads``) where the base
-    #: was trained in this run, ``importance_s``, ``supernet_s``.
+    #: The driver's preparation: ``task_s``, ``base_s``, ``base_threads`` (only where this
+    #: run trained the base), ``importance_s``, ``supernet_s``.
     timings: dict[str, float] = field(default_factory=dict)
-    base_trained: bool = False  # the base model was trained by this run, not found cached
 
 
 def check_before_start(spec: Spec) -> SearchSpace:
@@ -389,9 +388,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                              cached=loop.cached, front=front,
                              wall_s=time.perf_counter() - t_start, loop_s=stats.wall_s,
                              stopped=stats.stopped, stop_reason=stats.stop_reason,
-                             stats=stats.to_json(), timings=dict(prepared.timings),
-                             base_trained=(prepared.checkpoint_dir is None
-                                           and not prepared.base_info.get("cached")))
+                             stats=stats.to_json(), timings=dict(prepared.timings))
     finally:
         stop_watch.set()  # from here on the cluster is ours to stop
         if backend is not None:

@@ -102,16 +102,16 @@ def select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int,
         raise ValueError(f"select: {len(within)} scores for {len(points)} points")
     every = [*points, *beside]
     ranks = nondominated_ranks(every, directions)
-    crowd = [0.0] * len(every)
+    score = [0.0] * len(every)
     if within is not None:
-        crowd[:len(points)] = [float(v) for v in within]
+        score[:len(points)] = [float(v) for v in within]
     else:
         for r in set(ranks):
             members = [i for i, x in enumerate(ranks) if x == r]
             for i, d in zip(members, crowding_distance([every[i] for i in members]),
                             strict=True):
-                crowd[i] = d
-    order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
+                score[i] = d
+    order = sorted(range(len(points)), key=lambda i: (ranks[i], -score[i], i))
     return sorted(order[:k])
 
 

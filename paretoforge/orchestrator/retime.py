@@ -218,6 +218,7 @@ def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]])
     """
     import numpy as np
 
+    run_states = _run_reference_rounds(run)
     for p in {p for by in got.values() for p in by}:
         rows = []  # (trial, mean log b, mean log r, r, log b's, log r's)
         for t, by in got.items():
@@ -233,7 +234,7 @@ def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]])
                 continue
             lb, lr = np.asarray(pairs).T
             rows.append((t, float(lb.mean()), float(lr.mean()), float(rec["rel_p50"]), lb, lr))
-        states = _run_reference_rounds(run, p)
+        states = run_states.get(p, [])
         if not rows or len(states) < 2:
             continue
         num = den = 0.0
@@ -264,22 +265,21 @@ def _widen_by_machine_state(run: Any, got: dict[str, dict[str, dict[str, Any]]])
                                 f"sensitivity, either sign (|gamma| + 2 se = {sensitivity:.3f})")
 
 
-def _run_reference_rounds(run: Any, profile: str) -> list[float]:
-    """The base's round medians on ``profile`` in every measured trial's local manifest: the
-    machine states the run was measured in."""
-    import json
-
-    out: list[float] = []
+def _run_reference_rounds(run: Any) -> dict[str, list[float]]:
+    """Profile -> the base's round medians in every measured artifact's local manifest (each
+    artifact once, however many trials were answered from it): the machine states the run
+    was measured in. A remote run's artifact not in the working copy is skipped, not fetched."""
+    out: dict[str, list[float]] = {}
+    seen: set[str] = set()
     for t in run.trials():
         rel = t.user_attrs.get(TrialAttr.ARTIFACT_DIR)
-        path = run.dir / rel / "manifest.json" if rel else None
-        if path is None or not path.is_file():  # a remote run's unfetched artifact: skip
+        if not rel or rel in seen:
             continue
-        try:
-            meas = (json.loads(path.read_text()).get("measurements") or {}).get(profile) or {}
-        except (OSError, ValueError):
-            continue
-        out.extend(float(v) for v in meas.get("ref_round_p50_ms") or [] if v and v > 0)
+        seen.add(rel)
+        manifest = read_manifest(run.dir / rel)
+        for p, meas in (manifest.measurements if manifest is not None else {}).items():
+            out.setdefault(p, []).extend(
+                float(v) for v in (meas or {}).get("ref_round_p50_ms") or [] if v and v > 0)
     return out
 
 

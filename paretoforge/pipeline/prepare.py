@@ -163,7 +163,8 @@ def prepare(spec: Spec, *, log: Any = print) -> Prepared:
     torch.set_num_threads(threads)
     model, info = get_base_model(recipe, task, cache_dir() / "base")
     timings["base_s"] = time.perf_counter() - t0
-    timings["base_threads"] = threads
+    if not info.get("cached"):
+        timings["base_threads"] = threads  # only for a base trained here
     log(f"base model: validation {task.metric} {info['heldout_accuracy']:.4f} "
         f"({'cached' if info.get('cached') else f'trained on {threads} thread(s)'} in "
         f"{timings['base_s']:.1f}s)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -49,12 +48,11 @@ def local_ray(num_cpus: int = 2, *, object_store_mb: int = 128,
     """
     import ray
 
-    from paretoforge._ray_auth import LOCAL_ENV
+    from paretoforge._ray_auth import set_local_env
 
     started = not ray.is_initialized()
     if started:
-        for name, value in LOCAL_ENV.items():
-            os.environ.setdefault(name, value)
+        set_local_env()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  object_store_memory=object_store_mb * _MiB,
                  logging_level=logging.DEBUG if debug else logging.WARNING,

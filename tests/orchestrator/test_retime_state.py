@@ -25,7 +25,10 @@ def _run(tmp_path: Path, states: list[float]) -> SimpleNamespace:
         d = tmp_path / "artifacts" / f"k{i}"
         d.mkdir(parents=True)
         (d / "manifest.json").write_text(json.dumps(
-            {"measurements": {"cpu-1t": {"ref_round_p50_ms": states[i:i + 5]}}}))
+            {"config": {}, "key": f"k{i}", "metrics": {}, "files": {},
+             "measurements": {"cpu-1t": {"ref_round_p50_ms": states[i:i + 5]}}}))
+        trials.append(SimpleNamespace(user_attrs={TrialAttr.ARTIFACT_DIR: f"artifacts/k{i}"}))
+        # a trial answered from that artifact: its states count once
         trials.append(SimpleNamespace(user_attrs={TrialAttr.ARTIFACT_DIR: f"artifacts/k{i}"}))
     trials.append(SimpleNamespace(user_attrs={}))  # a trial without artifacts: skipped
     return SimpleNamespace(dir=tmp_path, trials=lambda: trials)
