@@ -361,7 +361,9 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                 base_shape = (prepared.num_layers, prepared.num_heads)
                 stats.finished = finish_front(
                     loop, spec, log=log, is_unpruned=lambda c: CandidateConfig.model_validate(
-                        c).is_unpruned(*base_shape))
+                        c).is_unpruned(*base_shape),
+                    compute_fraction=lambda c: CandidateConfig.model_validate(
+                        c).compute_fraction(*base_shape))
             stats.wall_s = loop.stats.wall_s
         run = load_run(run_dir)
         _fetch_front(run, store)  # a resumed remote run's working copy may lack them

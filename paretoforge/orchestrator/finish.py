@@ -30,7 +30,7 @@ from typing import Any
 from paretoforge.names import Phase, StopReason, TrialAttr
 from paretoforge.orchestrator.hypervolume import _to_min
 
-__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung",
+__all__ = ["crowding_distance", "finish_front", "nondominated_ranks", "plan_rung", "rung_epochs",
            "recovery_gains", "rung_sizes", "select"]
 
 
@@ -152,8 +152,24 @@ def _feasible(t: Any) -> bool:
     return all(c <= 0 for c in (t.user_attrs.get(TrialAttr.CONSTRAINTS) or []))
 
 
+def rung_epochs(epochs: int, fraction: float | None, scale: float) -> int:
+    """A candidate's epochs at a rung of ``epochs``: ``epochs`` times ``min(scale,
+    1 / fraction)``, rounded, never fewer than ``epochs`` (``fraction``: the share of the
+    base's compute it keeps; None: unknown, the rung's epochs).
+
+    Example:
+        >>> rung_epochs(3, 0.125, 3.0), rung_epochs(3, 0.6, 3.0), rung_epochs(3, 0.9, 3.0)
+        (9, 5, 3)
+    """
+    if fraction is None or fraction <= 0 or scale <= 1.0:
+        return epochs
+    return max(epochs, round(epochs * min(scale, 1.0 / fraction)))
+
+
 def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
-              is_unpruned: Callable[[dict[str, Any]], bool]) -> list[tuple[dict, dict]]:
+              is_unpruned: Callable[[dict[str, Any]], bool],
+              compute_fraction: Callable[[dict[str, Any]], float] | None = None,
+              ) -> list[tuple[dict, dict]]:
     """The fixed trials ``(params, user_attrs)`` of finishing rung ``rung`` still to run.
 
     Rung 0 takes the best ``one_shot.finish_candidates`` pruned one-shot trials (feasible ones
@@ -161,6 +177,9 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     unpruned model's trials (at every precision), which are never chosen; rung ``r`` the best of
     rung ``r - 1``'s results, ``ceil(n / eta)`` of them. Candidates whose trial at this rung
     is complete already (a resumed driver) are left out: nothing runs twice.
+
+    A candidate's epochs are the rung's, scaled by :func:`rung_epochs` to its
+    ``compute_fraction(config)`` when ``one_shot.finish_compute_scale`` > 1.
     """
     o = spec.one_shot
     directions = [obj.direction for obj in spec.objectives]
@@ -211,23 +230,31 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
         origin = t.number if rung == 0 else t.user_attrs[TrialAttr.ONE_SHOT_TRIAL]
         if origin in have:
             continue
+        fraction = None
+        if compute_fraction is not None and t.user_attrs.get(TrialAttr.CONFIG):
+            fraction = compute_fraction(t.user_attrs[TrialAttr.CONFIG])
+        scaled = rung_epochs(epochs, fraction, o.finish_compute_scale)
         out.append((dict(t.params), {TrialAttr.PHASE: Phase.FINISH.value, TrialAttr.RUNG: rung,
-                                     TrialAttr.RECOVERY_EPOCHS: epochs,
+                                     TrialAttr.RECOVERY_EPOCHS: scaled,
                                      TrialAttr.ONE_SHOT_TRIAL: origin}))
     return out
 
 
 def finish_front(loop: Any, spec: Any, *, is_unpruned: Callable[[dict[str, Any]], bool],
+                 compute_fraction: Callable[[dict[str, Any]], float] | None = None,
                  log: Callable[[str], None] = print) -> int:
     """Run every finishing rung on ``loop`` (a :class:`~paretoforge.orchestrator.loop.
     SearchLoop` whose one-shot phase has run); return how many trials it ran."""
     ran = 0
-    for rung, epochs in enumerate(spec.one_shot.finish_epochs):
+    for rung in range(len(spec.one_shot.finish_epochs)):
         jobs = plan_rung(loop.study.get_trials(deepcopy=False), spec, rung,
-                         is_unpruned=is_unpruned)
+                         is_unpruned=is_unpruned, compute_fraction=compute_fraction)
         if not jobs:
             continue
-        log(f"finishing rung {rung}: {len(jobs)} candidate(s) recovered for {epochs} epoch(s) "
+        got = sorted({int(a[TrialAttr.RECOVERY_EPOCHS]) for _, a in jobs})
+        span = f"{got[0]}-{got[-1]} epochs (by their compute)" if len(got) > 1 else (
+            f"{got[0]} epoch(s)")
+        log(f"finishing rung {rung}: {len(jobs)} candidate(s) recovered for {span} "
             "from their supernet weights")
         loop.run_fixed(jobs, phase=Phase.FINISH.value)
         ran += len(jobs)

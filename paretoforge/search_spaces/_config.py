@@ -170,6 +170,22 @@ class CandidateConfig(BaseModel):
         """The value of custom dimension ``name`` (``default`` when it is at its default)."""
         return dict(self.custom).get(name, default)
 
+    def compute_fraction(self, num_layers: int, num_heads: int) -> float:
+        """The share of the base encoder's compute per token that the config keeps.
+
+        Each kept layer counts its share of heads for a third (the attention projections)
+        and its FFN fraction for two thirds (an FFN 4x the hidden width, as in BERT and
+        ViT), summed over the kept layers and divided by the base's ``num_layers``.
+
+        Example:
+            >>> CandidateConfig(layers_kept=1, heads_kept=2, ffn_kept=0.5,
+            ...                 precision="fp32").compute_fraction(4, 4)
+            0.125
+        """
+        kept = sum(h / num_heads / 3 + 2 * f / 3
+                   for h, f in zip(self.heads_per_layer(), self.ffn_per_layer(), strict=True))
+        return kept / num_layers
+
     def is_unpruned(self, num_layers: int, num_heads: int) -> bool:
         """Whether the config keeps the whole base model (custom dimensions aside)."""
         return (

@@ -433,6 +433,15 @@ class OneShotSpec(_Strict):
         "distance) of each rung go on to the next, recovered again from their supernet weights.",
     )
     eta: int = Field(3, ge=2, le=100, description="Successive halving's reduction factor.")
+    finish_compute_scale: float = Field(
+        1.0, ge=1.0, le=100.0,
+        description="Up to this many times a rung's epochs for a candidate that is cheaper to "
+        "train than the base: one that keeps a fraction c of the base encoder's compute gets "
+        "the rung's epochs times min(finish_compute_scale, 1/c), rounded, so the rung's "
+        "candidates get about the same training compute (a 1-layer network of a 4-layer base "
+        "then trains about as long as the per-candidate search would train it); 1: every "
+        "candidate gets the rung's epochs.",
+    )
     screen_rounds: int = Field(
         1, ge=1, le=50,
         description="Latency rounds of a one-shot trial's screening measurement (each against "

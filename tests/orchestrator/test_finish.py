@@ -13,6 +13,7 @@ from paretoforge.orchestrator.finish import (
     crowding_distance,
     nondominated_ranks,
     plan_rung,
+    rung_epochs,
     rung_sizes,
     select,
 )
@@ -142,3 +143,24 @@ def test_a_promotion_goes_to_what_recovery_improved_most_not_to_the_extremes() -
     # crowding distance (rung 0's rule) would have taken the two extremes
     points = [(after, ms) for _, after, ms in rung0]
     assert select(points, DIRS, 2, beside=[(0.987, 0.263)]) == [0, 5]
+
+
+def test_a_rung_gives_cheaper_candidates_more_epochs_up_to_the_scale() -> None:
+    # finish_compute_scale 3: a 1-layer, 1-head network of a 2-layer, 2-head base keeps
+    # (1/2/3 + 2*0.5/3)/2 = 0.25 of its compute and gets 3x the rung's epochs; with the
+    # default scale of 1 every candidate gets the rung's epochs.
+    from paretoforge.search_spaces import CandidateConfig
+
+    unpruned = lambda c: c.get("layers_kept") == 2  # noqa: E731
+    fraction = lambda c: CandidateConfig.model_validate(  # noqa: E731
+        {k: v for k, v in c.items() if k != "n"}).compute_fraction(2, 2)
+    trials = [_one_shot(0, 0.95, 5.0, layers=2), _one_shot(1, 0.9, 2.0),
+              _one_shot(2, 0.8, 1.0)]
+    for scale, want in ((3.0, 6), (1.0, 2), (2.0, 4)):
+        spec = tiny_spec(one_shot={"finish_candidates": 2, "finish_epochs": [2],
+                                   "finish_compute_scale": scale})
+        jobs = plan_rung(trials, spec, 0, is_unpruned=unpruned, compute_fraction=fraction)
+        assert sorted(a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs) == [1, 2]
+        assert {a[TrialAttr.RECOVERY_EPOCHS] for _, a in jobs} == {want}, scale
+    # a candidate keeping most of the base's compute keeps the rung's epochs
+    assert rung_epochs(2, 0.9, 3.0) == 2 and rung_epochs(2, None, 3.0) == 2
