@@ -74,11 +74,63 @@ def onnx_logits(
 
     validate_inputs(session, feeds if layout is None else complete_feeds(layout, feeds),
                     batch_size=min(batch_size, n))
+    order = _by_length(session, feeds) if layout is None else None
     try:
+        if order is not None:
+            return _run_trimmed(session, feeds, order, min(batch_size, _TRIMMED_BATCH))
         outs = [session.run(None, batch(i))[0] for i in range(0, n, batch_size)]
     except Exception as err:
         raise MeasurementError(f"ONNX Runtime failed on {str(onnx_path)!r}: {err}") from err
     return np.concatenate(outs, axis=0)
+
+
+#: Examples per call when text is fed trimmed: neighbours in length, so little padding is left.
+_TRIMMED_BATCH = 32
+
+
+def _by_length(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Example indices shortest first, when ``feeds`` is padded text (a 2-D
+    ``attention_mask``), every token input of the graph has a symbolic length and its first
+    output a fixed shape past the batch (a sentence embedding, a class's logits); else None.
+    """
+    import numpy as np
+
+    mask = feeds.get("attention_mask")
+    if mask is None or mask.ndim != 2 or mask.shape[1] < 2:
+        return None
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    tokens = [k for k, v in feeds.items() if v.shape == mask.shape]
+    if not all(len(shapes.get(k) or ()) == 2 and not isinstance(shapes[k][1], int)
+               for k in tokens):
+        return None  # a fixed length: the graph takes the padded inputs as they are
+    if not all(isinstance(d, int) for d in session.get_outputs()[0].shape[1:]):
+        return None  # a per-token output: its length would follow each batch's
+    return np.argsort(mask.sum(1), kind="stable")
+
+
+def _run_trimmed(session: Any, feeds: dict[str, np.ndarray], order: np.ndarray,
+                 batch_size: int) -> np.ndarray:
+    """The first output for every example, run in batches of neighbours in length, each cut
+    after its last position that any of its examples attends to (right padding: the
+    positions dropped are masked out of attention and pooling; the outputs are those of the
+    padded inputs, at a fraction of the compute), returned in the input order."""
+    import numpy as np
+
+    mask = feeds["attention_mask"]
+    width = mask.shape[1]
+    out: np.ndarray | None = None
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        used = np.flatnonzero(mask[idx].any(0))
+        keep = int(used.max()) + 1 if len(used) else 1
+        part = {k: np.ascontiguousarray(v[idx, :keep] if v.shape[:2] == (len(mask), width)
+                                        else v[idx]) for k, v in feeds.items()}  # fmt: skip
+        res = session.run(None, part)[0]
+        if out is None:
+            out = np.empty((len(order), *res.shape[1:]), dtype=res.dtype)
+        out[idx] = res
+    assert out is not None
+    return out
 
 
 def onnx_accuracy(

@@ -22,7 +22,7 @@ from torch import nn
 from paretoforge.exceptions import BuildError
 from paretoforge.models._train import Inputs, as_input, call, logits_of, num_examples, take
 from paretoforge.models.adapters import FamilyAdapter, adapter_for
-from paretoforge.models.distill import trim_padding
+from paretoforge.models.distill import _by_length, trim_padding
 
 __all__ = ["Importance", "LossFn", "compute_importance", "default_loss"]
 
@@ -147,6 +147,12 @@ def compute_importance(
         y: Integer labels of ``x``; ``None`` for label-free losses (causal LM, embeddings).
         batch_size: Examples per forward/backward pass.
         max_batches: Use only the first ``max_batches`` batches (in data order), if given.
+            Without it, text (inputs with a 2-D ``attention_mask``) is taken shortest first,
+            so that each batch is trimmed to about its own length, at a fraction of the
+            padding's compute (all-MiniLM-L6-v2: 2,373 sentences of ~26 tokens padded to
+            128). With a per-example loss the scores are the same in any order; an in-batch
+            loss (the embedding task's contrastive one) then contrasts each text with texts
+            of about its length.
         loss_fn: Loss to score against (see :data:`LossFn`); default :func:`default_loss`.
 
     Returns:
@@ -219,13 +225,16 @@ def compute_importance(
     for p in model.parameters():
         p.requires_grad_(False)
     n_seen = 0
+    order = _by_length(xt) if max_batches is None else None
     try:
         for bi, start in enumerate(range(0, n, batch_size)):
             if max_batches is not None and bi >= max_batches:
                 break
+            rows = (slice(start, start + batch_size) if order is None
+                    else order[start : start + batch_size])
             # Positions that are padding in every example change no score: skip their compute.
-            xb, _ = trim_padding(take(xt, slice(start, start + batch_size)))
-            yb = None if yt is None else yt[start : start + batch_size]
+            xb, _ = trim_padding(take(xt, rows))
+            yb = None if yt is None else yt[rows]
             b = num_examples(xb)
             gates["heads"] = [torch.ones(b, h, requires_grad=True) for h in n_heads]
             gates["neurons"] = [torch.ones(b, w, requires_grad=True) for w in widths]

@@ -291,7 +291,14 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
         layout = export_decoder_onnx(head.module, onnx_fp32).as_dict()
     else:
         example = {k: torch.from_numpy(v[:1]) for k, v in p.feeds("train").items()}
-        export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,))
+        # token inputs (beside a 2-D attention mask) get a symbolic length: the quality
+        # evaluation feeds each batch trimmed to its own length (onnx_logits); latency is
+        # still measured at the task's full length
+        mask = example.get("attention_mask")
+        tokens = [k for k, v in example.items() if v.dim() == 2 and v.shape == mask.shape
+                  ] if mask is not None and mask.dim() == 2 else []
+        export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,),
+                    dynamic_sequence=tokens)
     return Exported(
         onnx_fp32=onnx_fp32,
         output={"name": head.output_name, "shape": ["batch", *head.output_shape],

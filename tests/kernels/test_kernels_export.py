@@ -105,3 +105,36 @@ def test_existing_file_replaced_atomically(vit: torch.nn.Module, tmp_path: Path)
     export_onnx(vit, {"pixel_values": torch.randn(1, 1, 8, 8)}, target)
     assert target.stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
+def test_a_symbolic_length_lets_quality_run_trimmed_batches(family: str, tmp_path: Path) -> None:
+    """Token inputs exported with a symbolic length: onnx_logits feeds padded text in batches
+    of neighbours in length, each cut after its last attended position, and gets the outputs
+    of the padded inputs (a fixed-length graph of the same model takes them as they are)."""
+    from paretoforge.evaluators.quality import _by_length, onnx_logits
+    from paretoforge.kernels import graph_summary
+    from paretoforge.tasks.embedding import PooledEncoder, Pooling
+    from paretoforge.testing.contracts import tiny_inputs, tiny_model
+
+    encoder = tiny_model(family)
+    model = PooledEncoder(encoder, Pooling("mean", normalize=True))
+    example = tiny_inputs(tiny_model(family), 1, seed=0)
+    names = list(example)
+    dyn = export_onnx(model, example, tmp_path / "dyn.onnx", output_names=("emb",),
+                      dynamic_sequence=names)
+    fixed = export_onnx(model, example, tmp_path / "fixed.onnx", output_names=("emb",))
+    assert graph_summary(dyn)["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert isinstance(graph_summary(fixed)["inputs"][0]["shape"][1], int)
+    feeds = {k: v.numpy() for k, v in tiny_inputs(tiny_model(family), 70, seed=5).items()}
+    feeds["attention_mask"][1:, -2:] = 0  # the last columns padding in all but the first row
+    sess = ort.InferenceSession(str(dyn), providers=["CPUExecutionProvider"])
+    order = _by_length(sess, feeds)
+    assert order is not None and (np.diff(feeds["attention_mask"].sum(1)[order]) >= 0).all()
+    assert _by_length(ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"]),
+                      feeds) is None
+    got, want = onnx_logits(dyn, feeds), onnx_logits(fixed, feeds)
+    assert got.shape == want.shape == (70, encoder.config.hidden_size)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(BuildError, match=r"dynamic_sequence names \['nope'\]"):
+        export_onnx(model, example, tmp_path / "bad.onnx", dynamic_sequence=["nope"])

@@ -18,6 +18,7 @@ from paretoforge.tasks.embedding import (
     onnx_sentence_embeddings,
     pydoc_sentences,
     sentence_embeddings,
+    stdlib_docstring_sentences,
 )
 
 
@@ -90,6 +91,45 @@ def test_task_splits_sentences_disjointly(tokenizer_dir):
         load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=1)
     with pytest.raises(SpecError, match="n_heldout=99999 leaves no training texts"):
         load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=99999)
+
+
+def test_stdlib_docstring_sentences_are_prose_unique_and_stable():
+    s = stdlib_docstring_sentences()
+    assert len(s) > 10_000 and s == stdlib_docstring_sentences()
+    assert len(set(s)) == len(s)
+    assert all(4 <= len(x.split()) <= 60 and ">>>" not in x for x in s)
+    # prose about what the library does, not only the language reference of pydoc_data
+    assert len(set(s) - set(pydoc_sentences())) > 0.95 * len(s)
+
+
+def test_extra_texts_train_only_never_held_out(tokenizer_dir, monkeypatch):
+    """Distilling on broader text: the extra texts join the training split only, the
+    held-out split is the same as without them, and a bad name or count is refused."""
+    plain = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=300,
+                      n_train=200, max_length=24)  # fmt: skip
+    mixed = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=300,
+                      n_train=200, max_length=24, extra_texts="stdlib-docstrings", n_extra=150)
+    assert len(mixed.y_train) == 350 and mixed.split["n_extra"] == 150
+    assert mixed.split["extra_texts"] == "stdlib-docstrings"
+    np.testing.assert_array_equal(mixed.x_heldout["input_ids"], plain.x_heldout["input_ids"])
+    np.testing.assert_array_equal(mixed.x_test["input_ids"], plain.x_test["input_ids"])
+    # the plain training texts are all there, mixed with the extra ones
+    train = {tuple(r) for r in mixed.x_train["input_ids"].tolist()}
+    assert {tuple(r) for r in plain.x_train["input_ids"].tolist()} <= train
+    # an extra source that holds the held-out texts (and the training ones) adds neither
+    from paretoforge.tasks.embedding import EXTRA_TEXTS
+
+    monkeypatch.setitem(EXTRA_TEXTS, "pydoc-again", pydoc_sentences)
+    again = load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_heldout=300,
+                      n_train=200, max_length=24, extra_texts="pydoc-again")
+    assert again.split["n_extra"] == len(pydoc_sentences()) - 300 - 200
+    with pytest.raises(SpecError, match="extra_texts='wiki' is not a known text source"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), extra_texts="wiki")
+    with pytest.raises(SpecError, match="n_extra must be an integer >= 1"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir),
+                  extra_texts="stdlib-docstrings", n_extra=0)
+    with pytest.raises(SpecError, match="n_extra is set but extra_texts is not"):
+        load_task("embedding-fidelity", checkpoint=str(tokenizer_dir), n_extra=10)
 
 
 def test_task_on_the_users_texts(tokenizer_dir, tmp_path):
