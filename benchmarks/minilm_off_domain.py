@@ -1,8 +1,10 @@
 """Off-domain fidelity of a MiniLM front: do the members keep their cosine to the unpruned model
 on English text unlike the text they were distilled on?
 
-``examples/minilm-fidelity.yaml`` distils and scores on sentences from Python's documentation
-(``pydoc_data.topics``). This script takes a finished run of it and scores every front member
+``examples/minilm-fidelity.yaml`` scores on sentences from Python's documentation
+(``pydoc_data.topics``) and distils on those mixed with the docstrings of Python's standard
+library (``task.params.extra_texts``; before 2026-12-07, on pydoc sentences alone). This
+script takes a finished run of it and scores every front member
 -- its exported ``model.onnx``, through onnxruntime alone -- against the run's unpruned base
 (trial 0's fp32 ``model.onnx``) on two sets of English text that ship with the project's
 dependencies and share little with Python's documentation:

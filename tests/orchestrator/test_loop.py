@@ -305,3 +305,18 @@ def test_optuna_plots_label_the_objectives(ray_cluster, tmp_path: Path, spec_of)
     matplotlib.pyplot.close("all")
     _run(spec.with_overrides(**{"search.trials": 6}), tmp_path / "r")  # resumed: names kept
     assert optuna.load_study(study_name=spec.name, storage=journal).metric_names == names
+
+
+def test_a_freed_worker_gets_its_next_trial_before_the_last_is_told(ray_cluster, tmp_path: Path,
+                                                                     make_spec) -> None:
+    """The driver hands a worker its next trial as soon as its result is in, and does the
+    result's bookkeeping (artifact, predictors, the study's writes) while the worker runs:
+    with one worker, trial n + 1 starts before trial n is done. The count stays exact."""
+    spec = make_spec({"sampler": "random", "trials": 6}, cluster={"workers": 1})
+    events: list = []
+    _run(spec, tmp_path / "r", events)
+    _assert_exact(tmp_path / "r", 6)
+    order = [(k, d["trial"]) for k, d in events if k in ("trial_started", "trial_done")]
+    started = [n for k, n in order if k == "trial_started"]
+    for prev, nxt in zip(started, started[1:], strict=False):
+        assert order.index(("trial_started", nxt)) < order.index(("trial_done", prev)), order
