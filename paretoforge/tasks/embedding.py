@@ -287,8 +287,8 @@ def stdlib_docstring_sentences() -> list[str]:
     docstrings of its module, classes and functions are cut and filtered as
     :func:`pydoc_sentences` does. The prose is about what the library does -- mail, HTTP,
     archives, dates, threads, numbers, text -- so it widens what a distilled encoder sees
-    beyond the language reference of ``pydoc_data.topics``; duplicates are dropped. About
-    20,000 sentences on CPython 3.11.
+    beyond the language reference of ``pydoc_data.topics``; duplicates are dropped. 15,387
+    sentences on CPython 3.11.
 
     Example:
         >>> s = stdlib_docstring_sentences()
@@ -450,9 +450,9 @@ def load_embedding_task(
 
     ``extra_texts`` names more texts for the training split only (:data:`EXTRA_TEXTS`, e.g.
     ``stdlib-docstrings``): distilling on text broader than the held-out kind keeps more
-    quality on text unlike either. Those equal to a held-out text are dropped, the rest
-    shuffled by ``seed`` and the first ``n_extra`` (default: all) added to the training split,
-    whose order is then shuffled once more so that a batch mixes both.
+    quality on text unlike either. Those equal to a held-out or a training text are dropped,
+    the rest shuffled by ``seed`` and the first ``n_extra`` (default: all) added to the
+    training split, whose order is then shuffled once more so that a batch mixes both.
 
     Labels do not exist: ``y_*`` are ``-1`` and ``num_classes`` is 0; quality is
     :func:`embedding_fidelity` against the unpruned model, pooled as
