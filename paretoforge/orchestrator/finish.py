@@ -174,13 +174,13 @@ UNPRUNED_MARGIN = 0.10
 
 
 def _with_margin(values: tuple[float, ...], directions: Sequence[str]) -> tuple[float, ...]:
-    """``values`` with each minimized objective ``UNPRUNED_MARGIN`` lower.
+    """``values`` with each minimized objective ``UNPRUNED_MARGIN`` (of its magnitude) lower.
 
     Example:
-        >>> _with_margin((0.99, 20.0), ["maximize", "minimize"])
-        (0.99, 18.0)
+        >>> _with_margin((0.99, 20.0, -2.0), ["maximize", "minimize", "minimize"])
+        (0.99, 18.0, -2.2)
     """
-    return tuple(v * (1 - UNPRUNED_MARGIN) if d == "minimize" else v
+    return tuple(v - abs(v) * UNPRUNED_MARGIN if d == "minimize" else v
                  for v, d in zip(values, directions, strict=True))
 
 
