@@ -74,7 +74,7 @@ def onnx_logits(
 
     validate_inputs(session, feeds if layout is None else complete_feeds(layout, feeds),
                     batch_size=min(batch_size, n))
-    order = _by_length(session, feeds) if layout is None else None
+    order = _length_order(session, feeds) if layout is None else None
     try:
         if order is not None:
             return _run_trimmed(session, feeds, order, min(batch_size, _TRIMMED_BATCH))
@@ -88,7 +88,7 @@ def onnx_logits(
 _TRIMMED_BATCH = 32
 
 
-def _by_length(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+def _length_order(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
     """Example indices shortest first, when ``feeds`` is padded text (a 2-D
     ``attention_mask``), every token input of the graph has a symbolic length and its first
     output a fixed shape past the batch (a sentence embedding, a class's logits); else None.
@@ -111,21 +111,20 @@ def _by_length(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
 def _run_trimmed(session: Any, feeds: dict[str, np.ndarray], order: np.ndarray,
                  batch_size: int) -> np.ndarray:
     """The first output for every example, run in batches of neighbours in length, each cut
-    after its last position that any of its examples attends to (right padding: the
-    positions dropped are masked out of attention and pooling; the outputs are those of the
-    padded inputs, at a fraction of the compute), returned in the input order."""
+    by :func:`~paretoforge.models.distill.trim_padding` (the rule distillation and importance
+    use: right padding, the positions dropped are masked out of attention and pooling, so the
+    outputs are those of the padded inputs at a fraction of the compute), returned in the
+    input order."""
     import numpy as np
+    import torch
 
-    mask = feeds["attention_mask"]
-    width = mask.shape[1]
+    from paretoforge.models.distill import trim_padding
+
     out: np.ndarray | None = None
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
-        used = np.flatnonzero(mask[idx].any(0))
-        keep = int(used.max()) + 1 if len(used) else 1
-        part = {k: np.ascontiguousarray(v[idx, :keep] if v.shape[:2] == (len(mask), width)
-                                        else v[idx]) for k, v in feeds.items()}  # fmt: skip
-        res = session.run(None, part)[0]
+        part, _ = trim_padding({k: torch.from_numpy(v[idx]) for k, v in feeds.items()})
+        res = session.run(None, {k: np.ascontiguousarray(v.numpy()) for k, v in part.items()})[0]
         if out is None:
             out = np.empty((len(order), *res.shape[1:]), dtype=res.dtype)
         out[idx] = res

@@ -109,15 +109,13 @@ def export_onnx(
     names = list(example_inputs)
     tensors = tuple(example_inputs[n] for n in names)
     output_names = list(output_names)
-    dynamic_axes: dict[str, dict[int, str]] | None = None
-    if dynamic_batch:
-        dynamic_axes = {n: {0: "batch"} for n in [*names, *output_names]}
     unknown = sorted(set(dynamic_sequence) - set(names))
     if unknown:
         raise BuildError(f"export_onnx: dynamic_sequence names {unknown}, which are not inputs "
                          f"({names})")
+    dynamic_axes: dict[str, dict[int, str]] = {
+        n: {0: "batch"} for n in [*names, *output_names]} if dynamic_batch else {}
     for n in dynamic_sequence:
-        dynamic_axes = dynamic_axes or {}
         dynamic_axes.setdefault(n, {})[1] = "sequence"
 
     wrapper = _wrapper(model, names, output_fn or default_output_fn)
@@ -136,7 +134,7 @@ def export_onnx(
                     str(tmp),
                     input_names=names,
                     output_names=output_names,
-                    dynamic_axes=dynamic_axes,
+                    dynamic_axes=dynamic_axes or None,
                     opset_version=opset,
                     do_constant_folding=True,
                     dynamo=False,

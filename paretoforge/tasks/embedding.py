@@ -25,7 +25,7 @@ import numbers
 import os
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,10 +263,16 @@ def pydoc_sentences() -> list[str]:
     """
     from pydoc_data.topics import topics
 
+    return _prose_sentences(topics[key] for key in sorted(topics))
+
+
+def _prose_sentences(docs: Iterable[str]) -> list[str]:
+    """The prose sentences of ``docs`` in order, each once: paragraphs, terms and table cells
+    (:func:`_texts`), cut at sentence ends (:func:`_candidates`), kept by :func:`_is_prose`."""
     out: list[str] = []
     seen: set[str] = set()
-    for key in sorted(topics):
-        for text, fragment in _texts(topics[key]):
+    for doc in docs:
+        for text, fragment in _texts(doc):
             for s, frag in _candidates(text, fragment):
                 if s not in seen and _is_prose(s, frag):
                     seen.add(s)
@@ -304,29 +310,22 @@ def _stdlib_docstring_sentences() -> tuple[str, ...]:
     import sysconfig
 
     root = Path(sysconfig.get_paths()["stdlib"])
-    out: list[str] = []
-    seen: set[str] = set()
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).parts
-        if any(p in _STDLIB_SKIP or p.startswith("test_") for p in parts):
-            continue
-        try:
-            tree = ast.parse(path.read_bytes(), filename=str(path))
-        except (SyntaxError, ValueError, OSError):  # a file of another Python's grammar
-            continue
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+
+    def docstrings() -> Iterator[str]:
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).parts
+            if any(p in _STDLIB_SKIP or p.startswith("test_") for p in parts):
+                continue
+            try:
+                tree = ast.parse(path.read_bytes(), filename=str(path))
+            except (SyntaxError, ValueError, OSError):  # a file of another Python's grammar
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
                                      ast.AsyncFunctionDef)):
-                continue
-            doc = ast.get_docstring(node)
-            if not doc:
-                continue
-            for text, fragment in _texts(doc):
-                for sentence, frag in _candidates(text, fragment):
-                    if sentence not in seen and _is_prose(sentence, frag):
-                        seen.add(sentence)
-                        out.append(sentence)
-    return tuple(out)
+                    yield ast.get_docstring(node) or ""
+
+    return tuple(_prose_sentences(docstrings()))
 
 
 #: ``task.params.extra_texts``: more texts for training only (importance, distillation,

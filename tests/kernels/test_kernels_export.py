@@ -112,7 +112,7 @@ def test_a_symbolic_length_lets_quality_run_trimmed_batches(family: str, tmp_pat
     """Token inputs exported with a symbolic length: onnx_logits feeds padded text in batches
     of neighbours in length, each cut after its last attended position, and gets the outputs
     of the padded inputs (a fixed-length graph of the same model takes them as they are)."""
-    from paretoforge.evaluators.quality import _by_length, onnx_logits
+    from paretoforge.evaluators.quality import _length_order, onnx_logits
     from paretoforge.kernels import graph_summary
     from paretoforge.tasks.embedding import PooledEncoder, Pooling
     from paretoforge.testing.contracts import tiny_inputs, tiny_model
@@ -129,9 +129,9 @@ def test_a_symbolic_length_lets_quality_run_trimmed_batches(family: str, tmp_pat
     feeds = {k: v.numpy() for k, v in tiny_inputs(tiny_model(family), 70, seed=5).items()}
     feeds["attention_mask"][1:, -2:] = 0  # the last columns padding in all but the first row
     sess = ort.InferenceSession(str(dyn), providers=["CPUExecutionProvider"])
-    order = _by_length(sess, feeds)
+    order = _length_order(sess, feeds)
     assert order is not None and (np.diff(feeds["attention_mask"].sum(1)[order]) >= 0).all()
-    assert _by_length(ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"]),
+    assert _length_order(ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"]),
                       feeds) is None
     got, want = onnx_logits(dyn, feeds), onnx_logits(fixed, feeds)
     assert got.shape == want.shape == (70, encoder.config.hidden_size)
