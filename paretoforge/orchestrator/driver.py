@@ -96,8 +96,10 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
 
     Joining a cluster is explicit: with none of the three, a new local cluster of this process
     starts, never the one Ray's current-cluster file names. It gets exactly the CPUs the
-    workers reserve (at least one), listens on 127.0.0.1 only, and has no dashboard unless
-    the spec asks for one (then on 127.0.0.1). An address that does not answer as a Ray
+    workers reserve (at least one), plus, for a one-shot search, those of the supernet's Ray
+    Train workers, so that the search's workers start while the supernet trains. It listens
+    on 127.0.0.1 only, and has no dashboard unless the spec asks for one (then on
+    127.0.0.1). An address that does not answer as a Ray
     cluster raises PlacementError within about 30 s
     (:func:`~paretoforge._ray_auth.connect_cluster`).
     """
@@ -112,6 +114,9 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
         connect_cluster(addr, debug=debug)
         return True
     need = spec.cluster.workers * spec.cluster.cpus_per_worker
+    if spec.search.strategy == "one-shot":  # the supernet's trainer, beside the workers
+        trainers = spec.one_shot.train_workers or spec.cluster.workers
+        need += trainers * spec.cluster.cpus_per_worker
     start_local_cluster(num_cpus=max(int(-(-need // 1)), 1), dashboard=spec.cluster.dashboard,
                         debug=debug)
     return True
@@ -311,9 +316,32 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
 
         prepared = prepare_cached(spec, log=log)
         one_shot = spec.search.strategy == "one-shot"
+        spec_json = _recorded(spec).model_dump(mode="json")  # workers get no password
+        actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
+                               max_task_retries=0)(worker_cls or Worker)
+        keeper = start_keeper(run_dir)
+        # The bundle new workers start from (no test split on the workers), put on first need.
+        bundle: dict[str, Any] = {}
+
+        def new_worker(i: int, holder: str) -> Any:
+            if "ref" not in bundle:
+                bundle["ref"] = ray.put(bundle.pop("prepared").for_workers())
+            handle = actor_cls.remote(bundle["ref"], spec_json, str(run_dir), index=i,
+                                      gates=gates, holder=holder, benches=benches,
+                                      keeper=keeper, **worker_kwargs)
+            if bundle.get("warm"):  # before its ping: the slot is free once warm
+                handle.warm.remote()
+            return handle
+
         if one_shot:
             from paretoforge.pipeline.oneshot import attach_supernet
 
+            if _room_to_start_workers_early(spec, worker_cls or Worker):
+                # The workers start (process, imports, base model, reference artifact) while
+                # the supernet trains: Ray Train's start-up leaves a core idle for seconds.
+                bundle.update(prepared=_ship_user_task(prepared, space), warm=True)
+                pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
+                log(f"workers: {spec.cluster.workers} starting while the supernet trains")
             prepared = attach_supernet(prepared, spec, space=space, log=log)
         atomic_write_json(run_dir / "run.json", {
             "study": spec.name, "objectives": [o.model_dump() for o in spec.objectives],
@@ -324,17 +352,14 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         })
         store.push_file("run.json")
         prepared = _ship_user_task(prepared, space)
-        prepared_ref = ray.put(prepared.for_workers())  # no test split on the workers
-        spec_json = _recorded(spec).model_dump(mode="json")  # workers get no password
-        actor_cls = ray.remote(num_cpus=spec.cluster.cpus_per_worker, max_restarts=0,
-                               max_task_retries=0)(worker_cls or Worker)
-
-        keeper = start_keeper(run_dir)
-
-        def new_worker(i: int, holder: str) -> Any:
-            return actor_cls.remote(prepared_ref, spec_json, str(run_dir), index=i, gates=gates,
-                                    holder=holder, benches=benches, keeper=keeper,
-                                    **worker_kwargs)
+        # a worker started from here on gets the whole bundle, supernet included
+        bundle.clear()
+        bundle["prepared"] = prepared
+        if pool is not None:  # started early: each gets the supernet before its first trial
+            supernet_ref = ray.put(prepared.supernet)
+            for slot in pool.slots:
+                if slot.state != "gone":
+                    slot.handle.attach_supernet.remote(supernet_ref)
 
         def sync(*, min_interval_s: float = 0.0) -> None:
             if backend is not None:
@@ -345,7 +370,8 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
             if not min_interval_s:
                 store.push_meta()
 
-        pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
+        if pool is None:
+            pool = WorkerPool(new_worker, spec.cluster.workers, gates=gates, log=log)
         loop = SearchLoop(spec, study, space, pool, progress, run_dir=run_dir,
                           base_params=space.base_params(prepared.num_layers, prepared.num_heads),
                           sync=sync, verify=_fetching_verify(store),
@@ -429,6 +455,19 @@ def _fetching_verify(store: RunStore) -> Callable[..., Any]:
         return store.verify(directory, key=key)
 
     return verify
+
+
+def _room_to_start_workers_early(spec: Spec, worker_cls: type) -> bool:
+    """Whether the search's workers can start while the supernet trains: the cluster has free
+    CPUs for both (a local cluster of a one-shot search is started with them), and the
+    worker class takes its supernet late (``attach_supernet``)."""
+    import ray
+
+    if not (hasattr(worker_cls, "warm") and hasattr(worker_cls, "attach_supernet")):
+        return False
+    cpus = spec.cluster.cpus_per_worker
+    need = (spec.cluster.workers + (spec.one_shot.train_workers or spec.cluster.workers)) * cpus
+    return float(ray.available_resources().get("CPU", 0.0)) >= need
 
 
 def _ship_user_task(prepared: Any, space: SearchSpace) -> Any:

@@ -103,12 +103,7 @@ class Worker:
         else:
             self.cores = list(self.all_cores)
         torch.set_num_threads(threads)
-        recovery = self.spec.recovery
-        if getattr(prepared, "supernet", None) is not None:
-            # One-shot: a sub-network is scored as cut from the supernet; finishing trials
-            # ask for their recovery explicitly (evaluate's recovery_epochs).
-            recovery = recovery.model_copy(update={"epochs": 0})
-        self.context = BuildContext(prepared, recovery=recovery, seed=self.spec.search.seed)
+        self.context = self._context(prepared)
         self.cache = StageCache()
         self._reference: Path | None = None  # the base's artifact, built on first measurement
         self._reference_files: Any = None  # its files in Ray's object store, for benches
@@ -116,7 +111,57 @@ class Worker:
         # A build yields its shared hold at each distillation step when a measurement waits.
         set_yield_point(self.gate.yield_to_writers)
 
+    def _context(self, prepared: Prepared) -> BuildContext:
+        recovery = self.spec.recovery
+        if getattr(prepared, "supernet", None) is not None:
+            # One-shot: a sub-network is scored as cut from the supernet; finishing trials
+            # ask for their recovery explicitly (evaluate's recovery_epochs).
+            recovery = recovery.model_copy(update={"epochs": 0})
+        return BuildContext(prepared, recovery=recovery, seed=self.spec.search.seed)
+
     # -- public verbs ------------------------------------------------------------------------
+
+    def warm(self) -> dict[str, Any]:
+        """Do a first trial's one-time work now: the modules a build imports, the base model,
+        the run's reference artifact, and an ONNX Runtime session on it. The driver calls it on
+        workers it starts while the supernet trains, so their first trial costs what the
+        others do. A failure is returned, not raised: the first trial meets it again and
+        reports it as that trial's.
+
+        Returns:
+            ``{"seconds": ...}``, plus ``"error"`` when a step failed.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {}
+        try:
+            import onnxruntime as ort
+            import onnxruntime.quantization  # noqa: F401  (the int8 passes)
+
+            self.context.base  # noqa: B018  (loads it)
+            ref = self.reference()
+            samples, _ = st.latency_samples(self.context)
+            sess = ort.InferenceSession(str(ref / "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+            sess.run(None, {k: v[:1] for k, v in samples.items()})
+        except Exception as e:  # noqa: BLE001  (the first trial raises it as its own)
+            out["error"] = f"{type(e).__name__}: {e}"
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def attach_supernet(self, supernet: dict[str, Any]) -> None:
+        """Take the trained supernet (``Prepared.supernet``) of a one-shot search this worker
+        was started before: candidates are cut from it from now on, and scored as cut. The
+        base model and the reference already loaded are kept."""
+        import dataclasses
+
+        loaded = self.context
+        self.prepared = dataclasses.replace(self.prepared, supernet=supernet)
+        self.context = self._context(self.prepared)
+        self.context.share_loaded(loaded)
+        self.context.source  # noqa: B018  (cut from at the first trial: load it now)
+
 
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: index, Ray node, pinned cores, process id, and whether it

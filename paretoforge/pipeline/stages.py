@@ -94,9 +94,20 @@ class BuildContext:
         finishing trial's budget."""
         ctx = BuildContext(self.prepared, recovery=self.recovery.model_copy(
             update={"epochs": int(epochs)}), seed=self.seed)
-        ctx._base, ctx._importance = self._base, self._importance
-        ctx._supernet, ctx._supernet_importance = self._supernet, self._supernet_importance
+        ctx.share_loaded(self)
         return ctx
+
+    def share_loaded(self, other: BuildContext) -> None:
+        """Use the models ``other`` has loaded: its base and importance (the same base), and
+        its supernet when both contexts have the same one."""
+        if other.prepared.base_key != self.prepared.base_key:
+            return
+        self._base, self._importance = other._base, other._importance
+        mine = getattr(self.prepared, "supernet", None)
+        theirs = getattr(other.prepared, "supernet", None)
+        if mine is not None and theirs is not None and mine["key"] == theirs["key"]:
+            self._supernet, self._supernet_importance = (other._supernet,
+                                                         other._supernet_importance)
 
     @property
     def one_shot(self) -> bool:

@@ -12,6 +12,7 @@ from paretoforge.orchestrator.driver import run_search
 from paretoforge.orchestrator.progress import Progress
 from paretoforge.orchestrator.results import load_run
 from paretoforge.pipeline.artifacts import verify_artifact
+from paretoforge.search_spaces import CandidateConfig
 from paretoforge.testing import tiny_spec
 from paretoforge.testing.processes import sigkill_session, wait_for_trials
 
@@ -144,3 +145,63 @@ def test_one_shot_driver_sigkilled_then_resumed(tmp_path: Path) -> None:
                and t.user_attrs.get(TrialAttr.PHASE) == Phase.ONE_SHOT
                and not t.user_attrs.get(TrialAttr.IS_BASE)}
     assert len({s for s in sources if s and s.startswith("supernet:")}) == 1  # one supernet
+
+
+def test_workers_started_before_the_supernet_build_what_later_ones_do(ray_cluster,
+                                                                      tmp_path: Path) -> None:
+    """A worker started (and warmed) before the supernet exists, then handed it, cuts and
+    exports the same candidate, byte for byte, as a worker started with the supernet."""
+    from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline import artifact_path, prepare_cached
+    from paretoforge.pipeline.oneshot import attach_supernet
+
+    spec = tiny_spec({"trials": 8, "strategy": "one-shot", "sampler": "random"},
+                     one_shot={"supernet_epochs": 1})
+    prepared = prepare_cached(spec, log=lambda *_: None)
+    full = attach_supernet(prepared, spec, log=lambda *_: None)
+    spec_json = spec.model_dump(mode="json")
+    early = Worker(prepared.for_workers(), spec_json, str(tmp_path / "early"), pin=False)
+    warmed = early.warm()
+    assert "error" not in warmed and warmed["seconds"] > 0
+    assert list((tmp_path / "early" / "reference").glob("*/model.onnx"))  # built by warm
+    early.attach_supernet(full.supernet)
+    late = Worker(full.for_workers(), spec_json, str(tmp_path / "late"), pin=False)
+    cfg = {"layers_kept": 1, "heads_kept": 1, "ffn_kept": 0.5, "precision": "fp32",
+           "fusion": False}
+    key = CandidateConfig.model_validate(cfg).key
+    for w in (early, late):
+        w.evaluate(1, cfg)
+    manifests = [verify_artifact(artifact_path(tmp_path / name, key), key=key)
+                 for name in ("early", "late")]
+    assert manifests[0] is not None and manifests[1] is not None
+    assert manifests[0].plan["source"] == manifests[1].plan["source"] == \
+        f"supernet:{full.supernet['key']}"
+    assert manifests[0].files["model.onnx"] == manifests[1].files["model.onnx"]
+    assert manifests[0].metrics["accuracy"] == manifests[1].metrics["accuracy"]
+    # no recovery: a sub-network is scored as cut, as by a worker started with the supernet
+    assert all(next(s for s in m.stages if s.name == "recover").seconds < 0.01
+               for m in manifests)
+
+
+def test_workers_start_while_the_supernet_trains(ray_cluster, tmp_path: Path) -> None:
+    """With free CPUs for both, the search's workers start and warm while Ray Train trains the
+    supernet: the run's reference artifact is built before the first trial is asked."""
+    spec = tiny_spec({"trials": 4, "strategy": "one-shot", "sampler": "random"},
+                     cluster={"workers": 1},
+                     one_shot={"supernet_epochs": 2, "finish_candidates": 0})
+    run_dir = tmp_path / "r"
+    summary = run_search(spec, run_dir, progress=Progress(4, live=False, quiet=True))
+    assert summary.failed == 0
+    run = load_run(run_dir)
+    reference = next((run_dir / "reference").glob("*/model.onnx"))  # built by warm()
+    first = min(t.datetime_start for t in run.trials())
+    assert reference.stat().st_mtime < first.timestamp()
+    built = [t for t in run.trials() if TrialAttr.CACHED_FROM not in t.user_attrs
+             and not t.user_attrs.get(TrialAttr.IS_BASE)]
+    pruned = [t for t in built if not CandidateConfig.model_validate(
+        t.user_attrs[TrialAttr.CONFIG]).is_unpruned(2, 2)]
+    assert len(pruned) >= 2
+    for t in pruned:  # every pruned candidate cut from the supernet, as cut
+        manifest = verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
+        assert manifest.plan["source"].startswith("supernet:")
+        assert next(s for s in manifest.stages if s.name == "recover").seconds < 0.01
