@@ -173,3 +173,17 @@ def test_a_rung_gives_cheaper_candidates_more_epochs_up_to_the_scale() -> None:
         assert {a[TrialAttr.RECOVERY_EPOCHS] for _, a in jobs} == {want}, scale
     # a candidate keeping most of the base's compute keeps the rung's epochs
     assert rung_epochs(2, 0.9, 3.0) == 2 and rung_epochs(2, None, 3.0) == 2
+
+
+def test_a_rung_runs_its_longest_recoveries_first() -> None:
+    """Epochs times the step's cost (teacher share + compute fraction), descending."""
+    spec = tiny_spec(one_shot={"finish_candidates": 3, "finish_epochs": [2],
+                               "finish_compute_scale": 4.0})
+    trials = [_one_shot(0, 0.95, 5.0, layers=2), _one_shot(1, 0.9, 3.0),
+              _one_shot(2, 0.85, 2.0), _one_shot(3, 0.8, 1.0)]
+    fractions = {1: 0.9, 2: 0.25, 3: 0.5}
+    jobs = plan_rung(trials, spec, 0, is_unpruned=lambda c: c.get("layers_kept") == 2,
+                     compute_fraction=lambda c: fractions[c["n"]])
+    # n=2: 8 epochs x (0.25 + 0.25) = 4.0; n=3: 4 x 0.75 = 3.0; n=1: 2 x 1.15 = 2.3
+    assert [a[TrialAttr.ONE_SHOT_TRIAL] for _, a in jobs] == [2, 3, 1]
+    assert [a[TrialAttr.RECOVERY_EPOCHS] for _, a in jobs] == [8, 4, 2]
