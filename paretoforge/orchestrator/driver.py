@@ -356,10 +356,7 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         bundle.clear()
         bundle["prepared"] = prepared
         if pool is not None:  # started early: each gets the supernet before its first trial
-            supernet_ref = ray.put(prepared.supernet)
-            for slot in pool.slots:
-                if slot.state != "gone":
-                    slot.handle.attach_supernet.remote(supernet_ref)
+            _attach_supernet(pool, ray.put(prepared.supernet), log)
 
         def sync(*, min_interval_s: float = 0.0) -> None:
             if backend is not None:
@@ -455,6 +452,26 @@ def _fetching_verify(store: RunStore) -> Callable[..., Any]:
         return store.verify(directory, key=key)
 
     return verify
+
+
+def _attach_supernet(pool: Any, supernet_ref: Any, log: Callable[[str], None]) -> None:
+    """Hand the supernet to every worker the pool started before it was trained, and wait
+    until each has it (they have been warming since; the wait is what is left of it). A worker
+    that could not take it is replaced by one started from the whole bundle: none searches
+    without it."""
+    import ray
+
+    calls = [(slot.index, slot.handle.attach_supernet.remote(supernet_ref))
+             for slot in pool.slots if slot.state != "gone"]
+    for index, ref in calls:
+        try:
+            ray.get(ref)
+        except Exception as e:  # its process died, or the supernet did not load there
+            cause = getattr(e, "cause", None) or e  # a RayTaskError wraps what was raised
+            text = str(cause).strip()
+            log(f"worker {index} could not take the supernet ({type(cause).__name__}: "
+                f"{text.splitlines()[0][:200] if text else ''}); starting another")
+            pool.replace(index)
 
 
 def _room_to_start_workers_early(spec: Spec, worker_cls: type) -> bool:

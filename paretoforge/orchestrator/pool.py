@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -170,10 +171,20 @@ class WorkerPool:
                 "cluster.workers or cluster.cpus_per_worker, or add nodes"
             )
 
-    def shutdown(self) -> None:
-        """Kill every worker actor."""
+    def shutdown(self, *, close_timeout_s: float = 5.0) -> None:
+        """Close every idle worker that has a ``close`` (it removes its stage cache; a busy
+        one's is swept later, :func:`~paretoforge.pipeline.cache.sweep_stale_caches`), for at
+        most ``close_timeout_s``, then kill every worker actor."""
         import ray
 
+        closing = []
+        for s in self.slots:
+            if s.state == "idle" and hasattr(s.handle, "close"):
+                with contextlib.suppress(Exception):
+                    closing.append(s.handle.close.remote())
+        if closing:
+            with contextlib.suppress(Exception):
+                ray.wait(closing, num_returns=len(closing), timeout=close_timeout_s)
         for s in self.slots:
             try:
                 ray.kill(s.handle, no_restart=True)

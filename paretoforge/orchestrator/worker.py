@@ -150,6 +150,11 @@ class Worker:
         out["seconds"] = time.perf_counter() - t0
         return out
 
+    def close(self) -> None:
+        """Remove this worker's stage cache (its exports in the temporary directory); the
+        pool calls it before it stops the worker."""
+        self.cache.clear()
+
     def attach_supernet(self, supernet: dict[str, Any]) -> None:
         """Take the trained supernet (``Prepared.supernet``) of a one-shot search this worker
         was started before: candidates are cut from it from now on, and scored as cut. The

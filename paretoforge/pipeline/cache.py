@@ -3,8 +3,9 @@
 Candidates with the same weights (same slice of the base, same recovery) that differ only in
 their graph passes (precision, fusion) reuse the recovered model and its export instead of
 retraining. The cache is a worker's own (in memory for models, a temporary folder for
-exports), bounded, least recently used first out; a hit is recorded in the manifest's
-``stages``.
+exports, named after the process, which removes it when closed; a later cache removes those
+of processes that are gone: :func:`sweep_stale_caches`), bounded, least recently used first
+out; a hit is recorded in the manifest's ``stages``.
 
 Example:
     >>> cache = StageCache(max_models=1)
@@ -15,13 +16,46 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StageCache"]
+__all__ = ["StageCache", "sweep_stale_caches"]
+
+_PREFIX = "pf-stage-cache-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale_caches(root: str | os.PathLike[str] | None = None) -> int:
+    """Remove the stage-cache folders of processes that no longer run; return how many.
+
+    A worker clears its own folder when it is closed; one killed (SIGKILL, out of memory, the
+    end of a search: Ray kills its actors) cannot, and its exports (hundreds of MB for a
+    MiniLM-sized model) would stay in the temporary directory. Each folder is named after its
+    process id (``pf-stage-cache-<pid>-...``); a new cache sweeps the others whose process is
+    gone, on its machine.
+    """
+    root = Path(root) if root is not None else Path(tempfile.gettempdir())
+    removed = 0
+    for d in root.glob(f"{_PREFIX}*"):
+        pid = d.name[len(_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 class StageCache:
@@ -67,7 +101,8 @@ class StageCache:
         if self.max_exports == 0:
             return
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="pf-stage-cache-"))
+            sweep_stale_caches()
+            self._root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         dst = self._root / key
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(directory, dst)

@@ -205,3 +205,41 @@ def test_workers_start_while_the_supernet_trains(ray_cluster, tmp_path: Path) ->
         manifest = verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
         assert manifest.plan["source"].startswith("supernet:")
         assert next(s for s in manifest.stages if s.name == "recover").seconds < 0.01
+
+
+def test_a_worker_that_cannot_take_the_supernet_is_replaced(ray_cluster) -> None:
+    """An early worker whose ``attach_supernet`` fails never searches: the pool starts
+    another, from the whole bundle."""
+    import ray
+
+    from paretoforge.orchestrator.driver import _attach_supernet
+    from paretoforge.orchestrator.pool import WorkerPool
+
+    @ray.remote(num_cpus=0)
+    class Early:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+        def ping(self) -> dict:
+            return {}
+
+        def attach_supernet(self, supernet: dict) -> None:
+            if not self.ok:
+                raise RuntimeError("the supernet did not load")
+
+    made: list = []
+
+    def factory(index: int, holder: str):
+        made.append(Early.remote(index == 0 or len(made) >= 2))  # the first worker 1 fails
+        return made[-1]
+
+    pool = WorkerPool(factory, 2, log=lambda *_: None)
+    logs: list[str] = []
+    try:
+        _attach_supernet(pool, ray.put({"key": "k"}), logs.append)
+        assert len(made) == 3 and pool.slots[0].handle is made[0]
+        assert pool.slots[1].handle is made[2] and pool.replaced == 1
+        assert len(logs) == 1 and logs[0].startswith("worker 1 could not take the supernet")
+        assert "did not load" in logs[0]
+    finally:
+        pool.shutdown()

@@ -197,3 +197,33 @@ def test_reference_artifact_is_the_base_built_once_per_run(ctx, tmp_path: Path) 
 
     want = default_output_fn(want)
     np.testing.assert_allclose(sess.run(None, x)[0], want.numpy(), atol=1e-4)
+
+
+def test_stage_caches_of_gone_processes_are_swept(tmp_path: Path) -> None:
+    """A cache folder is named after its process; one whose process is gone is removed, one
+    of a live process (or of no process id) is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from paretoforge.pipeline.cache import sweep_stale_caches
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"pf-stage-cache-{gone.pid}-abc"
+    mine = tmp_path / f"pf-stage-cache-{os.getpid()}-def"
+    other = tmp_path / "pf-stage-cache-xyz"
+    for d in (dead, mine, other):
+        (d / "k").mkdir(parents=True)
+        (d / "k" / "model.onnx").write_bytes(b"x" * 10)
+    assert sweep_stale_caches(tmp_path) == 1
+    assert not dead.exists() and mine.exists() and other.exists()
+    cache = StageCache()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("1")
+    cache.put_export("e", src)
+    root = cache.get_export("e")[0].parent
+    assert root.name.startswith(f"pf-stage-cache-{os.getpid()}-")
+    cache.clear()
+    assert not root.exists()
