@@ -99,9 +99,8 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
     workers reserve (at least one), plus, for a one-shot search, those of the supernet's Ray
     Train workers, so that the search's workers start while the supernet trains. It listens
     on 127.0.0.1 only, and has no dashboard unless the spec asks for one (then on
-    127.0.0.1). An address that does not answer as a Ray
-    cluster raises PlacementError within about 30 s
-    (:func:`~paretoforge._ray_auth.connect_cluster`).
+    127.0.0.1). An address that does not answer as a Ray cluster raises PlacementError
+    within about 30 s (:func:`~paretoforge._ray_auth.connect_cluster`).
     """
     import ray
 

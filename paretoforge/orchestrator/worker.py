@@ -167,7 +167,6 @@ class Worker:
         self.context.share_loaded(loaded)
         self.context.source  # noqa: B018  (cut from at the first trial: load it now)
 
-
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: index, Ray node, pinned cores, process id, and whether it
         sees the run directory (``in_place``)."""
