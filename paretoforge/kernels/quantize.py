@@ -110,19 +110,18 @@ def quantize_dynamic_int8(
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise BuildError(f"Cannot quantize {str(src)!r}: no such file; export the model first")
+    # Fused graphs hold tensors whose type the quantizer cannot infer; without a default it
+    # aborts on them.
+    extra_options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with _tmp_beside(dst) as tmp:
         try:
             # The quantizer logs per-node notes at INFO/WARNING; failures still raise.
             with quiet():
-                quantize_dynamic(
-                    str(src),
-                    str(tmp),
-                    weight_type=QuantType.QInt8,
-                    per_channel=per_channel,
-                    # Fused graphs hold tensors whose type the quantizer cannot infer;
-                    # without a default it aborts on them.
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                if per_channel:
+                    _quantize_dynamic_per_channel(src, tmp, extra_options)
+                else:
+                    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                                     per_channel=False, extra_options=extra_options)
             onnx.checker.check_model(str(tmp))
         except Exception as err:
             raise BuildError(
@@ -130,6 +129,128 @@ def quantize_dynamic_int8(
             ) from err
         _commit(tmp, dst)
     return dst
+
+
+def _per_channel_quantizer_class() -> Any:
+    """ONNX Runtime's ``ONNXQuantizer`` with its per-channel weight quantization done for all
+    channels at once.
+
+    The stock method quantizes one channel at a time in Python (a scale, a zero point and a
+    rounding per channel): on all-MiniLM-L6-v2, 20,739 channels took 1.2 s of the 2.1 s the
+    whole quantization took. This one computes the same numbers with the same numpy
+    operations in the same precision, array-wide, so its weights, scales and zero points are
+    bit-for-bit the stock ones (a test compares every initializer). Anything else -- tensor
+    overrides, 4-bit or float types, a float weight kept -- goes to the stock method.
+    """
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        TENSOR_NAME_QUANT_SUFFIX,
+        find_by_name,
+        get_qmin_qmax_for_qType,
+        normalize_axis,
+        tensor_proto_to_array,
+    )
+
+    integer = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+    class _Quantizer(ONNXQuantizer):  # type: ignore[misc, valid-type]
+        def quantize_weight_per_channel_impl(self, weight_name: str, weight_qType: int,
+                                             channel_axis: int, reduce_range: bool = True,
+                                             keep_float_weight: bool = False) -> Any:
+            initializer = find_by_name(weight_name, self.model.initializer())
+            overrides = self.tensor_quant_overrides.get_per_channel_overrides(
+                weight_name, default_val=None)
+            if (initializer is None or overrides is not None or keep_float_weight
+                    or weight_qType not in integer
+                    or initializer.data_type != onnx.TensorProto.FLOAT):
+                return super().quantize_weight_per_channel_impl(
+                    weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight)
+            weights = tensor_proto_to_array(initializer)
+            ok, axis = normalize_axis(channel_axis, weights.ndim)
+            if not ok:
+                return super().quantize_weight_per_channel_impl(
+                    weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight)
+            symmetric = self.is_weight_symmetric(weight_qType)
+            reduce = self.reduce_range and reduce_range
+            zero, scale = _per_channel_params(
+                np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1),
+                get_qmin_qmax_for_qType(weight_qType, reduce, symmetric=symmetric),
+                symmetric, self.min_real_range)  # fmt: skip
+            shape = [1] * weights.ndim
+            shape[axis] = -1
+            # quantize_nparray's rounding, channel by channel: x / scale, round, + zero point,
+            # clipped to the type's full range
+            lo, hi = get_qmin_qmax_for_qType(weight_qType, reduce_range=False, symmetric=False)
+            q = (weights.astype(np.float32) / scale.reshape(shape)).round() + zero.reshape(shape)
+            np.clip(q, lo, hi, out=q)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(weight_qType)
+            q_name = weight_name + TENSOR_NAME_QUANT_SUFFIX
+            zp_name, scale_name = weight_name + "_zero_point", weight_name + "_scale"
+            count = [weights.shape[axis]]
+            self.model.initializer_extend([
+                onnx.helper.make_tensor(scale_name, initializer.data_type, count,
+                                        scale.tolist()),
+                onnx.helper.make_tensor(zp_name, weight_qType, count, zero.tolist()),
+                onnx.numpy_helper.from_array(q.astype(dtype).reshape(initializer.dims), q_name),
+            ])  # fmt: skip
+            return q_name, zp_name, scale_name
+
+    return _Quantizer
+
+
+def _per_channel_params(rows: np.ndarray, qrange: tuple[Any, Any], symmetric: bool,
+                        min_real_range: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(zero points, scales) of each row of ``rows`` (channels, values), as ONNX Runtime's
+    ``compute_data_quant_params`` computes them for one channel, for all rows at once: the
+    range widened to hold 0 (and ``min_real_range``), made symmetric if asked, the scale in
+    float64 stored in the data's type, and a scale below the type's smallest normal replaced
+    by 1 with zero point 0."""
+    import numpy as np
+
+    qmin, qmax = qrange
+    if rows.shape[1] == 0:
+        return (np.zeros(len(rows), qmin.dtype), np.ones(len(rows), rows.dtype))
+    rmin = np.minimum(rows.min(axis=1), np.array(0, rows.dtype))
+    rmax = np.maximum(rows.max(axis=1), np.array(0, rows.dtype))
+    if min_real_range is not None:
+        rmax = np.maximum(rmax, rmin + np.asarray(min_real_range, dtype=rmin.dtype))
+    if symmetric:
+        absmax = np.maximum(np.abs(rmin), np.abs(rmax))
+        rmin, rmax = -absmax, absmax
+    dq = np.array(qmax, dtype=np.float64) - np.array(qmin, dtype=np.float64)
+    scale64 = (rmax.astype(np.float64) - rmin.astype(np.float64)) / dq
+    tiny = scale64 < np.finfo(rows.dtype).tiny
+    if symmetric:
+        zero = np.full(len(rows), np.round((qmin + qmax) / np.array(2.0, dtype=np.float64)))
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zero = np.round(qmin - rmin / scale64)
+    zero = np.where(tiny, 0, zero).astype(qmin.dtype)
+    scale = np.where(tiny, 1.0, scale64.astype(rows.dtype)).astype(rows.dtype)
+    return zero, scale
+
+
+def _quantize_dynamic_per_channel(src: Path, dst: Path, extra_options: dict[str, Any]) -> None:
+    """``onnxruntime.quantization.quantize_dynamic(src, dst, weight_type=QInt8,
+    per_channel=True, extra_options=...)``, step for step, with
+    :func:`_per_channel_quantizer_class` as its quantizer."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    model = update_opset_version(load_model_with_shape_infer(src), QuantType.QInt8)
+    quantizer = _per_channel_quantizer_class()(
+        model, True, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
+        QuantType.QUInt8, None, [], [], list(IntegerOpsRegistry.keys()),
+        {"MatMulConstBOnly": True, **extra_options})  # fmt: skip
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(dst), False)
 
 
 class ArrayCalibrationReader:

@@ -28,6 +28,7 @@ from paretoforge.models._train import (
 from paretoforge.models.adapters import SOURCE_LAYERS_ATTR, adapter_for
 
 __all__ = [
+    "TeacherCache",
     "default_layer_map",
     "distill",
     "distill_loss",
@@ -278,6 +279,48 @@ def _check(name: str, value: float, ok: bool, rule: str) -> None:
         raise BuildError(f"distill: {name}={value!r} is invalid; it must be {rule}.")
 
 
+class TeacherCache:
+    """The teacher's outputs on training data, kept for the next :func:`distill` call.
+
+    One cache belongs to one teacher (the caller's promise: a finishing worker's unpruned
+    base, which never changes); its entries are keyed by a fingerprint of the data, the teacher
+    layers whose states are kept, the pooling and the padding trim, so a call with other data
+    or other losses computes (and keeps) its own. At most ``max_entries`` are kept, the oldest
+    dropped first: hidden states can take up to 256 MB an entry.
+
+    Example:
+        >>> cache = TeacherCache()
+        >>> x = torch.zeros(2, 3)
+        >>> calls = []
+        >>> _ = cache.get((x, None, None, False), lambda: calls.append(1) or (x, None, None))
+        >>> _ = cache.get((x, None, None, False), lambda: calls.append(1) or (x, None, None))
+        >>> len(calls), len(cache)
+        (1, 1)
+    """
+
+    def __init__(self, max_entries: int = 2) -> None:
+        self.max_entries = int(max_entries)
+        self._entries: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, what: tuple[Any, list[int] | None, Any, bool],
+            compute: Callable[[], tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+        """The outputs for ``what`` = (inputs, kept layers, pooling, trim), from the cache or
+        from ``compute()`` (then kept)."""
+        from paretoforge.models.supernet import data_fingerprint
+
+        x, layers, pooling, trim = what
+        key = (data_fingerprint(x), None if layers is None else tuple(layers), repr(pooling),
+               bool(trim))  # fmt: skip
+        if key not in self._entries:
+            while self._entries and len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = compute()
+        return self._entries[key]
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -295,6 +338,7 @@ def distill(
     pooled_weight: float = 0.0,
     pooling: Pooling | None = None,
     weight_decay: float = 0.01,
+    teacher_cache: TeacherCache | None = None,
 ) -> nn.Module:
     """Train ``student`` (in place) to match ``teacher`` on ``x``; return it in eval mode.
 
@@ -334,6 +378,9 @@ def distill(
         pooling: Maps ``(last_hidden_state, attention_mask)`` to sentence vectors, e.g.
             :class:`paretoforge.tasks.embedding.Pooling`; required when ``pooled_weight > 0``.
         weight_decay: AdamW weight decay of matrices (not of biases and norms).
+        teacher_cache: Keeps the teacher's outputs on ``x`` for the next call with the same
+            teacher (:class:`TeacherCache`): a worker that recovers several students of one
+            base runs the teacher over the training split once, not once per student.
 
     Raises:
         BuildError: A hyper-parameter is out of range, ``x`` and ``y`` disagree in length, or
@@ -387,9 +434,13 @@ def distill(
     # Padding is trimmed unless the logits are per token (a causal LM), whose loss counts
     # every position.
     trim = probe[0] is None or probe[0].dim() < 3
-    t_logits, t_hidden, t_pooled = _teacher_outputs(
-        teacher, xt, mapping if cache_hidden else None, pool, trim=trim
-    )
+    kept_layers = mapping if cache_hidden else None
+    if teacher_cache is None:
+        t_logits, t_hidden, t_pooled = _teacher_outputs(teacher, xt, kept_layers, pool, trim=trim)
+    else:
+        t_logits, t_hidden, t_pooled = teacher_cache.get(
+            (xt, kept_layers, pool, trim),
+            lambda: _teacher_outputs(teacher, xt, kept_layers, pool, trim=trim))
     if t_logits is None and mapping is None and pool is None:
         raise BuildError(
             f"distill: {type(teacher).__name__} has no logits to distil; set hidden_weight > 0 "

@@ -88,6 +88,7 @@ class BuildContext:
         self._importance: Any = None
         self._supernet: Any = None
         self._supernet_importance: Any = None
+        self._teacher_cache: Any = None
 
     def with_recovery_epochs(self, epochs: int) -> BuildContext:
         """The same context (its loaded models shared) with ``epochs`` of recovery: a
@@ -103,6 +104,7 @@ class BuildContext:
         if other.prepared.base_key != self.prepared.base_key:
             return
         self._base, self._importance = other._base, other._importance
+        self._teacher_cache = other.teacher_cache  # the same base: the same teacher
         mine = getattr(self.prepared, "supernet", None)
         theirs = getattr(other.prepared, "supernet", None)
         if mine is not None and theirs is not None and mine["key"] == theirs["key"]:
@@ -136,6 +138,16 @@ class BuildContext:
             self._supernet_importance = Importance.from_dict(
                 self.prepared.supernet["importance"])
         return self._supernet_importance
+
+    @property
+    def teacher_cache(self) -> Any:
+        """The base's outputs on the training split, kept between recoveries
+        (:class:`~paretoforge.models.distill.TeacherCache`)."""
+        if self._teacher_cache is None:
+            from paretoforge.models.distill import TeacherCache
+
+            self._teacher_cache = TeacherCache()
+        return self._teacher_cache
 
     @property
     def base(self) -> Any:
@@ -252,7 +264,8 @@ def recover(ctx: BuildContext, weights: Weights) -> Weights:
     labels = options.pop("labels", None)
     model = distill(weights.model, ctx.base, data.x_train, labels, epochs=r.epochs, lr=r.lr,
                     temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
-                    seed=ctx.seed, hidden_weight=r.hidden_weight, **options)
+                    seed=ctx.seed, hidden_weight=r.hidden_weight,
+                    teacher_cache=ctx.teacher_cache, **options)
     return Weights(model=model, plan=weights.plan, key=key, pruned=True)
 
 

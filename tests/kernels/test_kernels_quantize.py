@@ -107,3 +107,58 @@ def test_quantize_failures_are_build_errors(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="int8 dynamic quantization"):
         quantize_dynamic_int8(bad, tmp_path / "q.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_per_channel_int8_is_bit_for_bit_onnx_runtimes(wide_onnx: Path, tmp_path: Path) -> None:
+    """The per-channel quantizer (all channels at once) writes the very model ONNX Runtime's
+    own ``quantize_dynamic`` writes, on a ViT and on a BERT encoder with a zeroed channel."""
+    import onnx
+    import transformers
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.manual_seed(0)
+    encoder = transformers.BertModel(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=40)).eval()
+    with torch.no_grad():
+        encoder.encoder.layer[0].intermediate.dense.weight[3].zero_()  # a channel of zeros
+    ids = torch.ones(1, 16, dtype=torch.long)
+    text = export_onnx(encoder, {"input_ids": ids, "attention_mask": ids}, tmp_path / "t.onnx",
+                       output_names=["last_hidden_state"])
+    for src in (wide_onnx, text):
+        ours = quantize_dynamic_int8(src, tmp_path / f"{src.stem}.ours.onnx", per_channel=True)
+        stock = tmp_path / f"{src.stem}.stock.onnx"
+        quantize_dynamic(str(src), str(stock), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        a, b = onnx.load(str(ours)), onnx.load(str(stock))
+        assert a.SerializeToString() == b.SerializeToString(), src.name
+        assert sum(i.data_type == onnx.TensorProto.INT8 for i in a.graph.initializer) >= 4
+
+
+@pytest.mark.parametrize("qtype", ["int8", "uint8"])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("min_real_range", [None, 1e-3])
+def test_per_channel_params_are_onnx_runtimes_channel_by_channel(
+    qtype: str, symmetric: bool, min_real_range: float | None
+) -> None:
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import (
+        compute_data_quant_params,
+        get_qmin_qmax_for_qType,
+    )
+
+    from paretoforge.kernels.quantize import _per_channel_params
+
+    onnx_type = TensorProto.INT8 if qtype == "int8" else TensorProto.UINT8
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((40, 24)) * rng.uniform(1e-6, 3, (40, 1))).astype(np.float32)
+    rows[0] = 0  # a scale of 0 becomes 1
+    rows[1] = np.abs(rows[1])  # all positive
+    rows[2] = -np.abs(rows[2])  # all negative
+    rows[3] = 1e-40  # subnormal
+    zero, scale = _per_channel_params(
+        rows, get_qmin_qmax_for_qType(onnx_type, symmetric=symmetric), symmetric, min_real_range)
+    for i, row in enumerate(rows):
+        z, s = compute_data_quant_params(row, onnx_type, symmetric, min_real_range=min_real_range)
+        assert zero[i] == z and zero.dtype == z.dtype, (i, zero[i], z)
+        assert scale[i] == s and scale.dtype == s.dtype, (i, scale[i], s)

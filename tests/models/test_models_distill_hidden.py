@@ -144,3 +144,42 @@ def test_length_grouped_batches_cover_each_example_once_with_similar_lengths():
     assert max(spread) < 50  # a random batch of 32 spans nearly the whole 1..99
     again = length_grouped_batches(lengths, 32, torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_a_teacher_cache_runs_the_teacher_over_the_data_once(encoder, texts):
+    """A worker's second recovery of the same base reads the teacher's outputs from its cache
+    and trains the very student it would have trained without one; other data (or other
+    losses) computes its own entry."""
+    from paretoforge.models.distill import TeacherCache
+
+    seen: list[int] = []
+
+    def count(module, args, kwargs, out):  # a pruned copy carries the hook too: skip it
+        if module is encoder:
+            seen.append(int(kwargs["input_ids"].shape[0]))
+
+    hook = encoder.register_forward_hook(count, with_kwargs=True)
+
+    def run(x, cache):
+        seen.clear()
+        s = distill(prune(encoder, PLAN), encoder, x, epochs=1, lr=1e-3, batch_size=16,
+                    hidden_weight=1.0, pooled_weight=1.0, pooling=_mean_pool,
+                    teacher_cache=cache)  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in s.parameters()]), sum(seen)
+
+    try:
+        cache = TeacherCache()
+        plain, n_plain = run(texts, None)
+        first, n_first = run(texts, cache)
+        second, n_second = run(texts, cache)
+        assert n_plain == n_first == 1 + 96  # the 1-example probe, then the whole split
+        assert n_second == 1  # the probe only: the split's outputs came from the cache
+        torch.testing.assert_close(first, plain, atol=0, rtol=0)
+        torch.testing.assert_close(second, plain, atol=0, rtol=0)
+        half = {k: v[:48] for k, v in texts.items()}
+        assert run(half, cache)[1] == 1 + 48 and len(cache) == 2
+        distill(prune(encoder, PLAN), encoder, texts, epochs=1, lr=1e-3, batch_size=16,
+                pooled_weight=1.0, pooling=_mean_pool, teacher_cache=cache)  # no hidden term
+        assert len(cache) == 2  # a third entry: the oldest is dropped
+    finally:
+        hook.remove()
