@@ -77,7 +77,8 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
     and the placement is reported outside it. ``reference`` (the base's artifact directory)
     is timed beside the candidate, round by round. ``settings`` (``rounds``, ``max_rounds``,
-    ``max_seconds``) override the profile's protocol, e.g. for a screening measurement.
+    ``max_seconds``, ``min_runs``) override the profile's protocol, e.g. for a screening
+    measurement.
     ``decode_past``: time one decode step of a KV-cache decoder graph after that many cached
     tokens (its placement is the prefill's, reported with that measurement, so none here).
 
@@ -104,7 +105,7 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     return out
 
 
-_PROTOCOL_KEYS = frozenset({"rounds", "max_rounds", "max_seconds"})
+_PROTOCOL_KEYS = frozenset({"rounds", "max_rounds", "max_seconds", "min_runs"})
 
 
 def _protocol(settings: dict[str, Any] | None) -> dict[str, Any]:

@@ -307,7 +307,7 @@ class Worker:
             return None
         one_shot = self.spec.one_shot
         return {"rounds": one_shot.screen_rounds, "max_rounds": one_shot.screen_rounds,
-                "max_seconds": one_shot.screen_seconds}
+                "max_seconds": one_shot.screen_seconds, "min_runs": one_shot.screen_calls}
 
     def _result(self, manifest: Any, *, reused: bool) -> dict[str, Any]:
         """The result of a build; from a scratch folder, with the artifact's bytes (they travel

@@ -45,10 +45,6 @@ __all__ = ["PROGRESS_DIR_SUFFIX", "supernet_cache_key", "train_supernet"]
 PROGRESS_DIR_SUFFIX = ".progress"
 _TRAINER_FILES = ("trainer_state.safetensors", "trainer_state.json")
 _EPOCH_PREFIX = "epoch_"  # checkpoint directories: epoch_0001 holds the state after 1 epoch
-#: Seconds between the Ray Train controller's polls of its workers, unless the user set
-#: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``: each poll is a remote call per worker, cheap beside
-#: the 2 s the default leaves between the last epoch's report and ``fit`` returning.
-_HEALTH_CHECK_INTERVAL_S = 0.25
 
 
 def _epochs_in(directory: Path) -> int:
@@ -366,14 +362,6 @@ def train_supernet(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )  # fmt: skip
-    # Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
-    # default) and notices the end of training only at its next poll: about 4 s of a small
-    # supernet's fit went there (8.1 s against 12.1 s for a trivial loop on 2 workers). The
-    # driver's value is passed on to the controller when it is created; a user's own is kept.
-    interval_var = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-    user_interval = os.environ.get(interval_var)
-    if user_interval is None:
-        os.environ[interval_var] = str(_HEALTH_CHECK_INTERVAL_S)
     try:
         result = trainer.fit()
     except Exception as exc:  # ray.train.TrainingFailedError and what it wraps
@@ -381,9 +369,6 @@ def train_supernet(
             f"Supernet training {key} failed after {max_failures} recoveries: {exc}. Its last "
             f"epoch is kept under {str(storage / key)!r}; the next call resumes from it."
         ) from exc
-    finally:
-        if user_interval is None:
-            os.environ.pop(interval_var, None)
     if result.checkpoint is None:
         raise BuildError(f"Supernet training {key} reported no checkpoint (options.epochs=0?).")
     final.parent.mkdir(parents=True, exist_ok=True)

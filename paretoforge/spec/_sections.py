@@ -452,7 +452,15 @@ class OneShotSpec(_Strict):
     screen_seconds: float = Field(
         0.1, gt=0.0, le=60.0,
         description="Timed-call budget, in seconds, of a one-shot trial's screening "
-        "measurement per profile (all its rounds together; at least 20 calls a round).",
+        "measurement per profile (all its rounds together; at least screen_calls calls a "
+        "round).",
+    )
+    screen_calls: int = Field(
+        8, ge=3, le=2000,
+        description="Timed calls a screening round makes at least, of the candidate and of the "
+        "base beside it (the full protocol's 20). On a model whose call takes tens of "
+        "milliseconds these calls are most of a one-shot trial; their median only ranks the "
+        "one-shot search.",
     )
 
     @field_validator("finish_epochs")

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None:
     spec = tiny_spec({"trials": 8, "strategy": "one-shot", "sampler": "random"},
                      one_shot={"supernet_epochs": 1, "finish_candidates": 2,
-                               "finish_epochs": [1, 2], "eta": 2})
+                               "finish_epochs": [1, 2], "eta": 2,
+                               "screen_calls": 5, "screen_seconds": 1e-4})
     run_dir = tmp_path / "r"
     summary = run_search(spec, run_dir, progress=Progress(8, live=False, quiet=True))
     assert summary.failed == 0
@@ -62,6 +63,8 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
                                      else "full")
             if m["fidelity"] == "screening":
                 assert m["rounds"] == spec.one_shot.screen_rounds
+                # past its (tiny) budget a screening round stops at screen_calls calls
+                assert m["runs"] == spec.one_shot.screen_calls
     # the unpruned base at every other precision of the space is a candidate too
     precisions = set(spec.space.dimensions["precision"]) - {"fp32"}
     assert precisions and {t.user_attrs.get(TrialAttr.BASE_PRECISION) for t in one_shot} >= \
