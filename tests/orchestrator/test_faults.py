@@ -79,7 +79,9 @@ def test_worker_sigkilled_mid_trial(ray_cluster, tiny_spec, tmp_path: Path) -> N
 def test_node_removed_mid_search(tiny_spec, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     out = tmp_path / "out.json"
-    spec = tiny_spec.with_overrides(**{"search.trials": 4})
+    # Long enough a recovery that removing the node (about a second) lands inside the trial:
+    # with 1 epoch the build could end before the node was gone, and ran once.
+    spec = tiny_spec.with_overrides(**{"search.trials": 4, "recovery.epochs": 20})
     proc = subprocess.run(
         [sys.executable, str(HERE / "node_loss_script.py"), json.dumps(spec.model_dump(
             mode="json")), str(run_dir), str(out)],
