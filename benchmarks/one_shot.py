@@ -84,10 +84,8 @@ def _completed(run_dir: Path) -> list:
 def _ten_trials_s(run_dir: Path, started: float) -> float | None:
     """Seconds from the search's start until its 10th trial completed (the size of the
     per-candidate MiniLM search issue 11 compares against), or None if it completed fewer."""
-    from paretoforge.orchestrator.results import load_run
-
-    done = sorted(t.datetime_complete.timestamp() for t in load_run(run_dir).study.get_trials(
-        deepcopy=False) if t.state.name == "COMPLETE" and t.datetime_complete is not None)
+    done = sorted(t.datetime_complete.timestamp() for t in _completed(run_dir)
+                  if t.datetime_complete is not None)
     return round(done[9] - started, 1) if len(done) >= 10 else None
 
 
@@ -236,7 +234,7 @@ def main() -> int:
         ten_env = dict(os.environ, PARETOFORGE_CACHE=str(work / "cache-ten-trial"))
         wall_ten, _ = _search(ten_path, work / "ten-trial", ten_env)
         ten_trial = {"wall_s": round(wall_ten, 1), "cold_cache": True,
-                     "completed": len([t for t in _completed(work / "ten-trial")]),
+                     "completed": len(_completed(work / "ten-trial")),
                      "one_shot_wall_over_ten_trial_wall": round(wall_os / wall_ten, 3)}
 
     # 3. both fronts re-measured side by side, against the one-shot run's base artifact

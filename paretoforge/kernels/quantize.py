@@ -21,6 +21,7 @@ Precisions beside fp32 (the exported graph): two int8 schemes, fp16 and weight-o
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -131,6 +132,7 @@ def quantize_dynamic_int8(
     return dst
 
 
+@functools.cache
 def _per_channel_quantizer_class() -> Any:
     """ONNX Runtime's ``ONNXQuantizer`` with its per-channel weight quantization done for all
     channels at once.
@@ -162,16 +164,14 @@ def _per_channel_quantizer_class() -> Any:
             initializer = find_by_name(weight_name, self.model.initializer())
             overrides = self.tensor_quant_overrides.get_per_channel_overrides(
                 weight_name, default_val=None)
-            if (initializer is None or overrides is not None or keep_float_weight
+            ok, axis = (False, None) if initializer is None else normalize_axis(
+                channel_axis, len(initializer.dims))
+            if (not ok or overrides is not None or keep_float_weight
                     or weight_qType not in integer
                     or initializer.data_type != onnx.TensorProto.FLOAT):
                 return super().quantize_weight_per_channel_impl(
                     weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight)
             weights = tensor_proto_to_array(initializer)
-            ok, axis = normalize_axis(channel_axis, weights.ndim)
-            if not ok:
-                return super().quantize_weight_per_channel_impl(
-                    weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight)
             symmetric = self.is_weight_symmetric(weight_qType)
             reduce = self.reduce_range and reduce_range
             zero, scale = _per_channel_params(
