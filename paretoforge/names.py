@@ -62,6 +62,8 @@ class TrialAttr:
     RUNG: Final = "rung"  # finishing: the successive-halving rung, 0 first
     RECOVERY_EPOCHS: Final = "recovery_epochs"  # finishing: distillation epochs it got
     ONE_SHOT_TRIAL: Final = "one_shot_trial"  # finishing: the one-shot trial of its config
+    RESUME_FROM: Final = "resume_from"  # finishing: the previous rung's artifact it continues
+    RESUME_EPOCHS: Final = "resume_epochs"  # ... and the epochs those weights had already
     MUTATED_FROM: Final = "mutated_from"  # one-shot: the repeated trial this one mutates
     BASE_PRECISION: Final = "base_precision"  # one-shot: the unpruned base at this precision
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "copy_side_files",
     "load_pretrained",
+    "load_weights_bytes",
     "save_pretrained",
 ]
 
@@ -239,19 +241,45 @@ def load_pretrained(
 
 
 def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    try:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise BuildError(f"Cannot read weights {str(weights_path)!r}: {exc}.") from exc
+    return _weights_from_bytes(data, repr(str(weights_path)))
+
+
+def _weights_from_bytes(data: bytes, what: str) -> dict[str, torch.Tensor]:
+    """The state dict of :func:`save_pretrained`'s ``model.safetensors`` bytes, its tied
+    tensors restored."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
-        state = load_file(str(weights_path))
-        with safe_open(str(weights_path), framework="pt") as f:
-            tied = json.loads((f.metadata() or {}).get(_TIED_KEY, "{}"))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BuildError(f"Cannot read weights {str(weights_path)!r}: {exc}.") from exc
+        state = load(data)
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + size])
+        tied = json.loads((header.get("__metadata__") or {}).get(_TIED_KEY, "{}"))
+    except (SafetensorError, struct.error, ValueError) as exc:
+        raise BuildError(f"Cannot read weights {what}: {exc}.") from exc
     for dropped, kept in tied.items():
         if kept in state:
             state[dropped] = state[kept]
     return state
+
+
+def load_weights_bytes(model: nn.Module, data: bytes, *, what: str = "weights") -> nn.Module:
+    """Load :func:`save_pretrained`'s ``model.safetensors`` (as bytes) into ``model``, whose
+    shapes must be the saved ones (strict); return ``model``.
+
+    Raises:
+        BuildError: the bytes are not safetensors, or their tensors do not fit ``model``.
+    """
+    state = _weights_from_bytes(data, what)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BuildError(f"The weights of {what} do not fit the model: {exc}") from exc
+    return model
 
 
 def _load_foreign(

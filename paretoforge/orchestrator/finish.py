@@ -7,7 +7,8 @@ ranked beside the unpruned model at each precision (final as built, and counted
 ``UNPRUNED_MARGIN`` faster and smaller than measured, so a candidate it dominates or nearly
 matches comes after it) --
 are then distilled from the unpruned base, starting from their supernet weights, for the first
-rung's epochs; the best ``1/eta`` of each rung go on to the next rung's larger budget: ranked
+rung's epochs; the best ``1/eta`` of each rung go on to the next rung's larger budget,
+continuing from the weights the rung before gave them (ASHA's resume; ``finish_resume``): ranked
 by non-dominated rank on their recovered values, and within a rank by how much the last
 rung's recovery improved them (:func:`recovery_gains`). Optuna's multi-objective studies have
 no pruners, so the schedule is planned here and run by the ask-and-tell loop as fixed trials.
@@ -203,9 +204,13 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
     is complete already (a resumed driver) are left out: nothing runs twice.
 
     A candidate's epochs are the rung's, scaled by :func:`rung_epochs` to its
-    ``compute_fraction(config)`` when ``one_shot.finish_compute_scale`` > 1. The trials come
-    longest first (epochs times the step's cost, :data:`RECOVERY_TEACHER_SHARE` plus the
-    compute fraction), so the rung's workers finish together.
+    ``compute_fraction(config)`` when ``one_shot.finish_compute_scale`` > 1. With
+    ``one_shot.finish_resume`` (the default) a promoted candidate continues from the weights
+    of its rung ``r - 1`` trial (its artifact key in ``RESUME_FROM``, their epochs in
+    ``RESUME_EPOCHS``) and trains only the epochs still missing; ``RECOVERY_EPOCHS`` is the
+    total either way. The trials come longest first (epochs to train times the step's cost,
+    :data:`RECOVERY_TEACHER_SHARE` plus the compute fraction), so the rung's workers finish
+    together.
     """
     o = spec.one_shot
     directions = [obj.direction for obj in spec.objectives]
@@ -266,10 +271,17 @@ def plan_rung(trials: Sequence[Any], spec: Any, rung: int, *,
         if compute_fraction is not None and t.user_attrs.get(TrialAttr.CONFIG):
             fraction = compute_fraction(t.user_attrs[TrialAttr.CONFIG])
         scaled = rung_epochs(epochs, fraction, o.finish_compute_scale)
-        out.append((dict(t.params), {TrialAttr.PHASE: Phase.FINISH.value, TrialAttr.RUNG: rung,
-                                     TrialAttr.RECOVERY_EPOCHS: scaled,
-                                     TrialAttr.ONE_SHOT_TRIAL: origin}))
-        cost.append(scaled * (RECOVERY_TEACHER_SHARE + (1.0 if fraction is None else fraction)))
+        attrs = {TrialAttr.PHASE: Phase.FINISH.value, TrialAttr.RUNG: rung,
+                 TrialAttr.RECOVERY_EPOCHS: scaled, TrialAttr.ONE_SHOT_TRIAL: origin}
+        todo = scaled
+        before = t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS)
+        if rung > 0 and o.finish_resume and before is not None and int(before) < scaled:
+            # ASHA's resume: from the weights rung - 1 gave it, for the epochs still missing
+            attrs[TrialAttr.RESUME_FROM] = t.user_attrs[TrialAttr.KEY]
+            attrs[TrialAttr.RESUME_EPOCHS] = int(before)
+            todo = scaled - int(before)
+        out.append((dict(t.params), attrs))
+        cost.append(todo * (RECOVERY_TEACHER_SHARE + (1.0 if fraction is None else fraction)))
     # Longest first, so the rung does not end on one long recovery while the other workers
     # wait (the last job to start is a short one).
     order = sorted(range(len(out)), key=lambda i: -cost[i])
@@ -290,8 +302,11 @@ def finish_front(loop: Any, spec: Any, *, is_unpruned: Callable[[dict[str, Any]]
         got = sorted({int(a[TrialAttr.RECOVERY_EPOCHS]) for _, a in jobs})
         span = f"{got[0]}-{got[-1]} epochs (by their compute)" if len(got) > 1 else (
             f"{got[0]} epoch(s)")
-        log(f"finishing rung {rung}: {len(jobs)} candidate(s) recovered for {span} "
-            "from their supernet weights")
+        resumed = sum(TrialAttr.RESUME_FROM in a for _, a in jobs)
+        source = ("from their supernet weights" if not resumed else
+                  f"in all, continuing from their rung {rung - 1} weights" if resumed == len(jobs)
+                  else f"in all, {resumed} continuing from their rung {rung - 1} weights")
+        log(f"finishing rung {rung}: {len(jobs)} candidate(s) recovered for {span} {source}")
         loop.run_fixed(jobs, phase=Phase.FINISH.value)
         ran += len(jobs)
         if loop.stats.stop_reason not in (None, StopReason.EXHAUSTED):

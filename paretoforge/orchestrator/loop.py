@@ -90,6 +90,7 @@ class _Job:
     slot: int = -1
     submitted: float = 0.0
     recovery_epochs: int | None = None  # a finishing trial's recovery budget
+    resume: dict[str, Any] | None = None  # its previous rung's artifact: {"key", "epochs"}
 
     @property
     def key(self) -> str:
@@ -504,7 +505,11 @@ class SearchLoop:
                 j.key == key for j in self.retry):
             self.waiting.setdefault(key, []).append(trial)
             return None
-        return _Job(trial, cfg, recovery_epochs=epochs)
+        resume = None
+        if TrialAttr.RESUME_FROM in trial.user_attrs:
+            resume = {"key": str(trial.user_attrs[TrialAttr.RESUME_FROM]),
+                      "epochs": int(trial.user_attrs[TrialAttr.RESUME_EPOCHS])}
+        return _Job(trial, cfg, recovery_epochs=epochs, resume=resume)
 
     def _submit(self, job: _Job) -> None:
         t0 = time.perf_counter()
@@ -513,9 +518,12 @@ class SearchLoop:
         job.slot = slot.index
         job.submitted = time.monotonic()
         config = job.cfg.model_dump(mode="json")
-        ref = (slot.handle.evaluate.remote(job.trial.number, config) if job.recovery_epochs is None
-               else slot.handle.evaluate.remote(job.trial.number, config,
-                                                recovery_epochs=job.recovery_epochs))
+        if job.recovery_epochs is None:
+            ref = slot.handle.evaluate.remote(job.trial.number, config)
+        else:
+            ref = slot.handle.evaluate.remote(job.trial.number, config,
+                                              recovery_epochs=job.recovery_epochs,
+                                              resume=self._resume_payload(job, slot))
         self.in_flight[ref] = job
         self.stats.submit_s += time.perf_counter() - t0
         again = f" (attempt {job.attempt})" if job.attempt > 1 else ""
@@ -524,6 +532,20 @@ class SearchLoop:
                             node_id=slot.info.get("node_id"))
         self._refresh(f"trial {job.trial.number} started on worker {slot.index}{again}: "
                       f"{_short(job.cfg)}")
+
+    def _resume_payload(self, job: _Job, slot: Any) -> dict[str, Any] | None:
+        """What a finishing trial that continues its previous rung's weights sends: the
+        artifact's key and epochs, plus its weights' bytes for a worker that does not see the
+        run directory."""
+        if job.resume is None:
+            return None
+        payload = dict(job.resume)
+        if not slot.info.get("in_place", True):
+            from paretoforge.models.io import WEIGHTS_NAME
+
+            weights = artifact_path(self.run_dir, payload["key"]) / WEIGHTS_NAME
+            payload["weights"] = weights.read_bytes()
+        return payload
 
     # -- results --------------------------------------------------------------------------------
 

@@ -174,11 +174,15 @@ class Worker:
                 "pid": os.getpid(), "in_place": self.in_place}
 
     def evaluate(self, trial_number: int, config: dict[str, Any], *,
-                 recovery_epochs: int | None = None) -> dict[str, Any]:
+                 recovery_epochs: int | None = None,
+                 resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build, score and measure one candidate; return its metrics and artifact location.
 
         ``recovery_epochs``: a finishing trial's distillation budget (its artifact key gets
-        ``-r<epochs>``); None: the search-time recovery.
+        ``-r<epochs>``); None: the search-time recovery. ``resume``: the finishing trial
+        continues the weights of its previous rung's artifact (``{"key", "epochs"}``, plus
+        ``"weights"``, the bytes of its ``model.safetensors``, when this worker does not see
+        the run directory) for the epochs still missing.
 
         Raises:
             BuildError: surgery, recovery, export or quantization failed (reason in message).
@@ -189,8 +193,17 @@ class Worker:
         manifest = verify_artifact(artifact_path(self.run_dir, key), key=key)
         if manifest is not None:  # built already (a retried trial whose worker died after it)
             return self._result(manifest, reused=True)
+        start = None
+        if resume is not None:
+            from paretoforge.models.io import WEIGHTS_NAME
+            from paretoforge.pipeline.stages import Resume
+
+            weights = resume.get("weights")
+            if weights is None:
+                weights = (artifact_path(self.run_dir, resume["key"]) / WEIGHTS_NAME).read_bytes()
+            start = Resume(key=str(resume["key"]), epochs=int(resume["epochs"]), weights=weights)
         context = (self.context if recovery_epochs is None
-                   else self.context.with_recovery_epochs(int(recovery_epochs)))
+                   else self.context.with_recovery_epochs(int(recovery_epochs), resume=start))
         measurer = functools.partial(self._measure, settings=self._screening(cfg, recovery_epochs))
         try:
             self.reference()  # built once, before the first build's clock starts

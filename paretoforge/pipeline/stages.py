@@ -43,8 +43,9 @@ from paretoforge.pipeline.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
 
 __all__ = ["ARTIFACT_FILES", "QUALITY_BATCH", "BuildContext", "Exported", "Graph", "Measured",
-           "Weights", "custom_values", "derive", "export", "export_key", "latency_samples",
-           "measure", "passes", "recover", "reference_artifact", "score", "stage_key"]
+           "Resume", "Weights", "custom_values", "derive", "export", "export_key",
+           "latency_samples", "measure", "passes", "recover", "reference_artifact", "score",
+           "stage_key"]
 
 ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
 # Quality is scored one example per call, as the profiles serve it: dynamic int8 derives its
@@ -69,6 +70,21 @@ def stage_key(stage: str, *parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Weights a recovery continues from: a finishing trial of the rung before (ASHA's resume).
+
+    Attributes:
+        key: That trial's artifact key (``<config key>-r<epochs>``).
+        epochs: The recovery epochs those weights have had.
+        weights: Its ``model.safetensors``, as bytes.
+    """
+
+    key: str
+    epochs: int
+    weights: bytes = field(repr=False)
+
+
 class BuildContext:
     """What every stage of one worker's builds shares: the prepared bundle, the recovery
     recipe, the seed, and the base model and importance, loaded once on first use.
@@ -89,13 +105,17 @@ class BuildContext:
         self._supernet: Any = None
         self._supernet_importance: Any = None
         self._teacher_cache: Any = None
+        self.resume: Resume | None = None  # a finishing rung continuing the one before
 
-    def with_recovery_epochs(self, epochs: int) -> BuildContext:
+    def with_recovery_epochs(self, epochs: int, *, resume: Resume | None = None
+                             ) -> BuildContext:
         """The same context (its loaded models shared) with ``epochs`` of recovery: a
-        finishing trial's budget."""
+        finishing trial's budget; with ``resume``, the pruned student starts from those
+        weights and trains the ``epochs - resume.epochs`` still missing."""
         ctx = BuildContext(self.prepared, recovery=self.recovery.model_copy(
             update={"epochs": int(epochs)}), seed=self.seed)
         ctx.share_loaded(self)
+        ctx.resume = resume
         return ctx
 
     def share_loaded(self, other: BuildContext) -> None:
@@ -236,6 +256,8 @@ def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
     key = stage_key("derive", source, structure)
     if from_supernet:
         plan_json["source"] = f"supernet:{source}"
+    if ctx.resume is not None and not unpruned:
+        plan_json["resumed_from"] = {"artifact": ctx.resume.key, "epochs": ctx.resume.epochs}
     if unpruned and not custom:
         return Weights(model=ctx.base, plan=plan_json, key=key, pruned=False)
     model = (copy.deepcopy(ctx.base) if unpruned
@@ -247,24 +269,40 @@ def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
 
 def recover_key(ctx: BuildContext, derived_key: str) -> str:
     """The content key of :func:`recover`'s output for the weights of ``derived_key``."""
-    return stage_key("recover", derived_key, ctx.recovery.model_dump(mode="json"), ctx.seed)
+    recovery = ctx.recovery.model_dump(mode="json")
+    if ctx.resume is not None:  # absent otherwise, so the keys of other recoveries stay
+        return stage_key("recover", derived_key, recovery, ctx.seed,
+                         {"resume": ctx.resume.key, "epochs": ctx.resume.epochs})
+    return stage_key("recover", derived_key, recovery, ctx.seed)
 
 
 def recover(ctx: BuildContext, weights: Weights) -> Weights:
     """Distil the base into the pruned student on the training split, with the loss the task
-    asks for (:meth:`~paretoforge.tasks.Task.distill_options`). The base is returned as is."""
+    asks for (:meth:`~paretoforge.tasks.Task.distill_options`). The base is returned as is.
+
+    With ``ctx.resume`` the student first takes those weights (the same shapes: the same
+    config, recovered by the rung before) and trains the epochs still missing, on a fresh
+    warm-up and cosine schedule and a data order seeded ``seed + resume.epochs``."""
     key = recover_key(ctx, weights.key)
     r = ctx.recovery
     if not weights.pruned or r.epochs <= 0:
         return Weights(model=weights.model, plan=weights.plan, key=key, pruned=weights.pruned)
     from paretoforge.models.distill import distill
 
+    model, epochs, seed = weights.model, r.epochs, ctx.seed
+    if ctx.resume is not None:
+        from paretoforge.models.io import load_weights_bytes
+
+        load_weights_bytes(model, ctx.resume.weights, what=f"artifact {ctx.resume.key}")
+        epochs, seed = r.epochs - ctx.resume.epochs, ctx.seed + ctx.resume.epochs
+        if epochs <= 0:
+            return Weights(model=model.eval(), plan=weights.plan, key=key, pruned=True)
     data, state = ctx.prepared.task, ctx.prepared.task_state
     options = ctx.task.distill_options(data, state, r)
     labels = options.pop("labels", None)
-    model = distill(weights.model, ctx.base, data.x_train, labels, epochs=r.epochs, lr=r.lr,
+    model = distill(model, ctx.base, data.x_train, labels, epochs=epochs, lr=r.lr,
                     temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
-                    seed=ctx.seed, hidden_weight=r.hidden_weight,
+                    seed=seed, hidden_weight=r.hidden_weight,
                     teacher_cache=ctx.teacher_cache, **options)
     return Weights(model=model, plan=weights.plan, key=key, pruned=True)
 

@@ -430,7 +430,14 @@ class OneShotSpec(_Strict):
         min_length=1,
         description="Distillation epochs of each successive-halving rung, increasing: every "
         "candidate gets the first; the best 1/eta (non-dominated sorting, then crowding "
-        "distance) of each rung go on to the next, recovered again from their supernet weights.",
+        "distance) of each rung go on to the next (see finish_resume).",
+    )
+    finish_resume: bool = Field(
+        True,
+        description="A promoted candidate continues from its weights of the rung before "
+        "(ASHA's resume: a rung of E epochs after one of E' trains E - E' more, on a fresh "
+        "warm-up and cosine schedule); false: every rung recovers it again from its supernet "
+        "weights for the rung's whole budget.",
     )
     eta: int = Field(3, ge=2, le=100, description="Successive halving's reduction factor.")
     finish_compute_scale: float = Field(

@@ -103,7 +103,18 @@ def test_plan_rung_selects_and_never_repeats() -> None:
     assert plan_rung(trials, spec, 0, is_unpruned=unpruned) == []
     rung1 = plan_rung(trials, spec, 1, is_unpruned=unpruned)
     assert len(rung1) == 1 and rung1[0][1][TrialAttr.RECOVERY_EPOCHS] == 3
-    assert rung1[0][1][TrialAttr.ONE_SHOT_TRIAL] in origins
+    origin = rung1[0][1][TrialAttr.ONE_SHOT_TRIAL]
+    assert origin in origins
+    # it continues from its rung-0 weights (ASHA's resume): 3 epochs in all, 2 still to train
+    assert rung1[0][1][TrialAttr.RESUME_FROM] == f"k{origin}-r1"
+    assert rung1[0][1][TrialAttr.RESUME_EPOCHS] == 1
+    # finish_resume false: recovered again from the supernet weights, for all 3 epochs
+    spec = tiny_spec(one_shot={"finish_candidates": 3, "finish_epochs": [1, 3], "eta": 3,
+                               "finish_resume": False})
+    again = plan_rung(trials, spec, 1, is_unpruned=unpruned)
+    assert [p for p, _ in again] == [p for p, _ in rung1]
+    assert TrialAttr.RESUME_FROM not in again[0][1]
+    assert TrialAttr.RESUME_EPOCHS not in again[0][1]
 
 
 def test_a_candidate_the_unpruned_model_dominates_is_finished_last() -> None:

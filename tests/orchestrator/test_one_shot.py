@@ -48,6 +48,14 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
         assert manifest.plan["source"].startswith("supernet:")
         recover = next(s for s in manifest.stages if s.name == "recover")
         assert recover.seconds > 0  # it trained
+        if t.user_attrs[TrialAttr.RUNG] == 1:  # it continued from its rung-0 weights
+            before = next(u for u in finish if u.user_attrs[TrialAttr.RUNG] == 0
+                          and u.params == t.params)
+            assert t.user_attrs[TrialAttr.RESUME_FROM] == before.user_attrs[TrialAttr.KEY]
+            assert manifest.plan["resumed_from"] == {
+                "artifact": before.user_attrs[TrialAttr.KEY], "epochs": 1}
+        else:
+            assert "resumed_from" not in manifest.plan
         # the final front's candidates are measured with the profile's full protocol
         assert {m["fidelity"] for m in manifest.measurements.values()} == {"full"}
     for t in one_shot:

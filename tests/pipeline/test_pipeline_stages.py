@@ -76,6 +76,52 @@ def test_recover_trains_the_student_and_its_key_follows_the_recipe(ctx) -> None:
     assert st.recover_key(other, derived.key) != recovered.key
 
 
+def test_a_resumed_recovery_continues_the_rung_before(ctx, tmp_path: Path) -> None:
+    """ASHA's resume: a finishing trial of E epochs after one of E' starts from that trial's
+    saved weights and trains the E - E' epochs still missing."""
+    import torch
+
+    from paretoforge.exceptions import BuildError
+    from paretoforge.models.distill import distill
+    from paretoforge.models.io import load_weights_bytes, save_pretrained
+
+    rung0 = ctx.with_recovery_epochs(1)
+    first = st.recover(rung0, st.derive(rung0, _cfg()))
+    save_pretrained(first.model, tmp_path / "r1")
+    saved = (tmp_path / "r1" / "model.safetensors").read_bytes()
+    resume = st.Resume(key="cfgkey-r1", epochs=1, weights=saved)
+
+    # nothing missing: exactly the saved weights, not the cut ones, and not trained further
+    same = ctx.with_recovery_epochs(1, resume=resume)
+    kept = st.recover(same, st.derive(same, _cfg())).model.state_dict()
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in kept.items())
+
+    three = ctx.with_recovery_epochs(3, resume=resume)
+    derived = st.derive(three, _cfg())
+    assert derived.plan["resumed_from"] == {"artifact": "cfgkey-r1", "epochs": 1}
+    resumed = st.recover(three, derived)
+    # the same as loading the saved weights into the cut and distilling the 2 missing epochs
+    # (data order seeded seed + 1), by the recovery recipe
+    student = load_weights_bytes(st.derive(ctx, _cfg()).model, saved)
+    data, state = ctx.prepared.task, ctx.prepared.task_state
+    options = ctx.task.distill_options(data, state, three.recovery)
+    labels = options.pop("labels", None)
+    r = three.recovery
+    expected = distill(student, ctx.base, data.x_train, labels, epochs=2, lr=r.lr,
+                       temperature=r.temperature, alpha=r.alpha, batch_size=r.batch_size,
+                       seed=ctx.seed + 1, hidden_weight=r.hidden_weight, **options)
+    got = resumed.model.state_dict()
+    assert all(torch.allclose(v, got[k], atol=1e-6) for k, v in expected.state_dict().items())
+    assert any(not torch.equal(v, first.model.state_dict()[k]) for k, v in got.items())
+    # its key differs from a 3-epoch recovery of the cut weights
+    assert resumed.key != st.recover_key(ctx.with_recovery_epochs(3), derived.key)
+
+    # weights of another shape: a clear error naming the artifact
+    other = ctx.with_recovery_epochs(3, resume=resume)
+    with pytest.raises(BuildError, match="cfgkey-r1"):
+        st.recover(other, st.derive(other, _cfg(ffn_kept=1.0)))
+
+
 def test_export_then_passes_give_a_graph_that_matches_torch(ctx, tmp_path: Path) -> None:
     import onnxruntime as ort
     import torch
