@@ -56,7 +56,7 @@ from paretoforge.pipeline.artifacts import (
 from paretoforge.search_spaces import CandidateConfig, SearchSpace
 from paretoforge.spec import Spec
 
-__all__ = ["LoopStats", "SearchLoop", "constraint_values"]
+__all__ = ["LoopStats", "SearchLoop", "constraint_values", "resume_payload"]
 
 # The worker's result keys that become the trial's user attrs of the same name.
 _RESULT_ATTRS = (TrialAttr.METRICS, TrialAttr.ARTIFACT_DIR, TrialAttr.TIMINGS, TrialAttr.WORKER,
@@ -79,6 +79,20 @@ def job_key(cfg: CandidateConfig, recovery_epochs: int | None = None) -> str:
     """The content key of a trial's artifact: the config's key, and for a finishing trial
     (a one-shot candidate recovered for ``recovery_epochs``) that key with ``-r<epochs>``."""
     return cfg.key if recovery_epochs is None else f"{cfg.key}-r{int(recovery_epochs)}"
+
+
+def resume_payload(run_dir: str | Path, resume: dict[str, Any], *, in_place: bool
+                   ) -> dict[str, Any]:
+    """What a finishing trial that continues its previous rung's weights sends its worker:
+    ``resume`` (that artifact's ``key`` and ``epochs``), plus ``weights``, the bytes of its
+    ``model.safetensors``, for a worker that does not see the run directory (``in_place``
+    false)."""
+    payload = dict(resume)
+    if not in_place:
+        from paretoforge.models.io import WEIGHTS_NAME
+
+        payload["weights"] = (artifact_path(run_dir, payload["key"]) / WEIGHTS_NAME).read_bytes()
+    return payload
 
 
 @dataclass
@@ -534,18 +548,10 @@ class SearchLoop:
                       f"{_short(job.cfg)}")
 
     def _resume_payload(self, job: _Job, slot: Any) -> dict[str, Any] | None:
-        """What a finishing trial that continues its previous rung's weights sends: the
-        artifact's key and epochs, plus its weights' bytes for a worker that does not see the
-        run directory."""
         if job.resume is None:
             return None
-        payload = dict(job.resume)
-        if not slot.info.get("in_place", True):
-            from paretoforge.models.io import WEIGHTS_NAME
-
-            weights = artifact_path(self.run_dir, payload["key"]) / WEIGHTS_NAME
-            payload["weights"] = weights.read_bytes()
-        return payload
+        return resume_payload(self.run_dir, job.resume,
+                              in_place=bool(slot.info.get("in_place", True)))
 
     # -- results --------------------------------------------------------------------------------
 

@@ -239,3 +239,21 @@ def test_the_first_recorded_base_latency_is_the_runs(tmp_path) -> None:
     # a later worker (or a resumed run) measured its own; the run keeps the first
     assert _run_base_latency(path, 0.3, {"measured_by": 1}) == 0.2
     assert [p.name for p in tmp_path.iterdir()] == ["latency@cpu.json"]
+
+
+def test_a_resumed_finishing_trial_ships_its_weights_only_where_the_run_is_unseen(
+        tmp_path: Path) -> None:
+    """ASHA's resume on a cluster without a shared filesystem: a worker that does not see the
+    run directory gets the previous rung's weights with the job; one that sees it reads them
+    there."""
+    from paretoforge.orchestrator.loop import resume_payload
+    from paretoforge.pipeline.artifacts import artifact_path
+
+    d = artifact_path(tmp_path, "abc-r3")
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights of rung 0")
+    resume = {"key": "abc-r3", "epochs": 3}
+    assert resume_payload(tmp_path, resume, in_place=True) == resume
+    assert resume_payload(tmp_path, resume, in_place=False) == {
+        **resume, "weights": b"weights of rung 0"}
+    assert resume == {"key": "abc-r3", "epochs": 3}  # the job's own record is not changed
