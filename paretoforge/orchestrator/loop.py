@@ -520,9 +520,18 @@ class SearchLoop:
             self.waiting.setdefault(key, []).append(trial)
             return None
         resume = None
-        if TrialAttr.RESUME_FROM in trial.user_attrs:
+        if trial.user_attrs.get(TrialAttr.RESUME_FROM):
             resume = {"key": str(trial.user_attrs[TrialAttr.RESUME_FROM]),
                       "epochs": int(trial.user_attrs[TrialAttr.RESUME_EPOCHS])}
+            from paretoforge.models.io import WEIGHTS_NAME
+
+            if not (artifact_path(self.run_dir, resume["key"]) / WEIGHTS_NAME).is_file():
+                # the rung before's artifact is gone (removed by hand): recover it whole
+                self.progress.log(f"trial {trial.number}: the weights of {resume['key']} "
+                                  "are missing from the run; recovered from its supernet "
+                                  f"weights for all {epochs} epochs instead")
+                trial.set_user_attr(TrialAttr.RESUME_FROM, None)
+                resume = None
         return _Job(trial, cfg, recovery_epochs=epochs, resume=resume)
 
     def _submit(self, job: _Job) -> None:

@@ -200,7 +200,12 @@ class Worker:
 
             weights = resume.get("weights")
             if weights is None:
-                weights = (artifact_path(self.run_dir, resume["key"]) / WEIGHTS_NAME).read_bytes()
+                path = artifact_path(self.run_dir, resume["key"]) / WEIGHTS_NAME
+                try:
+                    weights = path.read_bytes()
+                except OSError as e:
+                    raise BuildError(f"candidate {cfg.key}: cannot read the weights it "
+                                     f"continues from ({path}): {e}") from e
             start = Resume(key=str(resume["key"]), epochs=int(resume["epochs"]), weights=weights)
         context = (self.context if recovery_epochs is None
                    else self.context.with_recovery_epochs(int(recovery_epochs), resume=start))
