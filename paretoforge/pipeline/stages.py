@@ -256,10 +256,10 @@ def derive(ctx: BuildContext, cfg: CandidateConfig) -> Weights:
     key = stage_key("derive", source, structure)
     if from_supernet:
         plan_json["source"] = f"supernet:{source}"
-    if ctx.resume is not None and not unpruned:
-        plan_json["resumed_from"] = {"artifact": ctx.resume.key, "epochs": ctx.resume.epochs}
     if unpruned and not custom:
         return Weights(model=ctx.base, plan=plan_json, key=key, pruned=False)
+    if ctx.resume is not None:  # recover continues these weights (see recover)
+        plan_json["resumed_from"] = {"artifact": ctx.resume.key, "epochs": ctx.resume.epochs}
     model = (copy.deepcopy(ctx.base) if unpruned
              else prune(ctx.source if from_supernet else ctx.base, plan))
     for dim, value in _applied(custom):  # the user's derive dimensions, on the student
