@@ -78,12 +78,17 @@ class CandidateWorker(Protocol):
         ...
 
     def evaluate(self, trial_number: int, config: dict[str, Any], *,
-                 recovery_epochs: int | None = None) -> dict[str, Any]:
+                 recovery_epochs: int | None = None,
+                 resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build, score and measure one candidate; called by the loop, once per attempt.
 
         ``recovery_epochs`` (a one-shot search's finishing trials): recover the candidate
         with that many distillation epochs instead of the search-time recovery; its artifact
-        key is then ``<config key>-r<epochs>``.
+        key is then ``<config key>-r<epochs>``. ``resume`` (a finishing rung after the first,
+        with ``one_shot.finish_resume``): start from the weights of the previous rung's
+        artifact ``resume["key"]``, which had ``resume["epochs"]`` epochs, and train the rest;
+        ``resume["weights"]`` holds its ``model.safetensors`` bytes when the worker's ping
+        said it does not see the run directory (``in_place`` false).
 
         ``config`` is a :class:`~paretoforge.search_spaces.CandidateConfig` as JSON. The same
         trial may reach a worker again (attempt 2, after its first worker was lost); the same

@@ -112,7 +112,9 @@ class FakeWorker:
                 "holder": self.holder}
 
     def evaluate(self, trial_number: int, config: dict[str, Any], *,
-                 recovery_epochs: int | None = None) -> dict[str, Any]:
+                 recovery_epochs: int | None = None,
+                 resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        # the made-up recovery below depends on the total epochs alone: resumed or not
         t0 = time.perf_counter()
         cfg = CandidateConfig.model_validate(config)
         key = cfg.key if recovery_epochs is None else f"{cfg.key}-r{recovery_epochs}"
