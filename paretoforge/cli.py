@@ -206,7 +206,9 @@ def _print_front(members: list[Any], objectives: list[str],
     Console(width=max(100, Console().width)).print(table)
     if one_shot:
         typer.echo("one-shot: the member's values as cut from the supernet, before finishing; "
-                   "'(trial N, +E ep)': recovered for E epochs from that one-shot trial; "
+                   "'(trial N, +E ep)': recovered for E epochs in all from that one-shot "
+                   "trial (with one_shot.finish_resume, a promoted member continues its "
+                   "previous rung's weights); "
                    "'as built': not recovered (the base at a precision)")
     if quality:
         typer.echo(f"{quality} (validation): the split every search decision used, an optimistic"
