@@ -106,6 +106,9 @@ class FrontMember:
     phase: str | None = None
     recovery_epochs: int | None = None
     one_shot: dict[str, Any] | None = None
+    # A finishing member that continued its previous rung's weights (one_shot.finish_resume):
+    # that rung's trial, its artifact key and the epochs its weights had. None otherwise.
+    resumed_from: dict[str, Any] | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)  # quality on the test split
     quality_metric: str = ""
     # Latency re-timed after the search (orchestrator/retime.py), per profile: the ratio to
@@ -135,7 +138,8 @@ class FrontMember:
                 "misses": self.misses, "predicted": self.predicted,
                 "prediction_error": self.prediction_error, "artifacts": self.artifacts,
                 "phase": self.phase, "recovery_epochs": self.recovery_epochs,
-                "one_shot": self.one_shot, "latency": self.latency,
+                "one_shot": self.one_shot, "resumed_from": self.resumed_from,
+                "latency": self.latency,
                 "metrics_in_search": self.metrics_in_search,
                 "speedup": {"metric": self.speedup_metric.removeprefix("speedup_"),
                             "value": self.relative.get(self.speedup_metric)}}
@@ -334,7 +338,7 @@ class Run:
             misses=self._misses(t), predicted=predicted, prediction_error=prediction_error,
             phase=t.user_attrs.get(TrialAttr.PHASE),
             recovery_epochs=t.user_attrs.get(TrialAttr.RECOVERY_EPOCHS),
-            one_shot=self._one_shot_of(t),
+            one_shot=self._one_shot_of(t), resumed_from=self._resumed_from(t),
             test_metrics=test_metrics, quality_metric=self.spec.task.quality_metric,
             speedup_metric=speedup_basis(self.objective_names),
             latency={p: {"rel_p50": r.get("rel_p50"), "rel_low": r.get("rel_low"),
@@ -353,6 +357,18 @@ class Run:
         return {"trial": src.number,
                 "objectives": dict(zip(self.objective_names, src.values or [], strict=False)),
                 "metrics": dict(src.user_attrs.get(TrialAttr.METRICS, {}))}
+
+    def _resumed_from(self, t: Any) -> dict[str, Any] | None:
+        """A finishing trial's previous rung, when it continued those weights."""
+        key = t.user_attrs.get(TrialAttr.RESUME_FROM)
+        if not key:
+            return None
+        before = next((u.number for u in self.trials() if u.number < t.number
+                       and u.user_attrs.get(TrialAttr.KEY) == key
+                       and u.user_attrs.get(TrialAttr.PHASE) == Phase.FINISH
+                       and TrialAttr.CACHED_FROM not in u.user_attrs), None)
+        return {"trial": before, "artifact": key,
+                "epochs": t.user_attrs.get(TrialAttr.RESUME_EPOCHS)}
 
     def _misses(self, t: Any) -> dict[str, float]:
         cons = list(t.user_attrs.get(TrialAttr.CONSTRAINTS) or [])

@@ -54,8 +54,11 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
             assert t.user_attrs[TrialAttr.RESUME_FROM] == before.user_attrs[TrialAttr.KEY]
             assert manifest.plan["resumed_from"] == {
                 "artifact": before.user_attrs[TrialAttr.KEY], "epochs": 1}
+            # what its front entry would carry (front, front --json)
+            assert run._resumed_from(t) == {"trial": before.number, "epochs": 1,
+                                            "artifact": before.user_attrs[TrialAttr.KEY]}
         else:
-            assert "resumed_from" not in manifest.plan
+            assert "resumed_from" not in manifest.plan and run._resumed_from(t) is None
         # the final front's candidates are measured with the profile's full protocol
         assert {m["fidelity"] for m in manifest.measurements.values()} == {"full"}
     for t in one_shot:
@@ -91,6 +94,14 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
         if m.phase == Phase.FINISH:
             assert m.one_shot is not None and m.recovery_epochs in (1, 2)
             assert set(m.one_shot["objectives"]) == set(m.objectives)
+            if m.recovery_epochs == 2:  # rung 1: it says which rung-0 trial it continued
+                before = next(t for t in finish if t.user_attrs[TrialAttr.RUNG] == 0
+                              and t.params == run.trial(m.trial).params)
+                assert m.resumed_from == {"trial": before.number, "epochs": 1,
+                                          "artifact": before.user_attrs[TrialAttr.KEY]}
+                assert m.to_json()["resumed_from"] == m.resumed_from
+            else:
+                assert m.resumed_from is None
         else:  # the only one-shot members of a finished front are unpruned (the base)
             assert m.config["layers_kept"] == 2 and m.config["heads_kept"] == 2
             assert m.config["ffn_kept"] == 1.0
