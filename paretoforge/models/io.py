@@ -241,30 +241,41 @@ def load_pretrained(
 
 
 def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
     try:
-        data = weights_path.read_bytes()
-    except OSError as exc:
+        state = load_file(str(weights_path))
+        with safe_open(str(weights_path), framework="pt") as f:
+            tied = json.loads((f.metadata() or {}).get(_TIED_KEY, "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
         raise BuildError(f"Cannot read weights {str(weights_path)!r}: {exc}.") from exc
-    return _weights_from_bytes(data, repr(str(weights_path)))
+    return _with_tied(state, tied)
+
+
+def _with_tied(state: dict[str, torch.Tensor], tied: dict[str, str]
+               ) -> dict[str, torch.Tensor]:
+    """``state`` with the tensors :func:`save_pretrained` stored once under their twin's name."""
+    for dropped, kept in tied.items():
+        if kept in state:
+            state[dropped] = state[kept]
+    return state
 
 
 def _weights_from_bytes(data: bytes, what: str) -> dict[str, torch.Tensor]:
-    """The state dict of :func:`save_pretrained`'s ``model.safetensors`` bytes, its tied
+    """The state dict of :func:`save_pretrained`'s ``model.safetensors`` as bytes, its tied
     tensors restored."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     try:
         state = load(data)
-        (size,) = struct.unpack("<Q", data[:8])
+        (size,) = struct.unpack("<Q", data[:8])  # the header: its length, then its JSON
         header = json.loads(data[8:8 + size])
         tied = json.loads((header.get("__metadata__") or {}).get(_TIED_KEY, "{}"))
     except (SafetensorError, struct.error, ValueError) as exc:
         raise BuildError(f"Cannot read weights {what}: {exc}.") from exc
-    for dropped, kept in tied.items():
-        if kept in state:
-            state[dropped] = state[kept]
-    return state
+    return _with_tied(state, tied)
 
 
 def load_weights_bytes(model: nn.Module, data: bytes, *, what: str = "weights") -> nn.Module:

@@ -544,9 +544,11 @@ class SearchLoop:
         if job.recovery_epochs is None:
             ref = slot.handle.evaluate.remote(job.trial.number, config)
         else:
+            resume = None if job.resume is None else resume_payload(
+                self.run_dir, job.resume, in_place=bool(slot.info.get("in_place", True)))
             ref = slot.handle.evaluate.remote(job.trial.number, config,
                                               recovery_epochs=job.recovery_epochs,
-                                              resume=self._resume_payload(job, slot))
+                                              resume=resume)
         self.in_flight[ref] = job
         self.stats.submit_s += time.perf_counter() - t0
         again = f" (attempt {job.attempt})" if job.attempt > 1 else ""
@@ -555,12 +557,6 @@ class SearchLoop:
                             node_id=slot.info.get("node_id"))
         self._refresh(f"trial {job.trial.number} started on worker {slot.index}{again}: "
                       f"{_short(job.cfg)}")
-
-    def _resume_payload(self, job: _Job, slot: Any) -> dict[str, Any] | None:
-        if job.resume is None:
-            return None
-        return resume_payload(self.run_dir, job.resume,
-                              in_place=bool(slot.info.get("in_place", True)))
 
     # -- results --------------------------------------------------------------------------------
 
