@@ -38,6 +38,9 @@ class StageRecord(BaseModel):
     key: str = Field("", description="Content key of the stage's output (empty: not cacheable).")
     seconds: float = Field(0.0, description="Wall time of the stage in this build.")
     cached: bool = Field(False, description="Whether the output came from the stage cache.")
+    method: str = Field("", description="How the stage made its output, where it has several "
+                        "ways (export: 'traced' by torch.onnx, or 'template': the weights "
+                        "written into the graph of a structure traced before).")
 
 
 class Manifest(BaseModel):

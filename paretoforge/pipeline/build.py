@@ -195,7 +195,7 @@ def _weights_and_export(ctx: st.BuildContext, cfg: CandidateConfig, tmp: Path, t
         rec.key = weights.key
     with timer.stage("export", "export_s") as rec:
         exported = st.export(ctx, weights, tmp, cfg)
-        rec.key = exported.key
+        rec.key, rec.method = exported.key, exported.method
         if cache is not None:
             cache.put_export(exported.key, tmp, exported)
     return exported, derived.plan

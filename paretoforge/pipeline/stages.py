@@ -2,8 +2,9 @@
 
     derive  (surgery: importance-ranked dense pruning of the base)   -> Weights
     recover (distillation from the base on the training split)        -> Weights
-    export  (safetensors + config.json, the task's head traced to ONNX; a decoder: its
-             KV-cache graph)                                           -> Exported
+    export  (safetensors + config.json, the task's head traced to ONNX, or its weights written
+             into the graph of a structure traced before; a decoder: its KV-cache graph)
+                                                                       -> Exported
     passes  (ONNX Runtime fusions, then the precision)                -> Graph
     score   (the task's quality metric on the validation split, ONNX Runtime) -> float
     measure (latency per profile, through the caller's measurer; a decoder: prefill and
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoforge.exceptions import BuildError
+from paretoforge.kernels.export_template import ExportTemplates
 from paretoforge.pipeline.prepare import Prepared
 from paretoforge.search_spaces import CandidateConfig
 
@@ -53,6 +55,10 @@ ARTIFACT_FILES = ("model.onnx", "model.safetensors", "config.json")
 QUALITY_BATCH = 1
 LATENCY_SAMPLES = 64  # distinct real inputs cycled through by the latency protocol
 CALIBRATION_EXAMPLES = 128  # training examples that calibrate int8-static activations
+
+# This process's traced graphs by structure: a sub-network of a structure exported before
+# gets its weights written into that graph instead of a new trace.
+EXPORT_TEMPLATES = ExportTemplates()
 
 # The config fields each weight stage reads (the rest act later, on the graph).
 _STRUCTURE = ("layers_kept", "heads_kept", "ffn_kept")
@@ -211,6 +217,10 @@ class Exported:
     key: str
     cache_layout: dict[str, Any] | None = None
     decode_past: int | None = None
+    #: ``traced`` (torch.onnx) or ``template`` (the weights written into the graph of an
+    #: earlier trace of the same structure: :class:`~paretoforge.kernels.export_template.
+    #: ExportTemplates`)
+    method: str = "traced"
 
 
 @dataclass
@@ -333,7 +343,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
     import torch
 
     from paretoforge.evaluators.size import param_count
-    from paretoforge.kernels.export import export_onnx
+    from paretoforge.kernels.export_template import structure_signature
     from paretoforge.models.io import save_pretrained
 
     p = ctx.prepared
@@ -346,7 +356,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
     save_pretrained(model, out, side_files_from=p.checkpoint_dir)
     head = ctx.task.export_head(model, p.task_state, p.task)
     onnx_fp32 = out / "model_fp32.onnx"
-    layout = None
+    layout, method = None, "traced"
     if head.decode_past is not None:
         from paretoforge.kernels.decoder_export import export_decoder_onnx
 
@@ -359,8 +369,11 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
         mask = example.get("attention_mask")
         tokens = [k for k, v in example.items() if v.dim() == 2 and v.shape == mask.shape
                   ] if mask is not None and mask.dim() == 2 else []
-        export_onnx(head.module, example, onnx_fp32, output_names=(head.output_name,),
-                    dynamic_sequence=tokens)
+        signature = structure_signature(head.module, example, type(ctx.task).__qualname__,
+                                        head.output_name, tuple(tokens))
+        method = EXPORT_TEMPLATES.export(head.module, example, onnx_fp32, signature=signature,
+                                         output_names=(head.output_name,),
+                                         dynamic_sequence=tokens)
     return Exported(
         onnx_fp32=onnx_fp32,
         output={"name": head.output_name, "shape": ["batch", *head.output_shape],
@@ -368,7 +381,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
         params=int(param_count(model)), hidden_size=int(model.config.hidden_size),
         model_type=str(model.config.model_type),
         key=export_key(ctx, weights.key, cfg),
-        cache_layout=layout, decode_past=head.decode_past,
+        cache_layout=layout, decode_past=head.decode_past, method=method,
     )
 
 

@@ -61,10 +61,14 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
             assert "resumed_from" not in manifest.plan and run._resumed_from(t) is None
         # the final front's candidates are measured with the profile's full protocol
         assert {m["fidelity"] for m in manifest.measurements.values()} == {"full"}
+    exports = []
     for t in one_shot:
-        if t.user_attrs.get(TrialAttr.IS_BASE) or TrialAttr.CACHED_FROM in t.user_attrs:
+        if TrialAttr.CACHED_FROM in t.user_attrs:
             continue
         manifest = verify_artifact(run.artifact_dir(t), key=t.user_attrs[TrialAttr.KEY])
+        exports += [s.method for s in manifest.stages if s.name == "export" and not s.cached]
+        if t.user_attrs.get(TrialAttr.IS_BASE):
+            continue
         pruned = manifest.config["layers_kept"] < 2 or manifest.config["heads_kept"] < 2
         if pruned:
             assert manifest.plan["source"].startswith("supernet:")  # cut, not distilled
@@ -76,6 +80,9 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
                 assert m["rounds"] == spec.one_shot.screen_rounds
                 # past its (tiny) budget a screening round stops at screen_calls calls
                 assert m["runs"] == spec.one_shot.screen_calls
+    # two workers, two depths and more than four builds: a worker exported a depth it had
+    # traced before by writing the weights into that graph
+    assert set(exports) <= {"traced", "template"} and "template" in exports
     # the unpruned base at every other precision of the space is a candidate too
     precisions = set(spec.space.dimensions["precision"]) - {"fp32"}
     assert precisions and {t.user_attrs.get(TrialAttr.BASE_PRECISION) for t in one_shot} >= \
