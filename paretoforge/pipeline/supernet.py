@@ -166,18 +166,31 @@ def _state_api_available() -> bool:
         return False
 
 
-def _trainer_without_pg_cleaner() -> Any:
-    """``TorchTrainer`` without Ray Train's placement-group cleaner, for clusters whose State
-    API does not answer (no dashboard: the local cluster's default).
+def _trainer_class(*, dashboard: bool) -> Any:
+    """``TorchTrainer`` without the default callbacks this trainer has no use for.
 
-    The cleaner watches the controller through the State API; without it every check waits
-    out its 10 s timeout, the cleaner can never see the controller die (so it cleans nothing),
-    and stopping it at the end of ``fit`` waits 12 s more: a third of a small supernet's
-    whole training. Where the hook is not found (another Ray version), the stock trainer.
+    Always without Ray Train's datasets callback: the supernet's data travels in the
+    prepared bundle, not as Ray Datasets, and the callback starts a dataset-manager actor
+    anyway (a process that imports Ray Data: 2 s of CPU on a 2-core machine, while the
+    workers start). Where the cluster's State API does not answer (``dashboard`` False: no
+    dashboard, the local cluster's default), also without
+
+    * the placement-group cleaner, which watches the controller through the State API:
+      every check waits out its 10 s timeout, it can never see the controller die (so it
+      cleans nothing), and stopping it at the end of ``fit`` waits 12 s more, a third of a
+      small supernet's whole training;
+    * the controller's and workers' metrics callbacks, whose metrics only a dashboard shows.
+
+    Where the hooks are not found (another Ray version), the stock trainer.
     """
     from ray.train.torch import TorchTrainer
 
     try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.metrics import (
+            ControllerMetricsCallback,
+            WorkerMetricsCallback,
+        )
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
         )
@@ -185,11 +198,14 @@ def _trainer_without_pg_cleaner() -> Any:
         return TorchTrainer
     if not hasattr(TorchTrainer, "_create_default_callbacks"):
         return TorchTrainer
+    unused: tuple[type, ...] = (DatasetsCallback,) if dashboard else (
+        DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback,
+        WorkerMetricsCallback)
 
     class _Trainer(TorchTrainer):  # type: ignore[misc, valid-type]
         def _create_default_callbacks(self) -> list[Any]:
             return [c for c in super()._create_default_callbacks()
-                    if not isinstance(c, PlacementGroupCleanerCallback)]
+                    if not isinstance(c, unused)]
 
     return _Trainer
 
@@ -321,7 +337,6 @@ def train_supernet(
     """
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from paretoforge.models.supernet import SIDECAR_NAME
 
@@ -346,7 +361,7 @@ def train_supernet(
     import ray
 
     start = time.perf_counter()
-    trainer_cls = TorchTrainer if _state_api_available() else _trainer_without_pg_cleaner()
+    trainer_cls = _trainer_class(dashboard=_state_api_available())
     trainer = trainer_cls(
         _train_loop,
         train_loop_config={

@@ -117,11 +117,22 @@ def test_a_killed_worker_resumes_from_the_last_epoch(ray_cluster, prepared, tmp_
 def test_the_state_api_check_answers_at_once_without_a_dashboard(ray_cluster):
     # The test cluster runs no dashboard: the check must say so without the State API
     # client's 40 s of GCS retries, and the trainer then drops the placement-group cleaner.
-    from paretoforge.pipeline.supernet import _state_api_available, _trainer_without_pg_cleaner
+    from paretoforge.pipeline.supernet import _state_api_available, _trainer_class
 
     t0 = time.perf_counter()
     assert _state_api_available() is False
     assert time.perf_counter() - t0 < 5.0
+    import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
 
-    assert issubclass(_trainer_without_pg_cleaner(), TorchTrainer)
+    for dashboard in (False, True):
+        cls = _trainer_class(dashboard=dashboard)
+        assert issubclass(cls, TorchTrainer)
+        trainer = cls(lambda config: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+        kinds = {type(c) for c in trainer._create_default_callbacks()}
+        assert DatasetsCallback not in kinds  # never: the data is in the bundle
+        assert (PlacementGroupCleanerCallback in kinds) is dashboard
