@@ -221,7 +221,7 @@ def measure_latency(
     profile: HardwareProfile,
     inputs: dict[str, np.ndarray],
     *,
-    reference: str | os.PathLike[str] | None = None,
+    reference: str | os.PathLike[str] | Runtime | None = None,
     warmup: int = 10,
     warmup_seconds: float | None = 0.05,
     min_runs: int = 20,
@@ -254,6 +254,9 @@ def measure_latency(
         reference: An artifact (ONNX file or directory, fp32) timed beside the candidate,
             call for call, in every round on the same inputs: the candidate's latency relative
             to it is recorded (``rel_p50``, ``rel_rounds``) and the spread target applies to it.
+            A fresh session per round; or an already loaded
+            :class:`~paretoforge.kernels.runtime.Runtime`, made under the same pinning, used by
+            every round and left open (a screening measurement's, kept from trial to trial).
         warmup: Untimed calls per session first (allocations, caches, thread pool start-up).
         warmup_seconds: Stop warming a session up after this long (at least one call);
             None: always ``warmup`` calls.
@@ -347,7 +350,9 @@ def measure_latency(
                         opened.append(shared_rt)
                 cand = shared_rt
             pair = [cand]
-            if reference is not None:
+            if isinstance(reference, Runtime):
+                pair.append(reference)
+            elif reference is not None:
                 ref = load_runtime(reference, profile, n_cores=n_cores)
                 opened.append(ref)
                 pair.append(ref)
@@ -402,8 +407,9 @@ def measure_latency(
                     results.append((samples, [ci_rel, float(rstop == "converged")], n_warm))
                     if fresh:  # this round's sessions are done: free them now
                         for rt in rts:
-                            rt.close()
-                            opened.remove(rt)
+                            if rt in opened:  # not a reference the caller keeps
+                                rt.close()
+                                opened.remove(rt)
                     if max_rounds == 1:
                         stop = rstop
                         break
@@ -419,7 +425,9 @@ def measure_latency(
                 rt.close()
     env["sessions"] = "fresh per round" if fresh else "one, reused by every round"
     if reference is not None:
-        env["reference"] = str(reference)
+        env["reference"] = str(getattr(reference, "path", reference))
+        if isinstance(reference, Runtime):
+            env["reference_session"] = "kept, reused across measurements"
 
     cand_rounds = [np.asarray(res[0][0], dtype=np.float64) / 1e6 for res in results]
     ms = np.concatenate(cand_rounds)

@@ -108,6 +108,8 @@ class Worker:
         self._reference: Path | None = None  # the base's artifact, built on first measurement
         self._reference_files: Any = None  # its files in Ray's object store, for benches
         self._base_latency: dict[str, float] = {}
+        # Screening measurements' reference sessions, kept from trial to trial: (profile, cores)
+        self._screen_refs: dict[tuple[str, tuple[int, ...]], Any] = {}
         # A build yields its shared hold at each distillation step when a measurement waits.
         set_yield_point(self.gate.yield_to_writers)
 
@@ -154,6 +156,9 @@ class Worker:
         """Remove this worker's stage cache (its exports in the temporary directory); the
         pool calls it before it stops the worker."""
         self.cache.clear()
+        for rt in self._screen_refs.values():
+            rt.close()
+        self._screen_refs.clear()
 
     def attach_supernet(self, supernet: dict[str, Any]) -> None:
         """Take the trained supernet (``Prepared.supernet``) of a one-shot search this worker
@@ -373,9 +378,11 @@ class Worker:
                 # Fits on this worker's own cores: the neighbours build on theirs meanwhile;
                 # the shared hold keeps exclusive measurements (all-core profiles, benches)
                 # off the node.
+                ref = (self._screen_reference(profile, self.cores)
+                       if settings is not None and decode_past is None else reference)
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
-                                      reference=reference, hold=self.gate.shared,
+                                      reference=ref, hold=self.gate.shared,
                                       settings=settings, decode_past=decode_past)
             else:
                 # Needs more cores than this worker owns: every build on the node yields
@@ -387,6 +394,24 @@ class Worker:
         rec["fidelity"] = "full" if settings is None else "screening"
         return self._with_base_latency(profile.name, rec,
                                        kind="latency" if decode_past is None else "decode")
+
+    def _screen_reference(self, profile: Any, cores: list[int]) -> Any:
+        """The reference's session for screening measurements of ``profile`` on ``cores``,
+        made once (pinned as the measurement pins) and reused: a screening measurement
+        only ranks the one-shot search, and a fresh reference session a trial was a tenth
+        of a tiny candidate's build. The profile's full protocol (finishing trials, the
+        front) keeps fresh sessions of both each round. Torch profiles: the path (fresh)."""
+        if profile.runtime != "onnxruntime":
+            return self.reference()
+        key = (profile.name, tuple(cores))
+        if key not in self._screen_refs:
+            from paretoforge._system import pinned
+            from paretoforge.kernels.runtime import load_runtime
+
+            with pinned(cores):
+                self._screen_refs[key] = load_runtime(self.reference(), profile,
+                                                      n_cores=len(cores))
+        return self._screen_refs[key]
 
     def reference(self) -> Path:
         """The run's reference artifact (the base, fp32), built on first use."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paretoforge._system import pinned
 from paretoforge.evaluators import Measurement, measure_latency, median_ci
 from paretoforge.exceptions import MeasurementError, PlacementError
 from paretoforge.hw_profiles import HardwareProfile, get_profile
@@ -258,3 +259,26 @@ def test_relative_latency_against_a_reference(eval_onnx: Path, samples: np.ndarr
     with pytest.raises(MeasurementError, match="No ONNX model"):  # a missing reference
         measure_latency(eval_onnx, get_profile("cpu-1t"), {"pixel_values": samples},
                         reference=tmp_path / "absent.onnx")
+
+
+def test_a_kept_reference_session_serves_every_round_and_stays_open(eval_onnx: Path,
+                                                                    samples: np.ndarray) -> None:
+    # a screening measurement's reference: loaded once by the caller, timed beside each
+    # fresh candidate session, never closed by the measurement
+    from paretoforge.kernels.runtime import load_runtime
+
+    profile = get_profile("cpu-1t")
+    x = {"pixel_values": samples}
+    with pinned([0]):
+        ref = load_runtime(eval_onnx, profile, n_cores=1)
+    try:
+        for _ in range(2):  # two measurements, as two trials share it
+            m = measure_latency(eval_onnx, profile, x, reference=ref, cores=[0], rounds=2,
+                                max_rounds=2, **FAST)
+            assert len(m.rel_rounds) == 2 and m.ref_p50_ms > 0
+            assert m.env["reference"] == str(eval_onnx)
+            assert m.env["reference_session"] == "kept, reused across measurements"
+            assert m.env["sessions"] == "fresh per round"  # the candidate's
+        assert ref.session.run(None, {"pixel_values": samples[:1]})  # still open
+    finally:
+        ref.close()

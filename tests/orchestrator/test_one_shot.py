@@ -61,6 +61,7 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
             assert "resumed_from" not in manifest.plan and run._resumed_from(t) is None
         # the final front's candidates are measured with the profile's full protocol
         assert {m["fidelity"] for m in manifest.measurements.values()} == {"full"}
+        assert not any("reference_session" in m["env"] for m in manifest.measurements.values())
     exports = []
     for t in one_shot:
         if TrialAttr.CACHED_FROM in t.user_attrs:
@@ -78,6 +79,8 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
                                      else "full")
             if m["fidelity"] == "screening":
                 assert m["rounds"] == spec.one_shot.screen_rounds
+                # beside the worker's kept reference session (fresh ones in the full protocol)
+                assert m["env"]["reference_session"] == "kept, reused across measurements"
                 # past its (tiny) budget a screening round stops at screen_calls calls
                 assert m["runs"] == spec.one_shot.screen_calls
     # two workers, two depths and more than four builds: a worker exported a depth it had
