@@ -370,7 +370,7 @@ def export(ctx: BuildContext, weights: Weights, out: Path,
         tokens = [k for k, v in example.items() if v.dim() == 2 and v.shape == mask.shape
                   ] if mask is not None and mask.dim() == 2 else []
         signature = structure_signature(head.module, example, type(ctx.task).__qualname__,
-                                        head.output_name, tuple(tokens))
+                                        head.output_name, tuple(tokens), repr(custom))
         method = EXPORT_TEMPLATES.export(head.module, example, onnx_fp32, signature=signature,
                                          output_names=(head.output_name,),
                                          dynamic_sequence=tokens)
