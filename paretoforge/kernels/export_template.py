@@ -121,7 +121,11 @@ class ExportTemplates:
                   "dynamic_sequence": tuple(dynamic_sequence)}
         template = self._templates.get(signature)
         if template is not None:
-            if self._fill(template, model, example_inputs, Path(path), output_fn):
+            try:
+                filled = self._fill(template, model, example_inputs, Path(path), output_fn)
+            except Exception:  # noqa: BLE001  (anything unexpected: a trace decides)
+                filled = False
+            if filled:
                 self.counts["template"] += 1
                 return "template"
             self.counts["rejected"] += 1
@@ -130,7 +134,10 @@ class ExportTemplates:
         export_onnx(model, example_inputs, path, **kwargs)
         self.counts["traced"] += 1
         if template is None and signature not in self._untemplatable:
-            learned = self._learn(model, example_inputs, Path(path), kwargs)
+            try:
+                learned = self._learn(model, example_inputs, Path(path), kwargs)
+            except Exception:  # noqa: BLE001  (the trace above stands; no template)
+                learned = None
             if learned is None:
                 self._untemplatable.add(signature)
             else:
