@@ -214,7 +214,9 @@ class Worker:
             start = Resume(key=str(resume["key"]), epochs=int(resume["epochs"]), weights=weights)
         context = (self.context if recovery_epochs is None
                    else self.context.with_recovery_epochs(int(recovery_epochs), resume=start))
-        measurer = functools.partial(self._measure, settings=self._screening(cfg, recovery_epochs))
+        screening = self._screening(cfg, recovery_epochs)
+        measurer = functools.partial(self._measure, settings=screening,
+                                     keep_reference=screening is not None)
         try:
             self.reference()  # built once, before the first build's clock starts
             manifest = build_candidate(
@@ -349,7 +351,8 @@ class Worker:
 
     def _measure(self, onnx_path: Path, profile_name: str, inputs: dict[str, Any], *,
                  precision: str = "fp32", settings: dict[str, Any] | None = None,
-                 decode_past: int | None = None) -> dict[str, Any]:
+                 decode_past: int | None = None, keep_reference: bool = False
+                 ) -> dict[str, Any]:
         """Measure ``profile_name`` here, or on a bench of a node that carries its resource,
         beside the run's reference; the record carries the drift-free median.
 
@@ -358,7 +361,9 @@ class Worker:
         no GPU, so Ray hides the devices from it. The node's gate is held (shared on the
         worker's own cores, exclusive for more) around the timed calls only. ``settings``
         (a screening measurement's rounds and time budget) override the profile's protocol;
-        the record's ``fidelity`` says which one it followed. ``decode_past``: a decoder's
+        the record's ``fidelity`` says which one it followed; ``keep_reference`` (a
+        screening measurement's) times the candidate beside this worker's kept reference
+        session instead of a fresh one (:meth:`_screen_reference`). ``decode_past``: a decoder's
         decode step after that many cached tokens, whose base latency is the run's own
         (``latency@<profile>.decode.json``).
         """
@@ -379,7 +384,7 @@ class Worker:
                 # the shared hold keeps exclusive measurements (all-core profiles, benches)
                 # off the node.
                 ref = (self._screen_reference(profile, self.cores)
-                       if settings is not None and decode_past is None else reference)
+                       if keep_reference and decode_past is None else reference)
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
                                       reference=ref, hold=self.gate.shared,

@@ -100,6 +100,10 @@ def test_one_shot_search_finishes_its_front(ray_cluster, tmp_path: Path) -> None
         assert sum(t.params[k] != parent.params[k] for k in t.params) == 1
     front = run.front()
     assert front
+    # the front's re-time follows the full protocol: fresh sessions of both, every round
+    for by_profile in run.retimed().values():
+        for rec in by_profile.values():
+            assert "reference_session" not in rec["env"]
     for m in front:
         if m.phase == Phase.FINISH:
             assert m.one_shot is not None and m.recovery_epochs in (1, 2)
