@@ -242,11 +242,10 @@ def load_pretrained(
 
 def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
-        state = load_file(str(weights_path))
-        with safe_open(str(weights_path), framework="pt") as f:
+        with safe_open(str(weights_path), framework="pt") as f:  # one open: header and tensors
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (not a dict)
             tied = json.loads((f.metadata() or {}).get(_TIED_KEY, "{}"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BuildError(f"Cannot read weights {str(weights_path)!r}: {exc}.") from exc
