@@ -500,6 +500,48 @@ def _synthetic_batch(session: Any, profile: HardwareProfile) -> dict[str, np.nda
     return feed
 
 
+# Initializer types whose values are weights: a graph's structure does not depend on them
+# (integer initializers, such as a Reshape's target shape, are structure and are kept).
+_WEIGHT_TYPES = frozenset({1, 2, 3, 10, 16})  # FLOAT, UINT8, INT8, FLOAT16, BFLOAT16
+
+
+def graph_structure_key(onnx_path: str | os.PathLike[str]) -> str:
+    """A digest of an ONNX graph without its weights: what the graph optimizer and the
+    provider assignment see apart from the weights' values and sizes.
+
+    It covers the opsets, the inputs and outputs, every node (op, domain, wiring,
+    attributes, constants included) and each initializer's name, type and rank; the
+    values of integer initializers (shapes, axes) too, but not those of weights (float,
+    8-bit). Two sub-networks that keep the same layers, at the same precision and fusion,
+    have the same key, whatever heads and FFN neurons each layer keeps. External data is
+    not read.
+
+    Example:
+        >>> graph_structure_key("model.onnx")  # doctest: +SKIP
+        '9c1e0d2f44a6b7e1'
+    """
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(_resolve_onnx(onnx_path)), load_external_data=False)
+    g = model.graph
+    for t in g.initializer:
+        keep_values = t.data_type not in _WEIGHT_TYPES
+        dims = len(t.dims)
+        t.ClearField("dims")
+        t.dims.extend([0] * dims)  # the rank, not the sizes
+        if not keep_values:
+            for name in ("raw_data", "float_data", "int32_data", "external_data"):
+                t.ClearField(name)
+    h = hashlib.blake2b(digest_size=8)
+    for part in (model.opset_import, g.input, g.output, g.node, g.initializer):
+        for item in part:
+            h.update(item.SerializeToString(deterministic=True))
+        h.update(b"|")
+    return h.hexdigest()
+
+
 def placement_report(
     onnx_path: str | os.PathLike[str],
     profile: HardwareProfile,

@@ -71,7 +71,9 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
                     reference: Path | None = None,
                     hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                     settings: dict[str, Any] | None = None,
-                    decode_past: int | None = None) -> dict[str, Any]:
+                    decode_past: int | None = None,
+                    placements: dict[tuple[str, str, int], dict[str, Any]] | None = None
+                    ) -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
     ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
@@ -81,6 +83,11 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     measurement.
     ``decode_past``: time one decode step of a KV-cache decoder graph after that many cached
     tokens (its placement is the prefill's, reported with that measurement, so none here).
+    ``placements``: the reports made so far, by graph structure
+    (:func:`~paretoforge.kernels.runtime.graph_structure_key`), profile and core count: a
+    graph of a structure already reported gets a copy of that report, marked
+    ``"same_structure_as_earlier": True``, instead of a profiled run of its own (a one-shot
+    trial's screening: sub-networks that keep the same layers place their nodes alike).
 
     Returns:
         The :class:`~paretoforge.evaluators.latency.Measurement` as JSON, ``env.node_id`` set
@@ -90,14 +97,23 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     import time
 
     from paretoforge.evaluators.latency import measure_latency
-    from paretoforge.kernels.runtime import placement_report
+    from paretoforge.kernels.runtime import graph_structure_key, placement_report
 
     m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision,
                         reference=reference, hold=hold, decode_past=decode_past,
                         **_protocol(settings))
     t0 = time.perf_counter()
-    placement = ({} if decode_past is not None
-                 else placement_report(onnx_path, profile, inputs, cores=cores))
+    if decode_past is not None:
+        placement: dict[str, Any] = {}
+    elif placements is None or profile.runtime != "onnxruntime":
+        placement = placement_report(onnx_path, profile, inputs, cores=cores)
+    else:
+        key = (graph_structure_key(onnx_path), profile.name, len(cores))
+        if key in placements:
+            placement = dict(placements[key], same_structure_as_earlier=True)
+        else:
+            placement = placements[key] = placement_report(onnx_path, profile, inputs,
+                                                           cores=cores)
     out = m.model_dump(mode="json") if hasattr(m, "model_dump") else dict(vars(m))
     out.setdefault("cost_s", {})["placement_s"] = round(time.perf_counter() - t0, 6)
     out.setdefault("env", {})["node_id"] = node_id

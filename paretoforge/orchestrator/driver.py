@@ -125,8 +125,7 @@ def connect_ray(spec: Spec, *, address: str | None = None, debug: bool = False) 
         return True
     need = spec.cluster.workers * spec.cluster.cpus_per_worker
     if spec.search.strategy == "one-shot":  # the supernet's trainer, beside the workers
-        trainers = spec.one_shot.train_workers or spec.cluster.workers
-        need += trainers * spec.cluster.cpus_per_worker
+        need += spec.one_shot.trainers(spec.cluster.workers) * spec.cluster.cpus_per_worker
     start_local_cluster(num_cpus=max(int(-(-need // 1)), 1), dashboard=spec.cluster.dashboard,
                         debug=debug)
     return True
@@ -301,8 +300,12 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
     storage, backend = opened or open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
-    # The modules the base model and the build need load while the local cluster starts:
-    # its processes leave a core idle for seconds, and these imports take 4-5 s of CPU.
+    # The modules the base model and the build need, and the task's data, load while the
+    # local cluster starts: its processes leave a core idle for seconds, and these imports
+    # and the task take 6 s of CPU.
+    from paretoforge.pipeline.prepare import preload_task
+
+    preload_task(spec)
     threading.Thread(target=_preload_modules, name="pf-preload", daemon=True).start()
     started = connect_ray(spec, address=address, debug=debug)
     stop_watch = threading.Event()
@@ -496,7 +499,7 @@ def _room_to_start_workers_early(spec: Spec, worker_cls: type) -> bool:
     if not (hasattr(worker_cls, "warm") and hasattr(worker_cls, "attach_supernet")):
         return False
     cpus = spec.cluster.cpus_per_worker
-    need = (spec.cluster.workers + (spec.one_shot.train_workers or spec.cluster.workers)) * cpus
+    need = (spec.cluster.workers + spec.one_shot.trainers(spec.cluster.workers)) * cpus
     return float(ray.available_resources().get("CPU", 0.0)) >= need
 
 

@@ -110,6 +110,8 @@ class Worker:
         self._base_latency: dict[str, float] = {}
         # Screening measurements' reference sessions, kept from trial to trial: (profile, cores)
         self._screen_refs: dict[tuple[str, tuple[int, ...]], Any] = {}
+        # Screening measurements' placement reports, by graph structure, profile and cores
+        self._placements: dict[tuple[str, str, int], dict[str, Any]] = {}
         # A build yields its shared hold at each distillation step when a measurement waits.
         set_yield_point(self.gate.yield_to_writers)
 
@@ -363,7 +365,9 @@ class Worker:
         (a screening measurement's rounds and time budget) override the profile's protocol;
         the record's ``fidelity`` says which one it followed; ``keep_reference`` (a
         screening measurement's) times the candidate beside this worker's kept reference
-        session instead of a fresh one (:meth:`_screen_reference`). ``decode_past``: a decoder's
+        session instead of a fresh one (:meth:`_screen_reference`), and reuses the placement
+        report of a graph of the same structure measured before on this worker.
+        ``decode_past``: a decoder's
         decode step after that many cached tokens, whose base latency is the run's own
         (``latency@<profile>.decode.json``).
         """
@@ -388,7 +392,8 @@ class Worker:
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
                                       reference=ref, hold=self.gate.shared,
-                                      settings=settings, decode_past=decode_past)
+                                      settings=settings, decode_past=decode_past,
+                                      placements=self._placements if keep_reference else None)
             else:
                 # Needs more cores than this worker owns: every build on the node yields
                 # while the timed calls run.

@@ -66,15 +66,17 @@ def attach_supernet(prepared: Prepared, spec: Any, *, space: Any | None = None,
     if space is None:
         space = SearchSpace.from_preset(spec.space.preset, spec.space.dimensions)
     options = supernet_options(spec, space, prepared.num_layers, prepared.num_heads)
-    workers = spec.one_shot.train_workers or spec.cluster.workers
+    workers = spec.one_shot.trainers(spec.cluster.workers)
     t0 = time.perf_counter()
     path = train_supernet(prepared.for_workers(), options, workers=workers,
                           cpus_per_worker=max(1, int(spec.cluster.cpus_per_worker)), log=log)
     sn = Supernet.load(path)
     seconds = time.perf_counter() - t0
     state = {k: v.detach().contiguous() for k, v in sn.model.state_dict().items()}
-    log(f"supernet {sn.key}: {sn.epochs_done} epoch(s) on {workers} Ray Train worker(s), "
-        f"ready in {seconds:.1f}s; {sn.space.size():,} sub-networks")
+    where = (f"on {workers} Ray Train worker(s)" if workers else
+             "in this process (Ray Train's local mode)")
+    log(f"supernet {sn.key}: {sn.epochs_done} epoch(s) {where}, ready in {seconds:.1f}s; "
+        f"{sn.space.size():,} sub-networks")
     timings = dict(prepared.timings, supernet_s=seconds)
     return dataclasses.replace(prepared, timings=timings, supernet={
         "key": sn.key, "weights": st_save(state), "importance": sn.importance.to_dict(),

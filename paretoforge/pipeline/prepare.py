@@ -12,10 +12,13 @@ it once per front member after the search (:func:`paretoforge.pipeline.score_tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,13 @@ from paretoforge._system import idle_cores
 from paretoforge.spec import Spec
 from paretoforge.tasks import TASKS, Task, TaskData
 
-__all__ = ["Prepared", "cache_dir", "checkpoint_shape", "load_spec_task", "prepare",
-           "prepare_cached"]
+__all__ = ["Prepared", "cache_dir", "checkpoint_shape", "load_spec_task", "preload_task",
+           "prepare", "prepare_cached"]
 
 _LAST: dict[str, Prepared] = {}  # the last bundle this process prepared, by its inputs
+# A task being loaded in the background (preload_task), by its inputs: taken once.
+_PRELOADED: dict[str, Future[Any]] = {}
+_PRELOAD_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -118,6 +124,34 @@ class Prepared:
             return load_pretrained(d)
 
 
+def _task_key(spec: Spec) -> str:
+    return json.dumps([spec.task.model_dump(mode="json"), spec.model.path], sort_keys=True)
+
+
+def preload_task(spec: Spec) -> None:
+    """Start loading the spec's task in a background thread (while a cluster starts, say);
+    the next :func:`load_spec_task` of the same task in this process takes the result, once.
+
+    Nothing happens where this process already holds the prepared bundle of ``spec``
+    (:func:`prepare_cached` will not load the task). A load that fails here is done again by
+    :func:`load_spec_task`, which reports its error as it would have.
+    """
+    if _bundle_key(spec) in _LAST:
+        return
+    future: Future[Any] = Future()
+    with _PRELOAD_LOCK:
+        _PRELOADED.clear()
+        _PRELOADED[_task_key(spec)] = future
+
+    def load() -> None:
+        try:
+            future.set_result(_load_spec_task(spec))
+        except BaseException as e:  # noqa: BLE001  (handed to the caller, which loads again)
+            future.set_exception(e)
+
+    threading.Thread(target=load, name="pf-task-preload", daemon=True).start()
+
+
 def load_spec_task(spec: Spec) -> Any:
     """The spec's task data (a :class:`~paretoforge.tasks.TaskData`), split as the spec says.
 
@@ -126,6 +160,15 @@ def load_spec_task(spec: Spec) -> Any:
     checkpoint (``model.path``) its directory, whose tokenizer or image processor
     preprocesses the data.
     """
+    with _PRELOAD_LOCK:
+        future = _PRELOADED.pop(_task_key(spec), None)
+    if future is not None:
+        with contextlib.suppress(Exception):
+            return future.result()
+    return _load_spec_task(spec)
+
+
+def _load_spec_task(spec: Spec) -> Any:
     from paretoforge.spec import resolve_model_path
     from paretoforge.tasks import load_task
 
@@ -254,14 +297,18 @@ def _prepare_checkpoint(spec: Spec, *, log: Any) -> Prepared:
     )
 
 
+def _bundle_key(spec: Spec) -> str:
+    return json.dumps([spec.model.model_dump(mode="json"), spec.task.model_dump(mode="json"),
+                       spec.search.seed, str(cache_dir())], sort_keys=True)
+
+
 def prepare_cached(spec: Spec, *, log: Any = print) -> Prepared:
     """:func:`prepare`, reusing this process's last bundle when its inputs are the same.
 
     The bundle depends on the model, the task and the seed only; a notebook or a test session
     that runs several searches of the same model prepares it once.
     """
-    key = json.dumps([spec.model.model_dump(mode="json"), spec.task.model_dump(mode="json"),
-                      spec.search.seed, str(cache_dir())], sort_keys=True)
+    key = _bundle_key(spec)
     if key not in _LAST:
         _LAST.clear()
         _LAST[key] = prepare(spec, log=log)

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,7 +96,8 @@ def supernet_cache_key(prepared: Prepared, options: Any, workers: int) -> str:
 
     It covers the base weights (``prepared.base_key``), the training split and its labels,
     the importance the heads are ordered by, the options, the task's loss options and the
-    number of workers (the data shards and per-worker batches depend on it).
+    number of workers (the data shards and per-worker batches depend on it; 0, this process,
+    counts as 1).
     """
     from paretoforge.models.supernet import data_fingerprint, supernet_key
 
@@ -109,7 +111,8 @@ def supernet_cache_key(prepared: Prepared, options: Any, workers: int) -> str:
         # the last bits from run to run (reduction order): the key hashes the orders
         "importance": hashlib.sha256(json.dumps(
             _orders(prepared.importance), sort_keys=True).encode()).hexdigest()[:16],
-        "workers": int(workers),
+        # this process (0, Ray Train's local mode) trains as one worker does: world size 1
+        "workers": max(int(workers), 1),
     }
     return supernet_key(prepared.base_key, data_fingerprint(prepared.feeds("train"), labels),
                         recipe)  # fmt: skip
@@ -166,7 +169,19 @@ def _state_api_available() -> bool:
         return False
 
 
-def _trainer_class(*, dashboard: bool) -> Any:
+def _started_here() -> bool:
+    """Whether this process started the Ray cluster it is connected to (a local cluster of
+    its own, which has no autoscaler), as opposed to joining one."""
+    try:
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        return bool(node is not None and node.head)
+    except Exception:  # Ray's internals moved: assume a cluster we joined
+        return False
+
+
+def _trainer_class(*, dashboard: bool, autoscaler: bool = True) -> Any:
     """``TorchTrainer`` without the default callbacks this trainer has no use for.
 
     Always without Ray Train's datasets callback: the supernet's data travels in the
@@ -180,6 +195,12 @@ def _trainer_class(*, dashboard: bool) -> Any:
       cleans nothing), and stopping it at the end of ``fit`` waits 12 s more, a third of a
       small supernet's whole training;
     * the controller's and workers' metrics callbacks, whose metrics only a dashboard shows.
+
+    Where the cluster has no autoscaler (``autoscaler`` False: a local cluster this process
+    started), a fixed-size run also registers no resource request with Ray's autoscaling
+    coordinator, an actor whose process the controller waits for before it starts the
+    workers, with nothing to scale (1.5 s of CPU on a 2-core machine, on the start's
+    critical path).
 
     Where the hooks are not found (another Ray version), the stock trainer.
     """
@@ -202,12 +223,41 @@ def _trainer_class(*, dashboard: bool) -> Any:
         DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback,
         WorkerMetricsCallback)
 
+    fixed = None if autoscaler else _fixed_policy_without_autoscaler()
+
     class _Trainer(TorchTrainer):  # type: ignore[misc, valid-type]
         def _create_default_callbacks(self) -> list[Any]:
             return [c for c in super()._create_default_callbacks()
                     if not isinstance(c, unused)]
 
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            policy = kwargs.get("scaling_policy")
+            if fixed is not None and type(policy) is fixed.__base__:
+                kwargs["scaling_policy"] = fixed(scaling_config=policy.scaling_config)
+            return super()._initialize_and_run_controller(**kwargs)
+
     return _Trainer
+
+
+def _fixed_policy_without_autoscaler() -> type | None:
+    """Ray Train's fixed scaling policy without its autoscaling-coordinator requests, or None
+    where this Ray version has no such policy (or names its hooks differently)."""
+    try:
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+    except ImportError:
+        return None
+    if not all(hasattr(FixedScalingPolicy, n) for n in (
+            "after_controller_start", "_maybe_send_resource_request")):
+        return None
+
+    class _Fixed(FixedScalingPolicy):  # type: ignore[misc, valid-type]
+        def after_controller_start(self, train_run_context: Any) -> None:
+            pass  # no coordinator client: nothing to request, nothing to cancel
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+    return _Fixed
 
 
 def _log_event(progress: Path, event: dict[str, Any]) -> None:
@@ -252,9 +302,15 @@ def _train_loop(config: dict[str, Any]) -> None:
     _log_event(progress, {"event": "worker_start", "rank": rank, "pid": os.getpid()})
     atomic_write_json(progress / f"rank{rank}.json", {"pid": os.getpid(), "epoch": None})
 
-    prepared: Prepared = ray.get(config["prepared"])
+    prepared: Prepared = config["prepared"]
+    if isinstance(prepared, ray.ObjectRef):  # a worker's: the driver's bundle, by reference
+        prepared = ray.get(prepared)
     options = SupernetOptions.from_dict(config["options"])
-    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    local = bool(config.get("local"))
+    if not config["use_gpu"]:
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda") if local else ray.train.torch.get_device()
     teacher = prepared.load_base().to(device)
     model, importance = rewire(teacher, Importance.from_dict(prepared.importance))
     space = options.space(importance)
@@ -282,18 +338,35 @@ def _train_loop(config: dict[str, Any]) -> None:
             _log_event(progress, {"event": "epoch_start", "epoch": epoch, "pid": os.getpid()})
         metrics = trainer.train_epoch(epoch)
         history.append(metrics)
-        with tempfile.TemporaryDirectory(prefix="pf-supernet-epoch-") as tmp:
+        name = f"{_EPOCH_PREFIX}{epoch + 1:04d}"
+        run_dir = Path(config["run_dir"])
+        if local:  # Ray Train's local mode keeps no checkpoint: this process writes its own
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.")
+        with (contextlib.nullcontext(tmp) if local else
+              tempfile.TemporaryDirectory(prefix="pf-supernet-epoch-")) as tmp:
             ckpt = None
             if rank == 0:
                 Supernet(model=trainer.model, importance=importance, space=space,
                          key=config["key"], epochs_done=epoch + 1, options=options.to_dict(),
                          history=history).save(tmp)  # fmt: skip
                 trainer.save_state(tmp)
+                if local:
+                    tmp = _commit_local_checkpoint(Path(tmp), run_dir / name)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 _log_event(progress, {"event": "epoch_end", "epoch": epoch, **{
                     k: v for k, v in metrics.items() if k != "epoch"}})
-            ray.train.report(metrics, checkpoint=ckpt,
-                             checkpoint_dir_name=f"{_EPOCH_PREFIX}{epoch + 1:04d}")
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+def _commit_local_checkpoint(tmp: Path, target: Path, keep: int = 2) -> str:
+    """Rename a finished epoch directory into place and drop all but the last ``keep`` (as
+    Ray Train's ``CheckpointConfig(num_to_keep=2)`` does for its workers' reports)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    for old in sorted(target.parent.glob(f"{_EPOCH_PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return str(target)
 
 
 def train_supernet(
@@ -317,7 +390,12 @@ def train_supernet(
     Args:
         prepared: The driver's bundle (base weights, importance, task data and state).
         options: A :class:`~paretoforge.models.supernet.SupernetOptions`.
-        workers: Ray Train workers (data-parallel shards of the training split).
+        workers: Ray Train workers (data-parallel shards of the training split); 0 trains in
+            this process, through Ray Train's local mode: no controller, worker processes or
+            process group are started, its checkpoints are written to ``storage_dir/<key>``
+            by this process (the next call after a killed one resumes from them) and nothing
+            is retried (``max_failures`` does not apply); torch's threads here are set to
+            ``cpus_per_worker`` while it trains.
         storage_dir: Where Ray Train keeps runs and their checkpoints (a local path, shared by
             the nodes when there are several); default ``cache_dir()/supernets/runs``.
         resume: Resume an interrupted run of the same key from its last checkpoint; False
@@ -340,8 +418,9 @@ def train_supernet(
 
     from paretoforge.models.supernet import SIDECAR_NAME
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise BuildError(f"train_supernet: workers={workers!r} must be an integer >= 1.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise BuildError(f"train_supernet: workers={workers!r} must be an integer >= 0 (0: "
+                         "in this process).")
     key = supernet_cache_key(prepared, options, workers)
     final = cache_dir() / "supernets" / key
     if (final / SIDECAR_NAME).is_file():
@@ -361,13 +440,16 @@ def train_supernet(
     import ray
 
     start = time.perf_counter()
-    trainer_cls = _trainer_class(dashboard=_state_api_available())
+    trainer_cls = _trainer_class(dashboard=_state_api_available(),
+                                 autoscaler=not _started_here())
     trainer = trainer_cls(
         _train_loop,
         train_loop_config={
-            "prepared": ray.put(prepared), "options": options.to_dict(), "key": key,
+            # local mode calls the loop here: the bundle itself, not a read-only copy
+            "prepared": prepared if workers == 0 else ray.put(prepared),
+            "options": options.to_dict(), "key": key,
             "progress_dir": str(progress), "run_dir": str(storage / key),
-            "threads": cpus_per_worker, "use_gpu": gpu,
+            "threads": cpus_per_worker, "use_gpu": gpu, "local": workers == 0,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
@@ -377,13 +459,21 @@ def train_supernet(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )  # fmt: skip
+    threads = torch.get_num_threads()
     try:
         result = trainer.fit()
     except Exception as exc:  # ray.train.TrainingFailedError and what it wraps
+        if workers == 0:
+            raise BuildError(
+                f"Supernet training {key} failed in this process: {exc}. Its last epoch is "
+                f"kept under {str(storage / key)!r}; the next call resumes from it."
+            ) from exc
         raise BuildError(
             f"Supernet training {key} failed after {max_failures} recoveries: {exc}. Its last "
             f"epoch is kept under {str(storage / key)!r}; the next call resumes from it."
         ) from exc
+    finally:
+        torch.set_num_threads(threads)  # local mode trained here, on its own thread count
     if result.checkpoint is None:
         raise BuildError(f"Supernet training {key} reported no checkpoint (options.epochs=0?).")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -397,6 +487,7 @@ def train_supernet(
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"supernet {key}: trained {options.epochs} epochs on {workers} workers in "
+    where = f"on {workers} workers" if workers else "in this process"
+    log(f"supernet {key}: trained {options.epochs} epochs {where} in "
         f"{time.perf_counter() - start:.1f}s")
     return final

@@ -415,9 +415,13 @@ class OneShotSpec(_Strict):
         2, ge=0, le=16, description="Random sub-networks per step, besides largest and smallest."
     )
     train_workers: int | None = Field(
-        None, ge=1, le=4096,
+        None, ge=0, le=4096,
         description="Ray Train workers of the data-parallel supernet training (gloo on CPU, "
-        "NCCL on GPU); unset: cluster.workers.",
+        "NCCL on GPU); unset: cluster.workers. 0: the supernet trains in the driver's own "
+        "process, through Ray Train's local mode (one thread per cluster.cpus_per_worker): "
+        "no controller, training processes or process group to start, which for a supernet "
+        "that trains in seconds cost more than its training; not data-parallel, and a "
+        "killed driver resumes it from its last epoch.",
     )
     finish_candidates: int = Field(
         9, ge=0, le=10_000,
@@ -469,6 +473,11 @@ class OneShotSpec(_Strict):
         "milliseconds these calls are most of a one-shot trial; their median only ranks the "
         "one-shot search.",
     )
+
+    def trainers(self, cluster_workers: int) -> int:
+        """The supernet's Ray Train workers: ``train_workers``, unset meaning
+        ``cluster_workers``; 0 means in the driver's process (Ray Train's local mode)."""
+        return cluster_workers if self.train_workers is None else self.train_workers
 
     @field_validator("finish_epochs")
     @classmethod

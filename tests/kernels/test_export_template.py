@@ -146,3 +146,40 @@ def test_a_structure_whose_constants_come_from_weights_is_always_traced(tmp_path
             np.testing.assert_allclose(sess.run(None, {"x": x["x"].numpy()})[0],
                                        m(x["x"]).numpy(), rtol=1e-6)
     assert templates.counts == {"traced": 3, "template": 0, "rejected": 0}
+
+
+def test_sub_networks_of_one_structure_share_a_graph_key_and_a_placement(tmp_path):
+    # A screening measurement reports the placement of a graph structure once per worker:
+    # sub-networks keeping the same layers (any heads, FFN neurons, weights) share the key;
+    # another depth does not.
+    from paretoforge.hw_profiles import get_profile
+    from paretoforge.kernels.runtime import graph_structure_key, placement_report
+    from paretoforge.orchestrator.bench import measure_profile
+
+    paths = []
+    for i, plan in enumerate(PLANS):
+        model = prune(_model("vit", seed=i), plan).eval()
+        example, _ = _example(model)
+        export_onnx(model, example, tmp_path / f"{i}.onnx", output_fn=_output)
+        paths.append(tmp_path / f"{i}.onnx")
+    three = prune(_model("vit"), PrunePlan(layers=(0, 1, 2), heads=((0,), (1,), (2,)),
+                                           neurons=((0,), (1,), (2,)))).eval()
+    export_onnx(three, example, tmp_path / "three.onnx", output_fn=_output)
+    keys = {graph_structure_key(p) for p in paths}
+    assert len(keys) == 1 and graph_structure_key(tmp_path / "three.onnx") not in keys
+
+    profile = get_profile("cpu-1t")
+    inputs = {"pixel_values": np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)}
+    settings = {"rounds": 1, "max_rounds": 1, "max_seconds": 0.02, "min_runs": 3}
+    placements: dict = {}
+    first = measure_profile(paths[0], profile, inputs, cores=[0], node_id="n",
+                            settings=settings, placements=placements)
+    second = measure_profile(paths[1], profile, inputs, cores=[0], node_id="n",
+                             settings=settings, placements=placements)
+    other = measure_profile(tmp_path / "three.onnx", profile, inputs, cores=[0], node_id="n",
+                            settings=settings, placements=placements)
+    assert len(placements) == 2 and "same_structure_as_earlier" not in first["placement"]
+    assert second["placement"].pop("same_structure_as_earlier") is True
+    # the copy is what the graph's own report says
+    assert second["placement"] == placement_report(paths[1], profile, inputs, cores=[0])
+    assert other["placement"]["nodes_after"] != first["placement"]["nodes_after"]

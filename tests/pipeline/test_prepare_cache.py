@@ -39,3 +39,21 @@ def test_importance_is_cached_by_content_key_and_recomputed_when_unreadable(
     for k, v in first.importance.items():
         np.testing.assert_allclose(_flat(third.importance[k]), _flat(v), rtol=1e-6, atol=1e-9)
     assert all(json.loads(f.read_text()) for f in files)
+
+
+def test_a_preloaded_task_is_taken_once_by_the_next_load() -> None:
+    # The driver loads the task while its cluster starts; prepare's load then takes it.
+    import importlib
+
+    prep = importlib.import_module("paretoforge.pipeline.prepare")  # the module, not prepare()
+
+    spec = testing.tiny_spec({"seed": 12345})  # no bundle of this seed in the process yet
+    prep.preload_task(spec)
+    assert len(prep._PRELOADED) == 1
+    (future,) = prep._PRELOADED.values()
+    first = prep.load_spec_task(spec)
+    assert first is future.result() and not prep._PRELOADED  # taken, once
+    second = prep.load_spec_task(spec)
+    assert second is not first  # loaded again
+    np.testing.assert_array_equal(second.x_train, first.x_train)
+    np.testing.assert_array_equal(second.y_train, first.y_train)

@@ -61,6 +61,11 @@ def test_two_workers_train_then_the_cache_answers(ray_cluster, prepared, tmp_pat
     assert _kl_smallest(sn, teacher, x) < _kl_smallest(before, teacher, x)
     starts = [e for e in _events(tmp_path, key) if e["event"] == "worker_start"]
     assert len(starts) == 2 and {e["rank"] for e in starts} == {0, 1}
+    # A cluster this process started has no autoscaler: no coordinator actor was asked for.
+    import ray
+
+    with pytest.raises(ValueError):
+        ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
 
     t0 = time.perf_counter()
     again = train_supernet(prepared, options, workers=2, storage_dir=tmp_path,
@@ -70,9 +75,48 @@ def test_two_workers_train_then_the_cache_answers(ray_cluster, prepared, tmp_pat
     assert len([e for e in _events(tmp_path, key) if e["event"] == "worker_start"]) == 2
 
 
-def test_workers_must_be_positive(prepared, tmp_path):
-    with pytest.raises(BuildError, match="workers=0"):
-        train_supernet(prepared, SupernetOptions(epochs=1), workers=0, storage_dir=tmp_path)
+def test_workers_must_not_be_negative(prepared, tmp_path):
+    with pytest.raises(BuildError, match="workers=-1"):
+        train_supernet(prepared, SupernetOptions(epochs=1), workers=-1, storage_dir=tmp_path)
+
+
+def test_local_mode_trains_here_and_resumes_after_a_failed_epoch(ray_cluster, prepared, tmp_path,
+                                                                 monkeypatch):
+    # workers=0: Ray Train's local mode, in this process. It writes its own epoch checkpoints
+    # (local mode keeps none), so a run that dies in epoch 1 resumes from epoch 0's.
+    from paretoforge.models.supernet import SupernetTrainer
+
+    options = SupernetOptions(epochs=3, lr=3e-3, batch_size=64, n_random=1, seed=2)
+    key = supernet_cache_key(prepared, options, 0)
+    assert key == supernet_cache_key(prepared, options, 1)  # world size 1 either way
+    real = SupernetTrainer.train_epoch
+
+    def fail_in_epoch_1(self, epoch):
+        if epoch == 1:
+            raise RuntimeError("injected failure in epoch 1")
+        return real(self, epoch)
+
+    monkeypatch.setattr(SupernetTrainer, "train_epoch", fail_in_epoch_1)
+    threads = torch.get_num_threads()
+    with pytest.raises(BuildError, match="failed in this process.*injected"):
+        train_supernet(prepared, options, workers=0, storage_dir=tmp_path,
+                       cpus_per_worker=1, log=lambda *_: None)
+    assert torch.get_num_threads() == threads  # restored after training here
+    assert sorted(p.name for p in (tmp_path / key).iterdir()) == ["epoch_0001"]
+    monkeypatch.setattr(SupernetTrainer, "train_epoch", real)
+    lines: list[str] = []
+    path = train_supernet(prepared, options, workers=0, storage_dir=tmp_path,
+                          log=lines.append)  # fmt: skip
+    assert "in this process" in lines[-1]
+    sn = Supernet.load(path)
+    assert sn.epochs_done == 3 and [h["epoch"] for h in sn.history] == [0, 1, 2]
+    events = _events(tmp_path, key)
+    assert {e["pid"] for e in events if e["event"] == "worker_start"} == {os.getpid()}
+    assert [e["epochs_done"] for e in events if e["event"] == "resumed"] == [1]
+    begun = [e["epoch"] for e in events if e["event"] == "epoch_start"]
+    assert begun == [0, 1, 1, 2], begun  # epoch 0 not trained again
+    # the last two epochs' checkpoints are kept, as Ray Train keeps its workers'
+    assert sorted(p.name for p in (tmp_path / key).iterdir()) == ["epoch_0002", "epoch_0003"]
 
 
 @pytest.mark.slow
