@@ -409,18 +409,22 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         if spec.search.retime_rounds and stats.stop_reason != StopReason.MAX_FAILURES:
             from paretoforge.orchestrator.retime import retime_front
 
-            slot = pool.take()
-            if slot is None:
+            slots = []  # every idle worker: they share the members
+            while (slot := pool.take()) is not None:
+                slots.append(slot)
+            if not slots:
                 log("front re-time: no worker is up; the front keeps the search's latencies")
             else:
                 try:
-                    retime_front(run, slot.handle, rounds=spec.search.retime_rounds,
-                                 study=study, store=store, log=log, seed=spec.search.seed)
+                    retime_front(run, [s.handle for s in slots],
+                                 rounds=spec.search.retime_rounds, study=study, store=store,
+                                 log=log, seed=spec.search.seed)
                 except Exception as e:  # the search's own figures stand; say why, go on
                     log(f"front re-time failed ({type(e).__name__}: {str(e).splitlines()[0]}"
                         f"); the front keeps the search's latencies")
                 finally:
-                    pool.release(slot.index)
+                    for s in slots:
+                        pool.release(s.index)
         score_test_split(run, prepared, study=study, log=log)  # once, after every decision
         front = run.front()
         atomic_write_json(run_dir / "front.json", [m.to_json() for m in front])

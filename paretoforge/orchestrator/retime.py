@@ -4,10 +4,12 @@ During the search each candidate is measured when it is built, its rounds back t
 share one machine state, so they agree with each other better than with a re-measurement
 minutes later (benchmarks/measurement_fidelity.py: intervals from 3 consecutive rounds held
 the re-measured ratio for 50-60% of the quickstart's members). Once the front is known, its
-members and the base are timed again on one worker (:meth:`Worker.retime
-<paretoforge.orchestrator.worker.Worker.retime>`): ``search.retime_rounds`` rounds, each
-visiting every member in a new shuffled order, each visit one round of the profile's protocol
-against the run's reference. A member's rounds are then spread over the whole stage.
+members and the base are timed again (:meth:`Worker.retime
+<paretoforge.orchestrator.worker.Worker.retime>`) by the search's idle workers, each taking
+its share of them on its own cores, all at once: ``search.retime_rounds`` rounds, each
+visiting every member of the share in a new shuffled order, each visit one round of the
+profile's protocol against the run's reference. A member's rounds are then spread over the
+whole stage.
 
 What it reports, per member and profile: the median ratio to the base over the re-time's
 rounds (``rel_p50``: all members timed side by side, so the ranking is of one moment), and
@@ -42,12 +44,14 @@ __all__ = ["retime_front", "retime_run", "retimed_metrics"]
 def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None,
                  store: Any = None, log: Callable[[str], None] = print,
                  seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
-    """Re-time the run's front members and its base on one worker.
+    """Re-time the run's front members and its base on one worker, or on several at once.
 
     Args:
         run: The finished :class:`~paretoforge.orchestrator.results.Run`.
         worker: A :class:`~paretoforge.orchestrator.worker.Worker`: the search's idle Ray
-            actor, or one in this process (``paretoforge retime``).
+            actor, or one in this process (``paretoforge retime``); or a list of the
+            search's idle actors, which share the members (each its share, against the
+            reference on its own cores, all at once).
         rounds: Interleaved rounds; 0 does nothing.
         study: Where to record it (default: the run's study).
         store: The run's store (a remote one gets the updated manifests).
@@ -67,25 +71,38 @@ def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None
         trials.append(base)
     if not trials:
         return {}
-    if not hasattr(worker, "retime"):  # a stand-in worker class (tests of the loop)
+    workers = list(worker) if isinstance(worker, list | tuple) else [worker]
+    if not all(hasattr(w, "retime") for w in workers):  # a stand-in worker class (tests)
         log("front re-time: the worker class cannot re-time; the front keeps the search's "
             "latencies")
         return {}
-    in_place = bool(_call(worker, "ping").get("in_place", True))
-    members = []
-    for t in trials:
-        cfg = t.user_attrs.get(TrialAttr.CONFIG, t.params)
-        m: dict[str, Any] = {"trial": t.number, "key": t.user_attrs.get(TrialAttr.KEY),
-                             "precision": cfg.get("precision", "fp32")}
-        d = run.artifact_dir(t)
-        if not in_place:  # a worker that does not see the run directory gets the files
-            m["files"] = {n: (d / n).read_bytes() for n in
-                          ("model.onnx", "config.json", "model.safetensors")
-                          if (d / n).is_file()}
-        else:
-            m["key"] = d.name  # the artifact's own key (a cached twin's, for a cached trial)
-        members.append(m)
-    got = _call(worker, "retime", members, rounds=rounds, seed=seed)
+    # Several workers (Ray actors) share the members: each times its share against the
+    # reference on its own cores, all at the same time.
+    workers = workers[:len(trials)] if all(_is_actor(w) for w in workers) else workers[:1]
+    shares: list[list[dict[str, Any]]] = [[] for _ in workers]
+    for i, w in enumerate(workers):
+        in_place = bool(_call(w, "ping").get("in_place", True))
+        for t in trials[i::len(workers)]:
+            cfg = t.user_attrs.get(TrialAttr.CONFIG, t.params)
+            m: dict[str, Any] = {"trial": t.number, "key": t.user_attrs.get(TrialAttr.KEY),
+                                 "precision": cfg.get("precision", "fp32")}
+            d = run.artifact_dir(t)
+            if not in_place:  # a worker that does not see the run directory gets the files
+                m["files"] = {n: (d / n).read_bytes() for n in
+                              ("model.onnx", "config.json", "model.safetensors")
+                              if (d / n).is_file()}
+            else:
+                m["key"] = d.name  # the artifact's own key (a cached twin's, for one cached)
+            shares[i].append(m)
+    got: dict[str, dict[str, dict[str, Any]]] = {}
+    if len(workers) > 1:
+        import ray
+
+        for part in ray.get([w.retime.remote(share, rounds=rounds, seed=seed)
+                             for w, share in zip(workers, shares, strict=True)]):
+            got.update(part)
+    else:
+        got = _call(workers[0], "retime", shares[0], rounds=rounds, seed=seed)
     done_at = time.time()
     for v in got.values():
         for rec in v.values():
@@ -124,9 +141,14 @@ def retime_front(run: Any, worker: Any, *, rounds: int, study: Any | None = None
         if store is not None and getattr(store, "remote", False):
             store.push_file(str((directory / "manifest.json").relative_to(store.local)))
     wall = max((r.get("wall_s", 0.0) for v in got.values() for r in v.values()), default=0.0)
+    on = f" on {len(workers)} workers at once" if len(workers) > 1 else ""
     log(f"front re-time: {len(got)} member(s) and the base timed together in {rounds} "
-        f"interleaved rounds ({wall:.1f} s); the front quotes these latencies")
+        f"interleaved rounds{on} ({wall:.1f} s); the front quotes these latencies")
     return got
+
+
+def _is_actor(worker: Any) -> bool:
+    return hasattr(getattr(worker, "retime", None), "remote")
 
 
 def retime_run(run_dir: str | os.PathLike[str], *, rounds: int | None = None,

@@ -333,6 +333,12 @@ def _train_loop(config: dict[str, Any]) -> None:
         _log_event(progress, {"event": "resumed", "rank": rank,
                               "epochs_done": trainer.epochs_done})
     for epoch in range(trainer.epochs_done, options.epochs):
+        if local and not config["use_gpu"]:
+            # Here, beside the search's workers as they start: more threads once their cores
+            # are idle (torch's threads spin at their barriers, so not before).
+            from paretoforge._system import idle_cores
+
+            torch.set_num_threads(max(int(config["threads"]), idle_cores(0.1)))
         atomic_write_json(progress / f"rank{rank}.json", {"pid": os.getpid(), "epoch": epoch})
         if rank == 0:
             _log_event(progress, {"event": "epoch_start", "epoch": epoch, "pid": os.getpid()})
@@ -394,8 +400,9 @@ def train_supernet(
             this process, through Ray Train's local mode: no controller, worker processes or
             process group are started, its checkpoints are written to ``storage_dir/<key>``
             by this process (the next call after a killed one resumes from them) and nothing
-            is retried (``max_failures`` does not apply); torch's threads here are set to
-            ``cpus_per_worker`` while it trains.
+            is retried (``max_failures`` does not apply); torch's threads here are set, before
+            each epoch, to ``cpus_per_worker`` or the cores idle then if more (the search's
+            workers start beside it), and restored after.
         storage_dir: Where Ray Train keeps runs and their checkpoints (a local path, shared by
             the nodes when there are several); default ``cache_dir()/supernets/runs``.
         resume: Resume an interrupted run of the same key from its last checkpoint; False
