@@ -314,8 +314,12 @@ def test_a_freed_worker_gets_its_next_trial_before_the_last_is_told(ray_cluster,
     with one worker, trial n + 1 starts before trial n is done. The count stays exact."""
     spec = make_spec({"sampler": "random", "trials": 6}, cluster={"workers": 1})
     events: list = []
-    _run(spec, tmp_path / "r", events)
+    summary = _run(spec, tmp_path / "r", events, sleep_s=0.2)
     _assert_exact(tmp_path / "r", 6)
+    # and the sampler's next trial is asked while the worker runs, so that it starts at once:
+    # every built trial but the first two (asked while the worker was free)
+    built = summary.stats["completed"] - summary.stats["cached"]
+    assert built >= 3 and summary.stats["asked_ahead"] == built - 2, summary.stats
     order = [(k, d["trial"]) for k, d in events if k in ("trial_started", "trial_done")]
     started = [n for k, n in order if k == "trial_started"]
     for prev, nxt in zip(started, started[1:], strict=False):
