@@ -24,7 +24,7 @@ RECIPES: Registry[Any] = Registry("model recipe")
 
 @RECIPES.register("vit-digits")
 def _vit_digits() -> Any:
-    from paretoforge.models.vit import DEFAULT_DIGITS_RECIPE
+    from paretoforge.models.vit_recipe import DEFAULT_DIGITS_RECIPE  # no torch: specs check it
 
     return DEFAULT_DIGITS_RECIPE
 

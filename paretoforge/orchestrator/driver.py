@@ -211,6 +211,13 @@ def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | Non
     if verify is not None:
         store.verify = verify
     space = check_before_start(spec)
+    # The modules the base model and the build need, and the task's data, load while the
+    # study opens and the local cluster starts: its processes leave a core idle for seconds,
+    # and these imports and the task take 6 s of CPU.
+    from paretoforge.pipeline.prepare import preload_task
+
+    preload_task(spec)
+    threading.Thread(target=_preload_modules, name="pf-preload", daemon=True).start()
     store.pull()  # a URI run: its journal and small files, into the working copy
     run_dir = store.local
     from paretoforge.hw_profiles import get_profile
@@ -300,13 +307,6 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
     remove_partial(run_dir)  # we hold the run lock: no worker of this run is writing
     storage, backend = opened or open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
-    # The modules the base model and the build need, and the task's data, load while the
-    # local cluster starts: its processes leave a core idle for seconds, and these imports
-    # and the task take 6 s of CPU.
-    from paretoforge.pipeline.prepare import preload_task
-
-    preload_task(spec)
-    threading.Thread(target=_preload_modules, name="pf-preload", daemon=True).start()
     started = connect_ray(spec, address=address, debug=debug)
     stop_watch = threading.Event()
     local = started and not (address or spec.cluster.address or os.environ.get("RAY_ADDRESS"))
