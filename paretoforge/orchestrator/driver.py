@@ -217,7 +217,8 @@ def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | Non
     from paretoforge.pipeline.prepare import preload_task
 
     preload_task(spec)
-    threading.Thread(target=_preload_modules, name="pf-preload", daemon=True).start()
+    preload = threading.Thread(target=_preload_modules, name="pf-preload", daemon=True)
+    preload.start()
     store.pull()  # a URI run: its journal and small files, into the working copy
     run_dir = store.local
     from paretoforge.hw_profiles import get_profile
@@ -241,7 +242,7 @@ def run_search(spec: Spec, run_dir: str | Path | RunStore, *, address: str | Non
                 return _run_locked(spec, store, space, profiles, progress, t_start,
                                    address=address, debug=debug, worker_cls=worker_cls,
                                    worker_kwargs=worker_kwargs or {}, verify=verify,
-                                   opened=opened, lost=lost)
+                                   opened=opened, lost=lost, preload=preload)
             except BaseException:
                 if not lost or restart == LOCAL_RESTARTS:
                     raise
@@ -288,7 +289,8 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
                 worker_cls: type[CandidateWorker] | None, worker_kwargs: dict[str, Any],
                 verify: Callable[..., dict[str, Any] | None] | None,
                 opened: tuple[Any, Any] | None = None,
-                lost: dict[str, Any] | None = None) -> SearchSummary:
+                lost: dict[str, Any] | None = None,
+                preload: threading.Thread | None = None) -> SearchSummary:
     import ray
 
     from paretoforge.orchestrator.bench import start_benches, stop_benches
@@ -308,6 +310,10 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
     storage, backend = opened or open_storage(run_dir, spec)
     study = open_study(run_dir, spec, sampler=make_sampler(spec.search), storage=storage)
     started = connect_ray(spec, address=address, debug=debug)
+    if preload is not None:
+        # Its imports done before this thread imports any of those modules: a module half
+        # imported by another thread (transformers' lazy module) can be seen without its names.
+        preload.join()
     stop_watch = threading.Event()
     local = started and not (address or spec.cluster.address or os.environ.get("RAY_ADDRESS"))
     raylet = _local_raylet() if local and lost is not None else None
