@@ -261,6 +261,10 @@ class SearchLoop:
             if not self.in_flight:
                 self.pool.check_start_timeout(now)
             self._sync(min_interval_s=1.0)
+        if self._ahead is not None:  # asked ahead, and no worker was left to start it
+            self._fail(self._ahead.trial, "the search ended before a worker could start it",
+                       kind=FailKind.INTERRUPTED)
+            self._ahead = None
         if self._predictors_dirty:
             self._save_predictors()
         self._sync()
