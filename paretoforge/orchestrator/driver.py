@@ -415,9 +415,13 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
         if spec.search.retime_rounds and stats.stop_reason != StopReason.MAX_FAILURES:
             from paretoforge.orchestrator.retime import retime_front
 
-            slots = []  # every idle worker: they share the members
+            slots = []  # every idle worker of one node: they share the members
             while (slot := pool.take()) is not None:
                 slots.append(slot)
+            node = slots[0].info.get("node_id") if slots else None
+            for other in [s for s in slots if s.info.get("node_id") != node]:
+                pool.release(other.index)  # ratios are timed on one machine's cores only
+            slots = [s for s in slots if s.info.get("node_id") == node]
             if not slots:
                 log("front re-time: no worker is up; the front keeps the search's latencies")
             else:
