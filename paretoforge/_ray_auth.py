@@ -33,7 +33,7 @@ from typing import Any
 from paretoforge.exceptions import PlacementError
 
 __all__ = ["CONNECT_TIMEOUT_S", "LOCAL_ENV", "LOCAL_SYSTEM_CONFIG", "connect_cluster",
-           "ensure_ray_auth", "set_local_env", "start_local_cluster"]
+           "ensure_ray_auth", "set_local_env", "start_local_cluster", "stop_local_cluster"]
 
 # How long an address may take to answer as a Ray cluster; PARETOFORGE_RAY_CONNECT_TIMEOUT_S
 # changes it (a cluster across a slow link).
@@ -144,6 +144,32 @@ def start_local_cluster(*, num_cpus: int, dashboard: bool = False,
                  _node_ip_address="127.0.0.1", _system_config=dict(LOCAL_SYSTEM_CONFIG),
                  logging_level=logging.DEBUG if debug else logging.WARNING,
                  log_to_driver=debug, **init_kwargs)
+
+
+def stop_local_cluster() -> None:
+    """Disconnect and stop the cluster :func:`start_local_cluster` started (``ray.shutdown``),
+    without waiting a second for Ray's autoscaler monitor.
+
+    ``ray.shutdown`` stops the node's processes one after the other, each sent SIGTERM and
+    given a second to exit. The autoscaler's monitor (it watches a cluster that a fixed local
+    one never resizes) does not exit on SIGTERM within that second, so every command that
+    started a cluster ended a second late (1.0 of ``ray.shutdown``'s 1.45 s here). It is
+    killed first; the other processes stop as Ray stops them.
+    """
+    import ray
+
+    with contextlib.suppress(Exception):  # Ray's internals: at worst the usual second
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        if node is not None and node.is_head():
+            monitors = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
+            for info in monitors:
+                info.process.kill()
+            for info in monitors:
+                info.process.wait(timeout=1.0)
+    ray.shutdown()
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

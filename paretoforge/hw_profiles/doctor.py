@@ -225,7 +225,9 @@ def doctor_report(address: str | None = None, *, timeout_s: float = 120.0) -> di
         version = ray.__version__
     finally:
         if started:
-            ray.shutdown()
+            from paretoforge._ray_auth import stop_local_cluster
+
+            stop_local_cluster()
     served = served_profiles(cluster)
     profiles: dict[str, Any] = {}
     for name in PROFILES.names():

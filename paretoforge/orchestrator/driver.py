@@ -459,7 +459,9 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
             with contextlib.suppress(Exception):
                 ray.kill(g, no_restart=True)
         if started:
-            ray.shutdown()
+            from paretoforge._ray_auth import stop_local_cluster
+
+            stop_local_cluster()  # ray.shutdown(), without its second for the monitor
 
 
 def _fetch_front(run: Any, store: RunStore) -> None:

@@ -90,8 +90,6 @@ class Worker:
         self._bench_turn = index
         self._benches_lost: set[str] = set()
         self._gates = dict(gates or {})
-        handle = self._gates.get(self.node_id)
-        self.gate: Any = GateClient(handle, holder) if handle is not None else LocalGate()
         self.all_cores = usable_cores()
         threads = max(1, int(self.spec.cluster.cpus_per_worker))
         if pin and len(self.all_cores) > 1:
@@ -103,6 +101,12 @@ class Worker:
         else:
             self.cores = list(self.all_cores)
         torch.set_num_threads(threads)
+        handle = self._gates.get(self.node_id)
+        # The node's gate, where anything on it may hold the cores exclusively; where nothing
+        # can, every hold is shared and a local gate does: no round trips to the gate actor
+        # (four a trial, about 20 ms of a one-shot trial's 0.2 s).
+        self.gate: Any = (GateClient(handle, holder)
+                          if handle is not None and self._node_has_writers() else LocalGate())
         self.context = self._context(prepared)
         self.cache = StageCache()
         self._reference: Path | None = None  # the base's artifact, built on first measurement
@@ -114,6 +118,24 @@ class Worker:
         self._placements: dict[tuple[str, str, int], dict[str, Any]] = {}
         # A build yields its shared hold at each distillation step when a measurement waits.
         set_yield_point(self.gate.yield_to_writers)
+
+    def _node_has_writers(self) -> bool:
+        """Whether anything may hold this node's gate exclusively: a bench on this node, or a
+        profile this worker measures here on more cores than its own (every worker of a node
+        decides alike: the same benches, profiles and core count). Otherwise each build and
+        each measurement on the node runs on its own worker's cores beside the others."""
+        from paretoforge.hw_profiles import get_profile
+
+        if any(ref.node_id == self.node_id for refs in self.benches.values() for ref in refs):
+            return True
+        for name in self.spec.measured_profiles:
+            profile = get_profile(name)
+            if profile.resource and self.benches.get(profile.name) and (
+                    profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
+                continue  # measured on a bench of another node
+            if profile.intra_op_threads is None or profile.intra_op_threads > len(self.cores):
+                return True
+        return False
 
     def _context(self, prepared: Prepared) -> BuildContext:
         recovery = self.spec.recovery
@@ -325,11 +347,14 @@ class Worker:
     def _screening(self, cfg: CandidateConfig, recovery_epochs: int | None
                    ) -> dict[str, Any] | None:
         """The screening measurement settings of a one-shot trial, or None (the profile's full
-        protocol): finishing trials and unpruned candidates, the final front's members, are
-        measured in full; a sub-network as cut from the supernet only ranks the one-shot
-        search, whose front the finishing rungs measure again."""
+        protocol). A sub-network as cut from the supernet only ranks the one-shot search. A
+        finishing trial's graph is its one-shot trial's with other weights: its latency
+        ranks the rungs and decides the front's membership, and when the front is re-timed
+        (``search.retime_rounds``, the figures it quotes) it is screened as well; without a
+        re-time it is measured in full. Unpruned candidates are always measured in full."""
         prepared = self.context.prepared
-        if (getattr(prepared, "supernet", None) is None or recovery_epochs is not None
+        if (getattr(prepared, "supernet", None) is None
+                or (recovery_epochs is not None and not self.spec.search.retime_rounds)
                 or cfg.is_unpruned(prepared.num_layers, prepared.num_heads)):
             return None
         one_shot = self.spec.one_shot

@@ -456,9 +456,10 @@ class OneShotSpec(_Strict):
     screen_rounds: int = Field(
         1, ge=1, le=50,
         description="Latency rounds of a one-shot trial's screening measurement (each against "
-        "the base, fresh sessions). Finishing trials and unpruned members, the ones the final "
-        "front is made of, are measured with the profile's full protocol "
-        "(latency_rounds / latency_max_rounds / latency_target_spread).",
+        "the base, fresh sessions). Finishing trials (the same graphs, other weights) are "
+        "screened too when the front is re-timed (search.retime_rounds > 0: the figures the "
+        "front quotes), in full otherwise; unpruned candidates always get the profile's full "
+        "protocol (latency_rounds / latency_max_rounds / latency_target_spread).",
     )
     screen_seconds: float = Field(
         0.1, gt=0.0, le=60.0,

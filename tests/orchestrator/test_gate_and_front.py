@@ -141,3 +141,29 @@ def test_core_gate_yield_shared() -> None:
     nobody, did, held = asyncio.run(scenario())
     assert not nobody and did
     assert held == {"readers": 0, "writer": 1, "writers_waiting": 0}
+
+
+def test_workers_use_the_node_gate_only_where_a_hold_can_be_exclusive(ray_cluster,
+                                                                      tmp_path) -> None:
+    """Where every build and measurement runs on its worker's own cores (cpu-1t, no bench),
+    a worker holds a local gate: no round trips to the node's gate actor, four a trial. An
+    all-core profile (``cpu``) takes the cores exclusively, so its workers use the node's."""
+    from paretoforge.orchestrator.driver import _start_gates
+    from paretoforge.orchestrator.worker import Worker
+    from paretoforge.pipeline import prepare_cached
+    from paretoforge.testing import tiny_spec
+
+    gates = _start_gates()
+    try:
+        for profiles, node_gate in ((["cpu-1t"], False), (["cpu-1t", "cpu"], True)):
+            spec = tiny_spec(profiles=profiles)
+            prepared = prepare_cached(spec, log=lambda *_: None)
+            worker = Worker(prepared.for_workers(), spec.model_dump(mode="json"),
+                            str(tmp_path / profiles[-1]), gates=gates, holder="t", pin=False)
+            assert isinstance(worker.gate, GateClient) is node_gate
+            assert isinstance(worker.gate, LocalGate) is not node_gate
+    finally:
+        import ray
+
+        for g in gates.values():
+            ray.kill(g, no_restart=True)
