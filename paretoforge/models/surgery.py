@@ -264,8 +264,13 @@ def prune(model: nn.Module, plan: PrunePlan) -> nn.Module:
     source = list(getattr(model.config, SOURCE_LAYERS_ATTR, None) or range(n_layers))
     if len(source) != n_layers:  # a stale record (layers changed outside prune): restart it
         source = list(range(n_layers))
-    new = copy.deepcopy(model)
-    hd = adapter.head_dim(new)
+    # The dropped layers are not copied (most of a shallow sub-network's copy): the copy's
+    # layer list holds None in their place until set_layers replaces it with the kept ones.
+    kept = set(plan.layers)
+    memo: dict[int, Any] = {id(layer): None for i, layer in enumerate(adapter.layers(model))
+                            if i not in kept}
+    new = copy.deepcopy(model, memo)
+    hd = adapter.head_dim(model)  # the copy's first layer may be a dropped one
     old_layers = adapter.layers(new)
     kept_layers = nn.ModuleList([old_layers[i] for i in plan.layers])
     for layer, hs, ns in zip(kept_layers, plan.heads, plan.neurons, strict=True):
