@@ -32,6 +32,7 @@ def onnx_logits(
     *,
     input_name: str = "pixel_values",
     batch_size: int = 256,
+    session: Any = None,
 ) -> np.ndarray:
     """Run the ONNX model on ``x`` in batches and return its first output, concatenated.
 
@@ -41,7 +42,9 @@ def onnx_logits(
     are the same on every node and a quality evaluation does not compete with other work. A
     KV-cache decoder graph is run as a prefill of each batch (positions from 0, empty past:
     :func:`~paretoforge.kernels.decoder_export.complete_feeds`) and its first output is the
-    per-token ``logits``.
+    per-token ``logits``. ``session``: an open ``InferenceSession`` of ``onnx_path`` with
+    those settings (one thread, every graph optimization, the CPU provider), used instead of
+    a new one (e.g. the session a screening measurement times next).
 
     Raises:
         MeasurementError: ``x`` does not fit the model's input (named) or the runtime failed.
@@ -55,17 +58,19 @@ def onnx_logits(
     feeds = dict(x) if isinstance(x, dict) else {input_name: x}
     n = len(next(iter(feeds.values()))) if feeds else 0
     _check_xy(np.empty(n), None, batch_size)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:
-        raise MeasurementError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {err}") from err
+    if session is None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:
+            raise MeasurementError(
+                f"ONNX Runtime cannot load {str(onnx_path)!r}: {err}") from err
     layout = decoder_layout(session)
 
     def batch(i: int) -> dict[str, np.ndarray]:

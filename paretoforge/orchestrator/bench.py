@@ -72,8 +72,8 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
                     hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                     settings: dict[str, Any] | None = None,
                     decode_past: int | None = None,
-                    placements: dict[tuple[str, str, int], dict[str, Any]] | None = None
-                    ) -> dict[str, Any]:
+                    placements: dict[tuple[str, str, int], dict[str, Any]] | None = None,
+                    runtime: Any = None) -> dict[str, Any]:
     """Latency of ``onnx_path`` on ``profile`` pinned to ``cores``, with its placement report.
 
     ``hold`` (e.g. the node's gate) is entered around the timed calls only: sessions are made
@@ -88,6 +88,8 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     graph of a structure already reported gets a copy of that report, marked
     ``"same_structure_as_earlier": True``, instead of a profiled run of its own (a one-shot
     trial's screening: sub-networks that keep the same layers place their nodes alike).
+    ``runtime``: an open :class:`~paretoforge.kernels.runtime.Runtime` of ``onnx_path`` for
+    ``profile``, timed instead of fresh sessions (left open; one round's worth, a screening).
 
     Returns:
         The :class:`~paretoforge.evaluators.latency.Measurement` as JSON, ``env.node_id`` set
@@ -99,7 +101,8 @@ def measure_profile(onnx_path: Path, profile: HardwareProfile, inputs: dict[str,
     from paretoforge.evaluators.latency import measure_latency
     from paretoforge.kernels.runtime import graph_structure_key, placement_report
 
-    m = measure_latency(onnx_path, profile, inputs, cores=cores, precision=precision,
+    m = measure_latency(onnx_path if runtime is None else runtime, profile, inputs,
+                        cores=cores, precision=precision,
                         reference=reference, hold=hold, decode_past=decode_past,
                         **_protocol(settings))
     t0 = time.perf_counter()

@@ -116,6 +116,8 @@ class Worker:
         self._screen_refs: dict[tuple[str, tuple[int, ...]], Any] = {}
         # Screening measurements' placement reports, by graph structure, profile and cores
         self._placements: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # The session a screened candidate was scored with, timed next: (graph, profile, it)
+        self._quality_runtime: tuple[Path, str, Any] | None = None
         # A build yields its shared hold at each distillation step when a measurement waits.
         set_yield_point(self.gate.yield_to_writers)
 
@@ -248,12 +250,15 @@ class Worker:
                 profiles=list(self.spec.measured_profiles), measurer=measurer,
                 building=self.gate.shared, cache=self.cache,
                 built_on={"node_id": self.node_id, "host": socket.gethostname(),
-                          "worker": self.index, "cores": self.cores})
+                          "worker": self.index, "cores": self.cores},
+                quality_session=self._quality_session if screening is not None else None)
         except ParetoforgeError:
             raise
         except Exception as e:  # an unexpected failure is still this candidate's build failure
             tb = traceback.format_exc(limit=4)
             raise BuildError(f"candidate {cfg.key} failed: {type(e).__name__}: {e}\n{tb}") from e
+        finally:
+            self._drop_quality_runtime()
         return self._result(manifest, reused=False)
 
     def retime(self, members: list[dict[str, Any]], *, rounds: int,
@@ -361,6 +366,38 @@ class Worker:
         return {"rounds": one_shot.screen_rounds, "max_rounds": one_shot.screen_rounds,
                 "max_seconds": one_shot.screen_seconds, "min_runs": one_shot.screen_calls}
 
+    def _quality_session(self, onnx_path: Path) -> Any:
+        """A screened candidate's session, opened once for its scoring and its timing: the
+        first measured profile that this worker times here, on its own cores, in a session
+        whose results are the quality scoring's (ONNX Runtime's CPU provider, one thread,
+        every graph optimization: :func:`~paretoforge.evaluators.quality.onnx_logits`).
+        None when no profile is such (the scoring opens its own). Opening a session was a
+        tenth of a one-shot trial, and a screening measurement times one session anyway."""
+        from paretoforge.hw_profiles import get_profile
+        from paretoforge.kernels.runtime import load_runtime
+
+        self._drop_quality_runtime()
+        n = len(self.cores)
+        for name in self.spec.measured_profiles:
+            p = get_profile(name)
+            on_bench = bool(p.resource and self.benches.get(p.name) and (
+                p.on_gpu or not _node_carries(self.node_id, p.resource)))
+            if (on_bench or p.runtime != "onnxruntime" or p.device != "cpu" or p.cuda_graph
+                    or p.provider != "CPUExecutionProvider" or p.graph_optimization != "all"
+                    or p.intra_op_threads is None or p.intra_op_threads > n
+                    or p.threads_for(n) != 1):
+                continue
+            runtime = load_runtime(onnx_path, p, n_cores=n)
+            self._quality_runtime = (Path(onnx_path), p.name, runtime)
+            return runtime.session
+        return None
+
+    def _drop_quality_runtime(self) -> None:
+        if self._quality_runtime is not None:
+            _, _, runtime = self._quality_runtime
+            self._quality_runtime = None
+            runtime.close()
+
     def _result(self, manifest: Any, *, reused: bool) -> dict[str, Any]:
         """The result of a build; from a scratch folder, with the artifact's bytes (they travel
         through Ray's object store; the driver checks them before it commits them)."""
@@ -414,11 +451,15 @@ class Worker:
                 # off the node.
                 ref = (self._screen_reference(profile, self.cores)
                        if keep_reference and decode_past is None else reference)
+                kept = self._quality_runtime
+                runtime = (kept[2] if kept is not None and keep_reference and decode_past is None
+                           and kept[0] == Path(onnx_path) and kept[1] == profile.name else None)
                 rec = measure_profile(onnx_path, profile, inputs, cores=self.cores,
                                       node_id=self.node_id, precision=precision,
                                       reference=ref, hold=self.gate.shared,
                                       settings=settings, decode_past=decode_past,
-                                      placements=self._placements if keep_reference else None)
+                                      placements=self._placements if keep_reference else None,
+                                      runtime=runtime)
             else:
                 # Needs more cores than this worker owns: every build on the node yields
                 # while the timed calls run.

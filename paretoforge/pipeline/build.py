@@ -82,7 +82,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
                     building: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                     built_on: dict[str, Any] | None = None,
                     cache: StageCache | None = None,
-                    artifact_key: str | None = None) -> Manifest:
+                    artifact_key: str | None = None,
+                    quality_session: Callable[[Path], Any] | None = None) -> Manifest:
     """Build, score and measure ``cfg``; commit its artifact; return its manifest.
 
     Args:
@@ -97,6 +98,9 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
         cache: The worker's stage cache (None: nothing is reused).
         artifact_key: The artifact's key and directory name (default ``cfg.key``; a
             finishing trial's is ``<cfg.key>-r<epochs>``).
+        quality_session: ``quality_session(onnx_path)``: an open session of the final graph
+            with the quality settings that the scoring uses instead of opening its own, or
+            None (e.g. the worker's session that its screening measurement then times).
 
     Raises:
         BuildError: a stage failed (surgery, recovery, export, passes).
@@ -119,7 +123,8 @@ def build_candidate(ctx: st.BuildContext, cfg: CandidateConfig, *, run_dir: str 
                 exported.onnx_fp32.unlink(missing_ok=True)
                 rec.key = graph.key
             with timer.stage("score", "quality_s"):
-                quality = st.score(ctx, graph.path)
+                session = quality_session(graph.path) if quality_session is not None else None
+                quality = st.score(ctx, graph.path, session=session)
 
         from paretoforge.evaluators.size import onnx_size_bytes
         from paretoforge.kernels.ort import graph_summary

@@ -493,14 +493,17 @@ def _fuse(ctx: BuildContext, exported: Exported, cfg: CandidateConfig, src: Path
 # -- numbers -------------------------------------------------------------------------------
 
 
-def score(ctx: BuildContext, onnx_path: Path, *, batch_size: int = QUALITY_BATCH) -> float:
+def score(ctx: BuildContext, onnx_path: Path, *, batch_size: int = QUALITY_BATCH,
+          session: Any = None) -> float:
     """The task's quality metric of the ONNX model on the validation split, on ONNX Runtime,
     ``batch_size`` examples per call (default 1, as deployed). This is the search's value;
-    the test split is scored after the search (:func:`paretoforge.pipeline.score_test`)."""
+    the test split is scored after the search (:func:`paretoforge.pipeline.score_test`).
+    ``session``: an open session of the graph with the quality settings
+    (:func:`~paretoforge.evaluators.quality.onnx_logits`), instead of a new one."""
     from paretoforge.evaluators.quality import onnx_logits
 
     p = ctx.prepared
-    out = onnx_logits(onnx_path, p.feeds("validation"), batch_size=batch_size)
+    out = onnx_logits(onnx_path, p.feeds("validation"), batch_size=batch_size, session=session)
     return float(ctx.task.score(out, p.task.scoring("validation"), p.task_state))
 
 

@@ -217,6 +217,17 @@ def test_workers_started_before_the_supernet_build_what_later_ones_do(ray_cluste
         f"supernet:{full.supernet['key']}"
     assert manifests[0].files["model.onnx"] == manifests[1].files["model.onnx"]
     assert manifests[0].metrics["accuracy"] == manifests[1].metrics["accuracy"]
+    # the session that scored it was the one its screening timed, and it scores as a fresh
+    # quality session does
+    from paretoforge.evaluators.quality import onnx_logits
+
+    path = artifact_path(tmp_path / "late", key) / "model.onnx"
+    fresh = onnx_logits(path, full.feeds("validation"), batch_size=1)
+    assert manifests[1].metrics["accuracy"] == float(
+        late.context.task.score(fresh, full.task.scoring("validation"), full.task_state))
+    assert manifests[1].measurements["cpu-1t"]["env"]["sessions"] == \
+        "one, reused by every round"
+    assert late._quality_runtime is None  # closed with its build
     # no recovery: a sub-network is scored as cut, as by a worker started with the supernet
     assert all(next(s for s in m.stages if s.name == "recover").seconds < 0.01
                for m in manifests)
