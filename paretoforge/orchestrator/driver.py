@@ -542,7 +542,10 @@ def _check_placement(profiles: list[Any], spec: Spec | None = None) -> None:
     A profile that ``requires`` CPU features is refused unless every node that may measure
     it has them; a ``prediction.profiles`` source measured on a machine that differs from
     its profile's nodes is refused (:func:`~paretoforge.orchestrator.prediction.check_transfers`).
-    Asking each node for its machine identity also calibrates it, before any measurement."""
+    Each node's machine identity is asked for (a task on every node, a process start on each)
+    only for those two checks; otherwise a node is calibrated by its first worker
+    (:meth:`Worker.warm <paretoforge.orchestrator.worker.Worker.warm>` or its first
+    measurement), not before the base model trains."""
     import ray
 
     from paretoforge.hw_profiles import served_profiles
@@ -558,6 +561,9 @@ def _check_placement(profiles: list[Any], spec: Spec | None = None) -> None:
                 f"from measurements taken on that hardware earlier: `prediction: {{profiles: "
                 f"{{{p.name}: {{source: RUN_DIR}}}}}}`"
             )
+    if not any(p.requires for p in profiles) and (spec is None
+                                                     or not spec.prediction.profiles):
+        return
     machines, resources = cluster_machines()
     for p in profiles:
         _check_requires(p, machines, resources)

@@ -151,7 +151,9 @@ class Worker:
 
     def warm(self) -> dict[str, Any]:
         """Do a first trial's one-time work now: the modules a build imports, the base model,
-        the run's reference artifact, and an ONNX Runtime session on it. The driver calls it on
+        the run's reference artifact, an ONNX Runtime session on it, and the node's
+        calibration (:func:`~paretoforge._sysinfo.machine_identity`, which every measurement
+        records; once per node, cached). The driver calls it on
         workers it starts while the supernet trains, so their first trial costs what the
         others do. A failure is returned, not raised: the first trial meets it again and
         reports it as that trial's.
@@ -173,6 +175,9 @@ class Worker:
             sess = ort.InferenceSession(str(ref / "model.onnx"),
                                         providers=["CPUExecutionProvider"])
             sess.run(None, {k: v[:1] for k, v in samples.items()})
+            from paretoforge._sysinfo import machine_identity
+
+            machine_identity()
         except Exception as e:  # noqa: BLE001  (the first trial raises it as its own)
             out["error"] = f"{type(e).__name__}: {e}"
         out["seconds"] = time.perf_counter() - t0
