@@ -53,20 +53,16 @@ def onnx_logits(
     import onnxruntime as ort
 
     from paretoforge.kernels.decoder_export import complete_feeds, decoder_layout
-    from paretoforge.kernels.ort import validate_inputs
+    from paretoforge.kernels.ort import one_thread_options, validate_inputs
 
     feeds = dict(x) if isinstance(x, dict) else {input_name: x}
     n = len(next(iter(feeds.values()))) if feeds else 0
     _check_xy(np.empty(n), None, batch_size)
     if session is None:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         try:
             session = ort.InferenceSession(
-                str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
+                str(onnx_path), sess_options=one_thread_options("all"),
+                providers=["CPUExecutionProvider"]
             )
         except Exception as err:
             raise MeasurementError(

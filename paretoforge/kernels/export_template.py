@@ -281,6 +281,8 @@ def _computes_like(data: bytes, model: torch.nn.Module,
     import onnxruntime as ort
     import torch
 
+    from paretoforge.kernels.ort import one_thread_options
+
     names = list(example_inputs)
     wrapper = _wrapper(model, names, output_fn or default_output_fn)
     was_training = model.training
@@ -292,13 +294,9 @@ def _computes_like(data: bytes, model: torch.nn.Module,
         model.train(was_training)
     expected = [t.detach().cpu().numpy() for t in (out if isinstance(out, (tuple, list))
                                                    else (out,))]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(data, one_thread_options("disable"),
+                                    providers=["CPUExecutionProvider"])
         got = sess.run(None, {n: example_inputs[n].detach().cpu().numpy() for n in names})
     except Exception:  # a filled graph ONNX Runtime rejects: trace instead
         return False

@@ -21,6 +21,7 @@ __all__ = [
     "ORT_DTYPES",
     "create_session",
     "graph_summary",
+    "one_thread_options",
     "providers_for",
     "session_options_for",
     "validate_inputs",
@@ -105,6 +106,31 @@ def validate_inputs(
                 )
 
 
+def one_thread_options(optimization: str = "all") -> onnxruntime.SessionOptions:
+    """Options of a one-thread CPU session that scores or checks a graph, not one that times
+    it: one intra- and one inter-op thread (the same numbers on every node, no competition
+    with other work), graph optimization ``all`` / ``disable`` (or ``basic``, ``extended``),
+    errors only in the log."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = _optimization_level(optimization)
+    so.log_severity_level = 3
+    return so
+
+
+def _optimization_level(name: str) -> onnxruntime.GraphOptimizationLevel:
+    """ONNX Runtime's graph optimization level for a profile's ``graph_optimization``."""
+    import onnxruntime as ort
+
+    return {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
+
+
 def session_options_for(
     profile: HardwareProfile, n_cores: int | None = None
 ) -> onnxruntime.SessionOptions:
@@ -124,19 +150,13 @@ def session_options_for(
     """
     import onnxruntime as ort
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
     so = ort.SessionOptions()
     so.intra_op_num_threads = profile.threads_for(n_cores or available_cores())
     so.inter_op_num_threads = profile.inter_op_threads
     # Parallel execution only helps graphs with independent branches; a transformer is a
     # chain, and sequential execution keeps run-to-run variance low.
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = levels[profile.graph_optimization]
+    so.graph_optimization_level = _optimization_level(profile.graph_optimization)
     # Spinning keeps intra-op workers busy-waiting between operators. Without it, each parallel
     # operator pays a thread wake-up: the default ViT (4 layers, batch 1, 2 threads) went from
     # 0.15 to 0.33 ms p50 and its latency turned bimodal (benchmarks/latency_probe.py --spin);

@@ -479,9 +479,9 @@ class Worker:
     def _screen_reference(self, profile: Any, cores: list[int]) -> Any:
         """The reference's session for screening measurements of ``profile`` on ``cores``,
         made once (pinned as the measurement pins) and reused: a screening measurement
-        only ranks the one-shot search, and a fresh reference session a trial was a tenth
-        of a tiny candidate's build. The profile's full protocol (finishing trials, the
-        front) keeps fresh sessions of both each round. Torch profiles: the path (fresh)."""
+        only ranks the search, and a fresh reference session a trial was a tenth of a tiny
+        candidate's build. The profile's full protocol (unpruned candidates, the front's
+        re-time) keeps fresh sessions of both each round. Torch profiles: the path (fresh)."""
         if profile.runtime != "onnxruntime":
             return self.reference()
         key = (profile.name, tuple(cores))
