@@ -419,8 +419,9 @@ def _run_locked(spec: Spec, store: RunStore, space: SearchSpace, profiles: list[
             while (slot := pool.take()) is not None:
                 slots.append(slot)
             node = slots[0].info.get("node_id") if slots else None
-            for other in [s for s in slots if s.info.get("node_id") != node]:
-                pool.release(other.index)  # ratios are timed on one machine's cores only
+            for other in slots:
+                if other.info.get("node_id") != node:
+                    pool.release(other.index)  # ratios are timed on one machine's cores only
             slots = [s for s in slots if s.info.get("node_id") == node]
             if not slots:
                 log("front re-time: no worker is up; the front keeps the search's latencies")

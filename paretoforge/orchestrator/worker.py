@@ -130,14 +130,20 @@ class Worker:
 
         if any(ref.node_id == self.node_id for refs in self.benches.values() for ref in refs):
             return True
-        for name in self.spec.measured_profiles:
-            profile = get_profile(name)
-            if profile.resource and self.benches.get(profile.name) and (
-                    profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
-                continue  # measured on a bench of another node
-            if profile.intra_op_threads is None or profile.intra_op_threads > len(self.cores):
-                return True
-        return False
+        return any(self._where(get_profile(name)) == "all cores"
+                   for name in self.spec.measured_profiles)
+
+    def _where(self, profile: Any) -> str:
+        """Where this worker measures ``profile``: ``"bench"`` (a bench of a node that carries
+        its resource: a GPU profile always, a CPU one when this node lacks the resource),
+        ``"own cores"`` (its ``intra_op_threads`` fit on this worker's cores: the gate held
+        shared) or ``"all cores"`` (the node's gate held exclusively)."""
+        if profile.resource and self.benches.get(profile.name) and (
+                profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
+            return "bench"
+        if profile.intra_op_threads is not None and profile.intra_op_threads <= len(self.cores):
+            return "own cores"
+        return "all cores"
 
     def _context(self, prepared: Prepared) -> BuildContext:
         recovery = self.spec.recovery
@@ -385,12 +391,9 @@ class Worker:
         n = len(self.cores)
         for name in self.spec.measured_profiles:
             p = get_profile(name)
-            on_bench = bool(p.resource and self.benches.get(p.name) and (
-                p.on_gpu or not _node_carries(self.node_id, p.resource)))
-            if (on_bench or p.runtime != "onnxruntime" or p.device != "cpu" or p.cuda_graph
+            if (p.runtime != "onnxruntime" or p.device != "cpu" or p.cuda_graph
                     or p.provider != "CPUExecutionProvider" or p.graph_optimization != "all"
-                    or p.intra_op_threads is None or p.intra_op_threads > n
-                    or p.threads_for(n) != 1):
+                    or p.threads_for(n) != 1 or self._where(p) != "own cores"):
                 continue
             runtime = load_runtime(onnx_path, p, n_cores=n)
             self._quality_runtime = (Path(onnx_path), p.name, runtime)
@@ -443,14 +446,13 @@ class Worker:
 
         profile = get_profile(profile_name)
         reference = self.reference()
-        if profile.resource and self.benches.get(profile.name) and (
-                profile.on_gpu or not _node_carries(self.node_id, profile.resource)):
+        where = self._where(profile)
+        if where == "bench":
             rec = self._measure_on_bench(onnx_path, profile, inputs, precision, settings,
                                          decode_past)
         else:
             self._check_node_serves(profile)
-            if (profile.intra_op_threads is not None
-                    and profile.intra_op_threads <= len(self.cores)):
+            if where == "own cores":
                 # Fits on this worker's own cores: the neighbours build on theirs meanwhile;
                 # the shared hold keeps exclusive measurements (all-core profiles, benches)
                 # off the node.
